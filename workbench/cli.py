@@ -1,0 +1,175 @@
+"""The ``workbench`` command line.
+
+Each subcommand parses its arguments here and calls one library function; the library does the
+work. Input errors (``WorkbenchError``) become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+
+def _cmd_data_shapes(args: argparse.Namespace) -> int:
+    from workbench.data.shapes import ShapesConfig, generate_shapes
+
+    cfg = ShapesConfig(num_train=args.train, num_val=args.val, image_size=args.size, seed=args.seed)
+    root = generate_shapes(Path(args.out), cfg, progress=not args.quiet)
+    print(f"wrote the shapes dataset to {root}")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from workbench.data.check import check_data
+
+    report = check_data(args.data, image_dir=args.images, progress=not args.quiet)
+    print(report.format())
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.run is not None:
+        if args.gt is not None or args.pred is not None:
+            raise WorkbenchError("evaluate takes either --run RUN_DIR or --gt GT.json --pred PRED.json, not both")
+        from workbench.engine.predict import evaluate_run
+
+        metrics = evaluate_run(Path(args.run), which=args.checkpoint, data=args.data, split=args.split,
+                               device=args.device, progress=not args.quiet)
+    else:
+        from workbench.evaluation.coco import evaluate_coco_files
+
+        if args.gt is None or args.pred is None:
+            raise WorkbenchError("evaluate needs --gt GT.json and --pred PRED.json (or --run RUN_DIR)")
+        metrics = evaluate_coco_files(Path(args.gt), Path(args.pred))
+    text = json.dumps(metrics, indent=2)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from workbench.config import apply_overrides
+    from workbench.engine.trainer import load_run_config, train
+    from workbench.methods import build_preset
+
+    out = Path(args.out)
+    if args.resume and (out / "config.json").exists():
+        cfg = load_run_config(out)
+    else:
+        if args.resume:
+            raise WorkbenchError(f"{out}: nothing to resume (no config.json)")
+        cfg = build_preset(args.method, args.preset)
+        cfg = apply_overrides(cfg, data=args.data, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              amp=args.amp, optimizer=args.optimizer, max_train_images=args.max_train_images,
+                              max_val_images=args.max_val_images)
+    cfg = apply_overrides(cfg, epochs=args.epochs, device=args.device)
+    result = train(cfg, out, resume=args.resume)
+    from workbench import distributed
+
+    if distributed.is_main_process():
+        state = "interrupted" if result.interrupted else "finished"
+        best = "n/a" if result.best_ap is None else f"{result.best_ap:.4f}"
+        print(f"training {state} after {result.epochs_completed} epoch(s), {result.global_step} steps; "
+              f"best AP {best}; run directory {result.run_dir}")
+    distributed.shutdown()
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from workbench.engine.predict import predict_run
+
+    path = predict_run(Path(args.run), Path(args.out) if args.out else None, which=args.checkpoint,
+                       data=args.data, split=args.split, device=args.device, progress=not args.quiet)
+    print(f"wrote COCO results to {path}")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file (default best)")
+    p.add_argument("--data", help="dataset (default: the run's own)")
+    p.add_argument("--split", default=None, help="split (default: the run's validation split)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build and check datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    shapes = data_sub.add_parser("shapes", help="generate the built-in shapes dataset (COCO JSON + PNG)")
+    shapes.add_argument("--out", required=True, help="output folder")
+    shapes.add_argument("--train", type=int, default=1000, help="number of training images")
+    shapes.add_argument("--val", type=int, default=200, help="number of validation images")
+    shapes.add_argument("--size", type=int, default=256, help="image side in pixels")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    shapes.set_defaults(func=_cmd_data_shapes)
+    check = data_sub.add_parser("check", help="validate a dataset and print a summary")
+    check.add_argument("data", help="builtin:shapes, a COCO JSON file, a COCO root or a VOC root")
+    check.add_argument("--images", help="image folder of a lone COCO JSON file (found next to it otherwise)")
+    check.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(func=_cmd_data_check)
+
+    evaluate = sub.add_parser("evaluate", help="COCO metrics of a results file, or of a run's checkpoint")
+    evaluate.add_argument("--gt", help="COCO ground-truth JSON")
+    evaluate.add_argument("--pred", help="COCO results JSON (image_id, category_id, bbox xywh, score)")
+    evaluate.add_argument("--run", help="a run directory: evaluate its checkpoint on its validation split")
+    evaluate.add_argument("--out", help="also write the metrics JSON here")
+    _add_run_options(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    trainp = sub.add_parser("train", help="train a detector into a run directory")
+    trainp.add_argument("--method", default="faster_rcnn", help="faster_rcnn, ... (see `workbench methods`)")
+    trainp.add_argument("--preset", default="tiny", help="a preset of the method (default tiny)")
+    trainp.add_argument("--data", help="dataset (default: the preset's, builtin:shapes)")
+    trainp.add_argument("--out", required=True, help="run directory")
+    trainp.add_argument("--epochs", type=int)
+    trainp.add_argument("--batch-size", type=int, help="images per process")
+    trainp.add_argument("--lr", type=float, help="learning rate for this batch size (no linear scaling)")
+    trainp.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    trainp.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
+    trainp.add_argument("--seed", type=int)
+    trainp.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision on CUDA")
+    trainp.add_argument("--max-train-images", type=int, help="train on the first N images only")
+    trainp.add_argument("--max-val-images", type=int, help="evaluate on the first N images only")
+    trainp.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    trainp.set_defaults(func=_cmd_train)
+
+    predict = sub.add_parser("predict", help="COCO results of a run's checkpoint on a dataset split")
+    predict.add_argument("--run", required=True, help="run directory")
+    predict.add_argument("--out", help="results JSON (default RUN/predictions/<split>.json)")
+    _add_run_options(predict)
+    predict.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except WorkbenchError as exc:
+        print(f"workbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("workbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training and inference loops, checkpoints and the run directory."""

@@ -1,0 +1,15 @@
+"""Losses: element-wise functions (``basic``) and one reduction helper (``reduction``).
+
+Each loss returns an unreduced tensor; :func:`reduce_loss` weights and normalises it.
+"""
+
+from workbench.losses.basic import binary_cross_entropy_with_logits, cross_entropy, l1, smooth_l1
+from workbench.losses.reduction import reduce_loss
+
+__all__ = [
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "l1",
+    "reduce_loss",
+    "smooth_l1",
+]

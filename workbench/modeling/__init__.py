@@ -1,0 +1,93 @@
+"""Models: backbones and necks, anchor generator, RPN, RoI heads, and the Faster R-CNN assembly.
+
+Everything is built by injection: the builders in ``faster_rcnn`` read a
+:class:`FasterRCNNConfig` and pass plain objects (heads, box coders, matcher settings, samplers,
+losses, scoring, post-processing) into the modules; no module reads a global config.
+"""
+
+from workbench.modeling.anchor_generator import AnchorGenerator
+from workbench.modeling.assignment import Assignment, MatcherSettings, RandomSampler, Sampler, assign_to_gt
+from workbench.modeling.backbones import BACKBONES, FeatureExtractor, SingleLevel, build_backbone
+from workbench.modeling.faster_rcnn import (
+    FasterRCNN,
+    FasterRCNNConfig,
+    build_anchor_generator,
+    build_faster_rcnn,
+    build_roi_heads,
+    build_rpn,
+    build_transform,
+)
+from workbench.modeling.roi_heads import (
+    ExtraHeadOutput,
+    FastRCNNLoss,
+    FastRCNNPostprocess,
+    FastRCNNPredictor,
+    RoIContext,
+    RoIHeads,
+    RoIHeadsOutput,
+    SampledRoIs,
+    TwoMLPHead,
+    select_detections,
+)
+from workbench.modeling.rpn import (
+    ProposalScoring,
+    ProposalSettings,
+    RegionProposalNetwork,
+    RPNHead,
+    RPNLoss,
+    RPNOutput,
+    SigmoidObjectness,
+    flatten_levels,
+)
+from workbench.modeling.torchvision_compat import (
+    config_from_torchvision,
+    convert_torchvision_state_dict,
+    load_torchvision_faster_rcnn,
+)
+from workbench.modeling.trace import TraceRecorder, grouped_nms
+from workbench.modeling.transform import ImageBatch, ImageTransform
+
+__all__ = [
+    "AnchorGenerator",
+    "Assignment",
+    "BACKBONES",
+    "ExtraHeadOutput",
+    "FastRCNNLoss",
+    "FastRCNNPostprocess",
+    "FastRCNNPredictor",
+    "FasterRCNN",
+    "FasterRCNNConfig",
+    "FeatureExtractor",
+    "ImageBatch",
+    "ImageTransform",
+    "MatcherSettings",
+    "ProposalScoring",
+    "ProposalSettings",
+    "RPNHead",
+    "RPNLoss",
+    "RPNOutput",
+    "RandomSampler",
+    "RegionProposalNetwork",
+    "RoIContext",
+    "RoIHeads",
+    "RoIHeadsOutput",
+    "SampledRoIs",
+    "Sampler",
+    "SigmoidObjectness",
+    "SingleLevel",
+    "TraceRecorder",
+    "TwoMLPHead",
+    "assign_to_gt",
+    "build_anchor_generator",
+    "build_backbone",
+    "build_faster_rcnn",
+    "build_roi_heads",
+    "build_rpn",
+    "build_transform",
+    "config_from_torchvision",
+    "convert_torchvision_state_dict",
+    "flatten_levels",
+    "grouped_nms",
+    "load_torchvision_faster_rcnn",
+    "select_detections",
+]

@@ -1,0 +1,233 @@
+"""Backbones and necks: torchvision classification networks turned into feature extractors.
+
+Conventions:
+- a feature extractor maps a padded, normalised batch ``(N, 3, H, W)`` to an ordered dict of
+  feature maps ``name -> (N, C, H_l, W_l)``, highest resolution first, all with the same channel
+  count ``out_channels``;
+- ``body`` is the truncated torchvision network, ``neck`` maps the body's dict to the final dict
+  (an FPN, or a single-level pass-through); further necks (e.g. a balanced feature pyramid) are
+  appended with :meth:`FeatureExtractor.with_neck`;
+- batch norm is frozen (torchvision's ``FrozenBatchNorm2d``) and the first layers are frozen as
+  ``trainable_layers`` says, counting from the top of the network like torchvision.
+
+Weights: ``weights=None`` builds a randomly initialised network. A string is either the name of a
+member of the torchvision weights enum of that network (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...;
+torchvision downloads the file or finds it in ``$TORCH_HOME/hub/checkpoints/``) or the path of a
+local ``.pth`` file holding the classification network's state dict (optionally wrapped in
+``{"state_dict": ...}`` or ``{"model": ...}``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torchvision import models
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from workbench.errors import ConfigError
+
+BACKBONES = ("resnet50_fpn", "resnet18_fpn", "mobilenet_v2_fpn", "vgg16")
+
+
+class FeatureExtractor(nn.Module):
+    """``body`` (torchvision network, truncated) followed by ``neck``.
+
+    Attributes: ``out_channels`` (channels of every output level), ``feature_names`` (output
+    keys, highest resolution first), ``strides`` (nominal stride of each output level).
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        neck: nn.Module,
+        out_channels: int,
+        feature_names: tuple[str, ...],
+        strides: tuple[int, ...],
+    ) -> None:
+        super().__init__()
+        self.body = body
+        self.neck = neck
+        self.out_channels = out_channels
+        self.feature_names = tuple(feature_names)
+        self.strides = tuple(strides)
+
+    def forward(self, images: Tensor) -> "OrderedDict[str, Tensor]":
+        """``images`` (N, 3, H, W) -> ordered dict of (N, out_channels, H_l, W_l)."""
+        return self.neck(self.body(images))
+
+    def with_neck(self, extra: nn.Module) -> "FeatureExtractor":
+        """A new extractor sharing this body and neck, with ``extra`` (dict -> dict, same names and
+        channels) applied after the current neck."""
+        return FeatureExtractor(
+            self.body, nn.Sequential(self.neck, extra), self.out_channels, self.feature_names, self.strides
+        )
+
+
+class SingleLevel(nn.Module):
+    """Neck that passes the body's only feature map through under a new name."""
+
+    def __init__(self, name: str = "0") -> None:
+        super().__init__()
+        self.name = name
+
+    def forward(self, features: "OrderedDict[str, Tensor]") -> "OrderedDict[str, Tensor]":
+        if len(features) != 1:
+            raise ValueError(f"SingleLevel expects one feature map, got {len(features)}")
+        return OrderedDict([(self.name, next(iter(features.values())))])
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How to build one backbone: torchvision constructor, weights enum, returned layers."""
+
+    constructor: Callable[..., nn.Module]
+    weights_enum: type
+    uses_batch_norm: bool
+
+
+_SPECS = {
+    "resnet50_fpn": _Spec(models.resnet50, models.ResNet50_Weights, True),
+    "resnet18_fpn": _Spec(models.resnet18, models.ResNet18_Weights, True),
+    "mobilenet_v2_fpn": _Spec(models.mobilenet_v2, models.MobileNet_V2_Weights, True),
+    "vgg16": _Spec(models.vgg16, models.VGG16_Weights, False),
+}
+
+# Maximum ``trainable_layers`` per backbone family (counting stages from the top).
+MAX_TRAINABLE_LAYERS = {"resnet50_fpn": 5, "resnet18_fpn": 5, "mobilenet_v2_fpn": 6, "vgg16": 5}
+
+
+def _classification_network(name: str, weights: str | None) -> nn.Module:
+    """The torchvision network ``name`` with frozen batch norm and the requested weights."""
+    spec = _SPECS[name]
+    kwargs = {"norm_layer": FrozenBatchNorm2d} if spec.uses_batch_norm else {}
+    if weights is None:
+        return spec.constructor(weights=None, **kwargs)
+    member = getattr(spec.weights_enum, weights, None)
+    if member is not None and not Path(weights).is_file():
+        return spec.constructor(weights=member, **kwargs)
+    path = Path(weights)
+    if not path.is_file():
+        names = ", ".join(m for m in spec.weights_enum.__members__)
+        raise ConfigError(
+            f"backbone weights {weights!r}: neither a file nor a member of "
+            f"{spec.weights_enum.__name__} ({names}, DEFAULT)"
+        )
+    network = spec.constructor(weights=None, **kwargs)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{path}: not a {spec.constructor.__name__} state dict ({first})") from None
+    return network
+
+
+def _check_trainable(name: str, trainable_layers: int) -> None:
+    top = MAX_TRAINABLE_LAYERS[name]
+    if not 0 <= trainable_layers <= top:
+        raise ConfigError(f"trainable_layers for {name} must be in [0, {top}], got {trainable_layers}")
+
+
+def _freeze_resnet(network: nn.Module, trainable_layers: int) -> None:
+    """Freeze every parameter outside the top ``trainable_layers`` of (conv1, layer1..layer4)."""
+    trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        trainable.append("bn1")
+    for pname, parameter in network.named_parameters():
+        if not any(pname.startswith(prefix) for prefix in trainable):
+            parameter.requires_grad_(False)
+
+
+def _resnet_fpn(name: str, weights: str | None, trainable_layers: int, out_channels: int) -> FeatureExtractor:
+    network = _classification_network(name, weights)
+    _freeze_resnet(network, trainable_layers)
+    stage_channels = [_block_out(getattr(network, f"layer{i + 1}")) for i in range(4)]
+    return_layers = {f"layer{i + 1}": str(i) for i in range(4)}
+    body = IntermediateLayerGetter(network, return_layers=return_layers)
+    neck = FeaturePyramidNetwork(stage_channels, out_channels, extra_blocks=LastLevelMaxPool())
+    return FeatureExtractor(body, neck, out_channels, ("0", "1", "2", "3", "pool"), (4, 8, 16, 32, 64))
+
+
+def _block_out(layer: nn.Sequential) -> int:
+    """Output channels of a ResNet stage (BasicBlock or Bottleneck)."""
+    last = layer[-1]
+    conv = last.conv3 if hasattr(last, "conv3") else last.conv2
+    return int(conv.out_channels)
+
+
+# Blocks of ``mobilenet_v2().features`` that end the stride-4, 8, 16 and 32 stages.
+_MOBILENET_V2_RETURN = ("3", "6", "13", "18")
+
+
+def _mobilenet_v2_fpn(weights: str | None, trainable_layers: int, out_channels: int) -> FeatureExtractor:
+    features = _classification_network("mobilenet_v2_fpn", weights).features
+    # Stage starts: the stem, every strided block, and the last 1x1 conv (as torchvision counts).
+    starts = [0] + [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)] + [len(features) - 1]
+    freeze_before = len(features) if trainable_layers == 0 else starts[len(starts) - trainable_layers]
+    for block in features[:freeze_before]:
+        for parameter in block.parameters():
+            parameter.requires_grad_(False)
+    channels = [_last_out_channels(features[int(i)]) for i in _MOBILENET_V2_RETURN]
+    body = IntermediateLayerGetter(features, return_layers={k: str(i) for i, k in enumerate(_MOBILENET_V2_RETURN)})
+    neck = FeaturePyramidNetwork(channels, out_channels, extra_blocks=LastLevelMaxPool())
+    return FeatureExtractor(body, neck, out_channels, ("0", "1", "2", "3", "pool"), (4, 8, 16, 32, 64))
+
+
+def _last_out_channels(module: nn.Module) -> int:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return int(convs[-1].out_channels)
+
+
+# Index in ``vgg16().features`` of the ReLU after conv5_3 (stride 16) and of the first conv of
+# each of the five blocks.
+_VGG16_CONV5_3_RELU = 29
+_VGG16_BLOCK_STARTS = (0, 5, 10, 17, 24)
+
+
+def _vgg16(weights: str | None, trainable_layers: int) -> FeatureExtractor:
+    features = _classification_network("vgg16", weights).features
+    first_trainable = (
+        _VGG16_CONV5_3_RELU + 1 if trainable_layers == 0 else _VGG16_BLOCK_STARTS[5 - trainable_layers]
+    )
+    for block in features[:first_trainable]:
+        for parameter in block.parameters():
+            parameter.requires_grad_(False)
+    body = IntermediateLayerGetter(features, return_layers={str(_VGG16_CONV5_3_RELU): "conv5_3"})
+    out_channels = _last_out_channels(features[: _VGG16_CONV5_3_RELU + 1])
+    return FeatureExtractor(body, SingleLevel("0"), out_channels, ("0",), (16,))
+
+
+def build_backbone(
+    name: str,
+    weights: str | None = None,
+    trainable_layers: int = 3,
+    fpn_channels: int = 256,
+) -> FeatureExtractor:
+    """Build a feature extractor by name.
+
+    - ``resnet50_fpn`` / ``resnet18_fpn``: ResNet C2..C5 + FPN (``fpn_channels``) + max-pool P6;
+      levels ``0,1,2,3,pool`` at strides 4..64; ``trainable_layers`` in [0, 5];
+    - ``mobilenet_v2_fpn``: MobileNetV2 blocks 3, 6, 13, 18 (strides 4..32) + FPN + P6, same
+      levels as the ResNet FPNs; ``trainable_layers`` in [0, 6] (stages as torchvision counts them);
+    - ``vgg16``: VGG-16 up to conv5_3 (+ ReLU), one level ``0`` at stride 16 with 512 channels;
+      ``trainable_layers`` in [0, 5] conv blocks counted from conv5 (3 freezes conv1 and conv2).
+    """
+    if name not in _SPECS:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    _check_trainable(name, trainable_layers)
+    if name in ("resnet50_fpn", "resnet18_fpn"):
+        return _resnet_fpn(name, weights, trainable_layers, fpn_channels)
+    if name == "mobilenet_v2_fpn":
+        return _mobilenet_v2_fpn(weights, trainable_layers, fpn_channels)
+    return _vgg16(weights, trainable_layers)

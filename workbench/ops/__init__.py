@@ -1,0 +1,69 @@
+"""Pure tensor functions for detection: box maths, box coding, matching, sampling, anchors, NMS.
+
+Every function takes and returns tensors (no modules, no global state); boxes are absolute
+``xyxy`` unless a name says otherwise. Each submodule states its shape conventions.
+"""
+
+from workbench.ops.anchors import (
+    anchors_for_images,
+    feature_strides,
+    fpn_cell_anchors,
+    grid_anchors,
+    ssd_anchors,
+    ssd_cell_anchors,
+)
+from workbench.ops.boxes import (
+    box_area,
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xywh_to_xyxy,
+    box_xyxy_to_cxcywh,
+    box_xyxy_to_xywh,
+    clip_boxes,
+    nondegenerate,
+    pairwise_iou,
+    scale_boxes,
+    size_at_least,
+)
+from workbench.ops.coding import DEFAULT_SCALE_CLAMP, BoxCoder
+from workbench.ops.matching import BELOW_LOW, BETWEEN, mark_ignored, match_boxes, match_boxes_ssd
+from workbench.ops.nms import NmsLedger, nms_with_ledger
+from workbench.ops.sampling import (
+    sample_instance_balanced_positive,
+    sample_iou_balanced_negative,
+    sample_libra,
+    sample_random,
+)
+
+__all__ = [
+    "BELOW_LOW",
+    "BETWEEN",
+    "DEFAULT_SCALE_CLAMP",
+    "BoxCoder",
+    "NmsLedger",
+    "anchors_for_images",
+    "box_area",
+    "box_cxcywh_to_xyxy",
+    "box_iou",
+    "box_xywh_to_xyxy",
+    "box_xyxy_to_cxcywh",
+    "box_xyxy_to_xywh",
+    "clip_boxes",
+    "feature_strides",
+    "fpn_cell_anchors",
+    "grid_anchors",
+    "mark_ignored",
+    "match_boxes",
+    "match_boxes_ssd",
+    "nms_with_ledger",
+    "nondegenerate",
+    "pairwise_iou",
+    "sample_instance_balanced_positive",
+    "sample_iou_balanced_negative",
+    "sample_libra",
+    "sample_random",
+    "scale_boxes",
+    "size_at_least",
+    "ssd_anchors",
+    "ssd_cell_anchors",
+]
