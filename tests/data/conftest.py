@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_builders import PROPERTY_CONFIG
 
-from workbench.data.shapes import ShapesConfig, generate_shapes
-
-# About 200 images: enough to measure the dataset's properties, quick to generate.
-PROPERTY_CONFIG = ShapesConfig(num_train=160, num_val=40, image_size=128, seed=3)
+from workbench.data.shapes import generate_shapes
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from workbench.data.shapes import ShapesConfig
+
+# About 200 images: enough to measure the shapes dataset's properties, quick to generate.
+PROPERTY_CONFIG = ShapesConfig(num_train=160, num_val=40, image_size=128, seed=3)
+
 
 def write_png(path: Path, width: int, height: int, seed: int = 0) -> Path:
     """A random RGB PNG of ``width`` x ``height``."""
@@ -47,7 +52,9 @@ def coco_dict() -> dict:
     }
 
 
-def write_coco(folder: Path, data: dict | None = None, json_name: str = "ann.json", image_folder: str = "images") -> Path:
+def write_coco(
+    folder: Path, data: dict | None = None, json_name: str = "ann.json", image_folder: str = "images"
+) -> Path:
     """Write ``data`` (default ``coco_dict()``) to ``folder/json_name`` and its images (with
     the sizes the file gives) to ``folder/image_folder``. Returns the JSON path."""
     data = coco_dict() if data is None else data

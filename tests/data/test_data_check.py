@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROPERTY_CONFIG
-from data_builders import coco_dict, write_coco, write_coco_root, write_voc
+from data_builders import PROPERTY_CONFIG, coco_dict, write_coco, write_coco_root, write_voc
 
 from workbench.cli import main
 from workbench.data.check import check_data

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PROPERTY_CONFIG
+from data_builders import PROPERTY_CONFIG
 from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 

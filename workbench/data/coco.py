@@ -111,7 +111,8 @@ def parse_images(entries: list, path: Path) -> dict[int, dict]:
             raise DatasetError("'file_name' must be a non-empty string", path=path, image_id=img["id"])
         for key in ("width", "height"):
             if not _is_number(img[key]) or img[key] <= 0 or int(img[key]) != img[key]:
-                raise DatasetError(f"'{key}' must be a positive integer, got {img[key]!r}", path=path, image_id=img["id"])
+                message = f"'{key}' must be a positive integer, got {img[key]!r}"
+                raise DatasetError(message, path=path, image_id=img["id"])
         images[img["id"]] = img
     return images
 
@@ -128,7 +129,9 @@ def _parse_annotation(ann, index: int, images: dict, category_ids: set, ann_ids:
         if not _is_int(ann[key]):
             raise DatasetError(f"'{key}' must be an integer, got {ann[key]!r}", path=path, annotation_id=aid)
     if ann["image_id"] not in images:
-        raise DatasetError("refers to an image id that is not in 'images'", path=path, image_id=ann["image_id"], annotation_id=aid)
+        raise DatasetError(
+            "refers to an image id that is not in 'images'", path=path, image_id=ann["image_id"], annotation_id=aid
+        )
     if ann["category_id"] not in category_ids:
         raise DatasetError(f"unknown category id {ann['category_id']!r}", path=path, annotation_id=aid)
     bbox = ann["bbox"]

@@ -207,7 +207,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         """Open and decode every image and check its size; raise on the first bad one."""
         from tqdm.auto import tqdm
 
-        for index in tqdm(range(len(self)), desc=f"checking images of {self.source.name}", unit="img", disable=not progress):
+        desc = f"checking images of {self.source.name}"
+        for index in tqdm(range(len(self)), desc=desc, unit="img", disable=not progress):
             rec = self.records[index]
             path = self.image_path(index)
             img = open_image(path, rec.image_id)

@@ -286,9 +286,10 @@ def _sample_layout(rng: np.random.Generator, cfg: ShapesConfig) -> list[tuple[in
             cx, cy = cx + r * math.cos(a), cy + r * math.sin(a)
         else:
             s = math.exp(rng.uniform(log_lo, log_hi)) * size
-            margin = 0.2 * s
-            cx, cy = rng.uniform(margin, size - margin, size=2)
+            cx, cy = rng.uniform(0.2 * s, size - 0.2 * s, size=2)
         s = min(max(s, cfg.min_object_size * size, 4.0), cfg.max_object_size * size)
+        # at most about a third of an object is cut by the border: no unrecognisable slivers
+        cx, cy = (float(np.clip(c, 0.2 * s, size - 0.2 * s)) for c in (cx, cy))
         polys = _place(shape_outline(CLASS_NAMES[cls], rng), (cx, cy), s)
         window = rasterize(polys, size)
         if window is None:
@@ -433,7 +434,9 @@ def _default_workers(num_images: int) -> int:
     return 0 if num_images < 64 else min(4, cores)
 
 
-def generate_shapes(root: Path, cfg: ShapesConfig = ShapesConfig(), progress: bool = True, workers: int | None = None) -> Path:
+def generate_shapes(
+    root: Path, cfg: ShapesConfig = ShapesConfig(), progress: bool = True, workers: int | None = None
+) -> Path:
     """Write the shapes dataset into ``root`` (a COCO root, see the module doc); returns root.
 
     ``workers`` processes render images in parallel (None: up to 4 for larger sets, 0: in this
@@ -464,7 +467,8 @@ def generate_shapes(root: Path, cfg: ShapesConfig = ShapesConfig(), progress: bo
     start = 0
     for split in SPLITS:
         n = cfg.num_images(split)
-        _write_atomic(root / "annotations" / f"instances_{split}.json", dumps_json(coco_dict(cfg, split, results[start : start + n])))
+        text = dumps_json(coco_dict(cfg, split, results[start : start + n]))
+        _write_atomic(root / "annotations" / f"instances_{split}.json", text)
         start += n
     return root
 
@@ -498,6 +502,7 @@ def builtin_shapes_root(cfg: ShapesConfig | None = None, progress: bool = True) 
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + final.name + "-", dir=base))
     try:
         generate_shapes(tmp, cfg, progress=progress)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
         try:
             os.rename(tmp, final)
         except OSError:

@@ -101,7 +101,8 @@ class MinIouRandomCrop(DetectionTransform):
         trials: int = 40,
         min_box_size: float = 1.0,
     ) -> None:
-        super().__init__(v2.RandomIoUCrop(min_scale=min_scale, sampler_options=list(min_ious), trials=trials), min_box_size)
+        crop = v2.RandomIoUCrop(min_scale=min_scale, sampler_options=list(min_ious), trials=trials)
+        super().__init__(crop, min_box_size)
 
     def __call__(self, sample: Sample) -> Sample:
         if len(sample) == 0:

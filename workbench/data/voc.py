@@ -129,7 +129,8 @@ def _header_size(path: Path, image_id: int) -> tuple[int, int]:
         with Image.open(path) as img:
             return img.size
     except FileNotFoundError:
-        raise DatasetError("image file not found (and the annotation gives no <size>)", path=path, image_id=image_id) from None
+        message = "image file not found (and the annotation gives no <size>)"
+        raise DatasetError(message, path=path, image_id=image_id) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DatasetError(f"cannot read the image ({exc})", path=path, image_id=image_id) from None
 
