@@ -5,7 +5,11 @@ Boxes look like region-proposal output: 80% are jittered copies of a few hundred
 low scores. Both functions run on the same input in the same process, alternating, and the
 median of the repeats is reported. Prints a markdown table.
 
-    .venv/bin/python benchmarks/nms.py [--repeats 7] [--sizes 1000 10000 50000]
+    .venv/bin/python benchmarks/nms.py [--repeats 7] [--sizes 1000 10000 50000] [--threads N]
+
+torchvision's CPU NMS is single-threaded; the ledger's tensor operations use torch's intra-op
+threads (``--threads``, default torch's own setting). On a machine whose cores are busy with
+other processes, several intra-op threads wait on each other: compare with ``--threads 1``.
 """
 
 from __future__ import annotations
@@ -74,7 +78,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.7, 0.5])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     print(
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, {platform.machine()}, "
