@@ -87,8 +87,47 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from workbench.engine.predict import predict_run
 
     path = predict_run(Path(args.run), Path(args.out) if args.out else None, which=args.checkpoint,
-                       data=args.data, split=args.split, device=args.device, progress=not args.quiet)
+                       data=args.data, split=args.split, device=args.device, progress=not args.quiet,
+                       trace=args.trace)
     print(f"wrote COCO results to {path}")
+    if args.trace:
+        print(f"wrote traces to {Path(args.run) / 'traces'}")
+    return 0
+
+
+def _cmd_export_fiftyone(args: argparse.Namespace) -> int:
+    from workbench.export.fiftyone import export_run
+
+    _, summary = export_run(Path(args.run), split=args.split, name=args.name, max_proposals=args.proposals,
+                            evaluate=not args.no_eval, progress=not args.quiet, device=args.device)
+    counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())
+    print(f"FiftyOne dataset {summary.name!r}: {summary.num_samples} samples ({counts}); "
+          f"open it with `workbench app --name {summary.name}`")
+    return 0
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from workbench.export.app import resolve_dataset_name, serve_app
+
+    name = resolve_dataset_name(args.name, args.run, args.split)
+    return serve_app(name, address=args.address, port=args.port)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from workbench.demo import format_summary, run_demo
+
+    result = run_demo(Path(args.out), epochs=args.epochs, progress=not args.quiet)
+    print(format_summary(result))
+    return 0
+
+
+def _cmd_pipeline_run(args: argparse.Namespace) -> int:
+    from workbench.pipelines import load_pipeline, run_pipeline
+
+    pipeline = load_pipeline(Path(args.file), Path(args.out) if args.out else None)
+    outcomes = run_pipeline(pipeline, fresh=args.fresh, log_output=args.log_output)
+    ran = sum(o.status == "ran" for o in outcomes)
+    print(f"pipeline {pipeline.name}: {ran} step(s) ran, {len(outcomes) - ran} skipped; outputs in {pipeline.out}")
     return 0
 
 
@@ -149,8 +188,40 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="COCO results of a run's checkpoint on a dataset split")
     predict.add_argument("--run", required=True, help="run directory")
     predict.add_argument("--out", help="results JSON (default RUN/predictions/<split>.json)")
+    predict.add_argument("--trace", action="store_true", help="also save per-image traces to RUN/traces/<split>")
     _add_run_options(predict)
     predict.set_defaults(func=_cmd_predict)
+    export = sub.add_parser("export", help="export a run to other tools")
+    export_sub = export.add_subparsers(dest="export_command", required=True)
+    efo = export_sub.add_parser("fiftyone", help="a run's traces, ground truth and evaluation as a FiftyOne dataset")
+    efo.add_argument("--run", required=True, help="run directory (traces are predicted first if missing)")
+    efo.add_argument("--name", help="dataset name (default workbench-<run dir name>-<split>)")
+    efo.add_argument("--split", help="split (default: the run's validation split)")
+    efo.add_argument("--proposals", type=int, default=100, help="RPN proposals per image to export (default 100)")
+    efo.add_argument("--no-eval", action="store_true", help="skip evaluate_detections")
+    efo.add_argument("--device", default="auto", help="device when traces must be predicted first")
+    efo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    efo.set_defaults(func=_cmd_export_fiftyone)
+    app = sub.add_parser("app", help="serve the FiftyOne App on an exported dataset until Ctrl-C")
+    app.add_argument("--name", help="FiftyOne dataset name")
+    app.add_argument("--run", help="run directory: its default export name")
+    app.add_argument("--split", help="split of --run (default: the run's validation split)")
+    app.add_argument("--port", type=int, default=5151, help="port (default 5151)")
+    app.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    app.set_defaults(func=_cmd_app)
+    demo = sub.add_parser("demo", help="the built-in dataset, a small detector trained on CPU, its evaluation")
+    demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    demo.add_argument("--epochs", type=int, help="override the presets' epochs")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
+    pipeline = sub.add_parser("pipeline", help="run notebooks in batch from a pipeline file (papermill)")
+    pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True)
+    prun = pipeline_sub.add_parser("run", help="run a pipeline's steps in order, resuming finished ones")
+    prun.add_argument("file", help="pipeline YAML file (e.g. pipelines/demo.yaml)")
+    prun.add_argument("--out", help="output folder (default: the file's `output`)")
+    prun.add_argument("--fresh", action="store_true", help="ignore the record of finished steps; run all")
+    prun.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output")
+    prun.set_defaults(func=_cmd_pipeline_run)
     return parser
 
 

@@ -8,6 +8,7 @@ run directory as JSON and read back with ``train_config_from_dict``.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,9 +77,13 @@ def _from_dict(cls: type, values: dict[str, Any]) -> Any:
     unknown = set(values) - set(names)
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        if isinstance(value, list):
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints.get(name)):
+            # a config that holds another one (e.g. a method's config around the baseline's)
+            value = _from_dict(hints[name], value)
+        elif isinstance(value, list):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         kwargs[name] = value
     return cls(**kwargs)

@@ -14,9 +14,20 @@ from workbench.modeling import TraceRecorder, config_from_torchvision, load_torc
 NUM_CLASSES = 5  # foreground; torchvision counts 6 with the background
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread for the whole module (set before the module's fixtures run): on a
+    shared 2-core machine oversubscribed threads are many times slower, and comparisons of two
+    runs need the same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _images(seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.rand(3, 240, 320, generator=g), torch.rand(3, 300, 200, generator=g)]
+    return [torch.rand(3, 240, 320, generator=g), torch.rand(3, 300, 200, generator=g), torch.rand(3, 256, 256, generator=g)]
 
 
 def _perturb_predictor(model: torch.nn.Module, seed: int) -> None:
@@ -60,7 +71,7 @@ def test_config_copies_torchvision_settings(r50_pair):
 
 @pytest.fixture(scope="module")
 def r50_outputs(r50_pair):
-    """One forward of each model on two images of different sizes; torchvision's proposals are
+    """One forward of each model on three images of different sizes; torchvision's proposals are
     caught on the way."""
     tv, wb = r50_pair
     images = _images(2)

@@ -13,10 +13,22 @@ from workbench.structures import DetectorOutput
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_rcnn_cls", "loss_rcnn_box"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread for the whole module (set before the module's fixtures run): on a
+    shared 2-core machine oversubscribed threads are many times slower, and comparisons of two
+    runs need the same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _config(**overrides) -> FasterRCNNConfig:
     values = dict(
-        backbone="resnet18_fpn", num_classes=3, min_size=128, max_size=160,
-        rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=300, box_batch_size_per_image=128,
+        backbone="resnet18_fpn", num_classes=3, min_size=128, max_size=160, fpn_channels=64,
+        box_representation_size=256, rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=300,
+        box_batch_size_per_image=128,
     )
     values.update(overrides)
     return FasterRCNNConfig(**values)
@@ -78,14 +90,14 @@ def test_sgd_steps_lower_the_loss():
     # random init with frozen batch norm normalises nothing: plain SGD at a small rate is stable
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.005)
     losses = []
-    for _ in range(6):
+    for _ in range(12):
         optimizer.zero_grad()
         loss = model(images, targets, generator=torch.Generator().manual_seed(0)).total_loss()
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
     assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
 
 
 def test_image_without_boxes(model):

@@ -21,10 +21,23 @@ def _open(run_dir: Path, which: str, data: str | None, split: str | None, device
 
 
 def predict_run(run_dir: Path, out: Path | None = None, *, which: str = "best", data: str | None = None,
-                split: str | None = None, device: str = "auto", progress: bool = True) -> Path:
-    """Write the COCO results of the run's checkpoint on ``split`` (default: its val split)."""
+                split: str | None = None, device: str = "auto", progress: bool = True, trace: bool = False) -> Path:
+    """Write the COCO results of the run's checkpoint on ``split`` (default: its val split).
+
+    With ``trace`` the detector also records its trace per image, saved to ``RUN/traces/<split>``
+    (:func:`workbench.inspection.load_traces` reads it); the detections are the same.
+    """
+    run_dir = Path(run_dir)
     model, cfg, dataset, split, dev = _open(run_dir, which, data, split, device)
-    preds = predict_dataset(model, dataset, dev, batch_size=cfg.batch_size, progress=progress)
+    if trace:
+        from workbench.inspection.collect import dataset_meta, predict_with_traces
+        from workbench.inspection.traces import trace_dir
+
+        meta = dataset_meta(dataset, data or cfg.data.spec, which)
+        preds = predict_with_traces(model, dataset, dev, trace_dir(run_dir, split), method=cfg.method, split=split,
+                                    meta=meta, batch_size=cfg.batch_size, progress=progress)
+    else:
+        preds = predict_dataset(model, dataset, dev, batch_size=cfg.batch_size, progress=progress)
     results = predictions_to_coco_results(preds, dataset.label_to_category_id)
     out = out or RunDir(run_dir).predictions / f"{split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,16 @@
-"""Losses: element-wise functions (``basic``) and one reduction helper (``reduction``).
+"""Losses: element-wise functions (``basic``, ``kl``) and one reduction helper (``reduction``).
 
 Each loss returns an unreduced tensor; :func:`reduce_loss` weights and normalises it.
 """
 
 from workbench.losses.basic import binary_cross_entropy_with_logits, cross_entropy, l1, smooth_l1
+from workbench.losses.kl import kl_rpn_loss
 from workbench.losses.reduction import reduce_loss
 
 __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "kl_rpn_loss",
     "l1",
     "reduce_loss",
     "smooth_l1",

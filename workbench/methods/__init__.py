@@ -19,6 +19,7 @@ from workbench.errors import ConfigError
 
 METHODS: dict[str, str] = {
     "faster_rcnn": "workbench.methods.faster_rcnn",
+    "kl_rpn": "workbench.methods.kl_rpn",
 }
 
 

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torchvision import models
+from torchvision.models import vgg as vgg_module
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -104,33 +105,67 @@ _SPECS = {
 MAX_TRAINABLE_LAYERS = {"resnet50_fpn": 5, "resnet18_fpn": 5, "mobilenet_v2_fpn": 6, "vgg16": 5}
 
 
-def _classification_network(name: str, weights: str | None) -> nn.Module:
-    """The torchvision network ``name`` with frozen batch norm and the requested weights."""
-    spec = _SPECS[name]
-    kwargs = {"norm_layer": FrozenBatchNorm2d} if spec.uses_batch_norm else {}
+def _resolve_weights(name: str, weights: str | None):
+    """``None``, a member of the network's torchvision weights enum, or a local file path."""
     if weights is None:
-        return spec.constructor(weights=None, **kwargs)
-    member = getattr(spec.weights_enum, weights, None)
-    if member is not None and not Path(weights).is_file():
-        return spec.constructor(weights=member, **kwargs)
+        return None
+    spec = _SPECS[name]
     path = Path(weights)
-    if not path.is_file():
-        names = ", ".join(m for m in spec.weights_enum.__members__)
+    if path.is_file():
+        return path
+    member = getattr(spec.weights_enum, weights, None)
+    if member is None:
+        names = ", ".join(spec.weights_enum.__members__)
         raise ConfigError(
             f"backbone weights {weights!r}: neither a file nor a member of "
             f"{spec.weights_enum.__name__} ({names}, DEFAULT)"
         )
-    network = spec.constructor(weights=None, **kwargs)
+    return member
+
+
+def _load_file(network: nn.Module, path: Path, prefix: str = "") -> None:
+    """Load a state dict file (plain or under ``state_dict`` / ``model``) into ``network``;
+    with ``prefix``, only the entries under it (prefix removed)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{path}: not a {spec.constructor.__name__} state dict ({first})") from None
-    return network
+        raise ConfigError(f"{path}: does not fit the backbone ({first})") from None
+
+
+def _classification_network(name: str, weights: str | None) -> nn.Module:
+    """The torchvision network ``name`` with frozen batch norm and the requested weights."""
+    spec = _SPECS[name]
+    kwargs = {"norm_layer": FrozenBatchNorm2d} if spec.uses_batch_norm else {}
+    resolved = _resolve_weights(name, weights)
+    if isinstance(resolved, Path):
+        network = spec.constructor(weights=None, **kwargs)
+        _load_file(network, resolved)
+        return network
+    return spec.constructor(weights=resolved, **kwargs)
+
+
+def _vgg16_features(weights: str | None) -> nn.Sequential:
+    """``vgg16().features`` without building the 120M-parameter classifier."""
+    features = vgg_module.make_layers(vgg_module.cfgs["D"], batch_norm=False)
+    resolved = _resolve_weights("vgg16", weights)
+    if resolved is None:
+        for layer in features.modules():
+            if isinstance(layer, nn.Conv2d):  # torchvision's VGG initialisation
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+    elif isinstance(resolved, Path):
+        _load_file(features, resolved, prefix="features.")
+    else:
+        state = resolved.get_state_dict(progress=True)
+        features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+    return features
 
 
 def _check_trainable(name: str, trainable_layers: int) -> None:
@@ -196,7 +231,7 @@ _VGG16_BLOCK_STARTS = (0, 5, 10, 17, 24)
 
 
 def _vgg16(weights: str | None, trainable_layers: int) -> FeatureExtractor:
-    features = _classification_network("vgg16", weights).features
+    features = _vgg16_features(weights)
     first_trainable = (
         _VGG16_CONV5_3_RELU + 1 if trainable_layers == 0 else _VGG16_BLOCK_STARTS[5 - trainable_layers]
     )

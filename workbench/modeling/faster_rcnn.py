@@ -19,11 +19,10 @@ evaluation with targets ``class_logits`` are those of the detection pass), ``ima
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Mapping, Sequence
-
 import functools
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -98,7 +97,7 @@ class FasterRCNNConfig:
     box_detections_per_img: int = 100
     box_min_size: float = 1e-2
     # offsets above this log-scale are clamped when decoding
-    box_decode_clamp: float = field(default=math.log(1000.0 / 16))
+    box_decode_clamp: float = math.log(1000.0 / 16)
 
 
 class FasterRCNN(nn.Module):

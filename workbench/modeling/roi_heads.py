@@ -64,7 +64,7 @@ def class_box_offsets(box_regression: Tensor, labels: Tensor) -> Tensor:
     if box_regression.shape[1] == 4:
         return box_regression
     rows = torch.arange(box_regression.shape[0], device=box_regression.device)
-    return box_regression.view(box_regression.shape[0], -1, 4)[rows, labels]
+    return box_regression.view(box_regression.shape[0], box_regression.shape[1] // 4, 4)[rows, labels]
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,8 @@ class FastRCNNPostprocess:
         counts = [int(p.shape[0]) for p in proposals]
         num_classes = class_logits.shape[1]
         reference = torch.cat(list(proposals), dim=0)
-        boxes = self.box_coder.decode(box_regression, reference).reshape(reference.shape[0], -1, 4)
+        groups = box_regression.shape[1] // 4
+        boxes = self.box_coder.decode(box_regression, reference).reshape(reference.shape[0], groups, 4)
         if boxes.shape[1] == 1:
             boxes = boxes.expand(-1, num_classes, 4)
         scores = F.softmax(class_logits, dim=-1)

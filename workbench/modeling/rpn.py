@@ -161,19 +161,23 @@ def select_proposals(
     post_nms_top_n: int,
     recorder: TraceRecorder | None = None,
     image_index: int = 0,
-) -> tuple[Tensor, Tensor]:
-    """One image's candidates (K, 4), scores (K,), levels (K,) -> proposals and scores after
-    clipping, removal of small and low-scoring boxes, per-level NMS and the top-n cut."""
+    fields: Mapping[str, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """One image's candidates (K, 4), scores (K,), levels (K,) -> proposals, scores and
+    ``fields`` (name -> (K, C) per-candidate values, carried along) after clipping, removal of
+    small and low-scoring boxes, per-level NMS and the top-n cut."""
+    fields = dict(fields or {})
     boxes = clip_boxes(boxes, image_size)
     keep = size_at_least(boxes, settings.min_size)
     if settings.score_thresh is not None:
         keep = keep & (scores >= settings.score_thresh)
     boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+    fields = {name: value[keep] for name, value in fields.items()}
     if recorder is not None:
-        recorder.put(image_index, "rpn_proposals_pre_nms", boxes=boxes, scores=scores, levels=levels)
+        recorder.put(image_index, "rpn_proposals_pre_nms", boxes=boxes, scores=scores, levels=levels, **fields)
     keep = grouped_nms(boxes, scores, levels, settings.nms_thresh, recorder, image_index, "rpn_nms")
     keep = keep[:post_nms_top_n]
-    return boxes[keep], scores[keep]
+    return boxes[keep], scores[keep], {name: value[keep] for name, value in fields.items()}
 
 
 class RegionProposalNetwork(nn.Module):
@@ -188,6 +192,10 @@ class RegionProposalNetwork(nn.Module):
         scoring: :class:`ProposalScoring`.
         loss: callable on the sampled anchors (see the module docstring).
         settings: :class:`ProposalSettings`.
+        proposal_fields: optional ``flat outputs (N, A, C) by name -> {field: (N, A, C_f)}``;
+            each field is carried with the proposals: recorded beside ``boxes`` and ``scores`` in
+            the ``rpn_proposals_pre_nms`` and ``rpn_proposals`` trace records and returned per
+            image in ``raw["proposal_fields"]`` (e.g. KL-RPN's per-proposal ``sigma`` (P_i, 4)).
     """
 
     def __init__(
@@ -201,6 +209,7 @@ class RegionProposalNetwork(nn.Module):
         scoring: ProposalScoring,
         loss: Callable[[Mapping[str, Tensor], Tensor, Tensor], dict[str, Tensor]],
         settings: ProposalSettings,
+        proposal_fields: Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]] | None = None,
     ) -> None:
         super().__init__()
         self.head = head
@@ -211,6 +220,7 @@ class RegionProposalNetwork(nn.Module):
         self.scoring = scoring
         self.loss = loss
         self.settings = settings
+        self.proposal_fields = proposal_fields
 
     def forward(
         self,
@@ -236,11 +246,13 @@ class RegionProposalNetwork(nn.Module):
         anchors = torch.cat(anchors_per_level, dim=0)
         level_counts = [int(a.shape[0]) for a in anchors_per_level]
 
-        proposals, scores = self._propose(flat, anchors, level_counts, image_sizes, recorder)
+        proposals, scores, fields = self._propose(flat, anchors, level_counts, image_sizes, recorder)
         raw: dict[str, object] = {f"rpn_{name}": outs for name, outs in head_out.items()}
         raw["anchors"] = anchors_per_level
         raw["proposals"] = proposals
         raw["proposal_scores"] = scores
+        if self.proposal_fields is not None:
+            raw["proposal_fields"] = fields
         losses = {} if targets is None else self._losses(flat, anchors, targets, generator)
         return RPNOutput(proposals, scores, raw, losses)
 
@@ -251,9 +263,11 @@ class RegionProposalNetwork(nn.Module):
         level_counts: Sequence[int],
         image_sizes: Sequence[tuple[int, int]],
         recorder: TraceRecorder | None,
-    ) -> tuple[list[Tensor], list[Tensor]]:
+    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Tensor]]]:
         with torch.no_grad():
-            rank = self.scoring.rank({k: v.detach() for k, v in flat.items()})
+            detached = {k: v.detach() for k, v in flat.items()}
+            rank = self.scoring.rank(detached)
+            extra = {} if self.proposal_fields is None else dict(self.proposal_fields(detached))
             top = top_n_per_level(rank, level_counts, self.settings.pre_nms_top_n(self.training))
             top_rank = torch.gather(rank, 1, top)
             top_scores = self.scoring.score(top_rank)
@@ -263,20 +277,22 @@ class RegionProposalNetwork(nn.Module):
             )
             deltas = flat["deltas"].detach()
             post_n = self.settings.post_nms_top_n(self.training)
-            proposals, scores = [], []
+            proposals, scores, fields = [], [], []
             for i, image_size in enumerate(image_sizes):
                 idx = top[i]
                 boxes = self.box_coder.decode(deltas[i, idx], anchors[idx])
                 if recorder is not None:
                     recorder.put(i, "anchors", boxes=anchors, levels=level_ids)
-                kept_boxes, kept_scores = select_proposals(
-                    boxes, top_scores[i], level_ids[idx], image_size, self.settings, post_n, recorder, i
+                kept_boxes, kept_scores, kept_fields = select_proposals(
+                    boxes, top_scores[i], level_ids[idx], image_size, self.settings, post_n, recorder, i,
+                    fields={name: value[i, idx] for name, value in extra.items()},
                 )
                 if recorder is not None:
-                    recorder.put(i, "rpn_proposals", boxes=kept_boxes, scores=kept_scores)
+                    recorder.put(i, "rpn_proposals", boxes=kept_boxes, scores=kept_scores, **kept_fields)
                 proposals.append(kept_boxes)
                 scores.append(kept_scores)
-        return proposals, scores
+                fields.append(kept_fields)
+        return proposals, scores, fields
 
     def _losses(
         self,
@@ -285,21 +301,21 @@ class RegionProposalNetwork(nn.Module):
         targets: Sequence[Mapping[str, Tensor]],
         generator: torch.Generator | None,
     ) -> dict[str, Tensor]:
-        preds: dict[str, list[Tensor]] = {name: [] for name in flat}
-        labels, regression = [], []
+        num_anchors = anchors.shape[0]
+        picked, labels, regression = [], [], []
         for i, target in enumerate(targets):
             gt_boxes = target["boxes"]
             assignment = assign_to_gt(anchors, gt_boxes, self.matcher, gt_ignore=target.get("ignore"))
             pos, neg = self.sampler(assignment, generator)
             idx = torch.where(pos | neg)[0]
-            for name, tensor in flat.items():
-                preds[name].append(tensor[i, idx])
+            picked.append(idx + i * num_anchors)
             labels.append((assignment.labels[idx] > 0).to(anchors.dtype))
             if gt_boxes.shape[0] == 0:
                 regression.append(torch.zeros((idx.shape[0], 4), dtype=anchors.dtype, device=anchors.device))
             else:
                 matched = gt_boxes.to(anchors.dtype)[assignment.matched_gt[idx]]
                 regression.append(self.box_coder.encode(matched, anchors[idx]))
-        sampled = {name: torch.cat(parts, dim=0) for name, parts in preds.items()}
+        rows = torch.cat(picked)  # one gather per output keeps the backward to one scatter
+        sampled = {name: tensor.reshape(-1, tensor.shape[-1])[rows] for name, tensor in flat.items()}
         return self.loss(sampled, torch.cat(labels), torch.cat(regression))
 

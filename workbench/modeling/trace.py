@@ -14,7 +14,9 @@ Record names written by the two-stage baseline: ``anchors``; ``rpn_proposals_pre
 (``boxes``, ``scores``, ``levels``: after top-k, clipping and removal of small boxes);
 ``rpn_nms`` (ledger, see below); ``rpn_proposals`` (``boxes``, ``scores``);
 ``rcnn_candidates`` (``boxes``, ``scores``, ``labels``: per-class boxes above the score
-threshold); ``rcnn_nms``; ``detections`` (``boxes``, ``scores``, ``labels``).
+threshold); ``rcnn_nms``; ``detections`` (``boxes``, ``scores``, ``labels``). An RPN built with
+``proposal_fields`` adds those per-proposal fields to ``rpn_proposals_pre_nms`` and
+``rpn_proposals`` (KL-RPN: ``sigma`` (P, 4)).
 
 An NMS record holds the input ``boxes``, ``scores`` and group ``idxs`` (level or class) and the
 ledger (``workbench.ops.NmsLedger.to_dict``): ``keep`` (indices, in keep order),

@@ -1,0 +1,162 @@
+"""KL-RPN against the baseline RPN: same data, budget and seeds; proposal recall and final AP.
+
+For every seed, trains the ``tiny`` preset of ``faster_rcnn`` and of ``kl_rpn`` (each with its
+own optimiser, everything else equal) with the given data and epochs, then measures on the
+validation split, with the weights after the last epoch:
+
+- AP, AP50, AP75 (COCO, from the trainer's evaluation after the last epoch);
+- class-agnostic proposal recall AR@100/300/1000 (``workbench.evaluation.recall``), with the
+  RPN set to keep 1000 boxes per level before NMS and 1000 per image after at test time (the
+  presets keep 500 / 300, which would cap AR@1000 at AR@300);
+- the paper's Fig. 3 statistic: mean L1 offsets (box-coder delta space) to the matched GT of
+  the 5 x #GT highest- and lowest-scored proposals with IoU > 0 (after the presets' own
+  test-time selection).
+
+Finished runs are reused and interrupted ones resumed, so the script can be re-run (or run
+once per method in two processes, then once more to print the table). Results go to
+``OUT/<method>/seed_<s>/compare.json``; the table is printed as markdown; ``--figure`` writes
+the offset histograms of the first seed as a self-contained HTML file.
+
+    python benchmarks/compare_kl_rpn.py --data 'builtin:shapes?train=300&val=100' \\
+        --epochs 6 --seeds 0 1 2 --out runs/compare_kl_rpn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import torch
+
+METHODS = ("faster_rcnn", "kl_rpn")
+RECALL_TOP_N = 1000
+AP_KEYS = ("AP", "AP50", "AP75")
+AR_KEYS = ("AR@100", "AR@300", "AR@1000")
+
+
+def train_or_reuse(method: str, seed: int, args: argparse.Namespace) -> Path:
+    from workbench.config import apply_overrides
+    from workbench.engine.checkpoint import load_checkpoint
+    from workbench.engine.run_dir import RunDir
+    from workbench.engine.trainer import load_run_config, train
+    from workbench.methods import build_preset
+
+    run_dir = Path(args.out) / method / f"seed_{seed}"
+    run = RunDir(run_dir)
+    if run.last_checkpoint.exists():
+        cfg = load_run_config(run_dir)
+        if load_checkpoint(run.last_checkpoint)["epoch"] >= cfg.schedule.epochs:
+            return run_dir
+        train(cfg, run_dir, resume=True, progress=False)
+        return run_dir
+    cfg = apply_overrides(build_preset(method, "tiny"), data=args.data, epochs=args.epochs, seed=seed, device="cpu")
+    train(cfg, run_dir, progress=False)
+    return run_dir
+
+
+def final_eval(run_dir: Path) -> dict[str, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    return {k: evals[-1][k] for k in AP_KEYS}
+
+
+def measure(run_dir: Path) -> dict:
+    from workbench.data.sources import open_dataset
+    from workbench.engine.trainer import load_trained_model
+    from workbench.evaluation.coco_files import coco_gt_from_dict
+    from workbench.evaluation.recall import proposal_recall
+    from workbench.methods.kl_rpn.analysis import (
+        dataset_gt_boxes,
+        objectness_offsets,
+        rpn_proposals,
+        settings_with_top_n,
+    )
+
+    path = run_dir / "compare.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    model, cfg, _ = load_trained_model(run_dir, "last", "cpu")
+    dataset = open_dataset(cfg.data.spec, cfg.data.val_split)
+    gt = coco_gt_from_dict(dataset.to_coco_dict(), source=str(dataset.source))
+    many = rpn_proposals(model, dataset, batch_size=cfg.batch_size, settings=settings_with_top_n(model, RECALL_TOP_N))
+    recall = proposal_recall(gt, many)
+    preset = rpn_proposals(model, dataset, batch_size=cfg.batch_size)
+    offsets = objectness_offsets(preset, dataset_gt_boxes(dataset))
+    result = {
+        "method": cfg.method,
+        "seed": cfg.seed,
+        **final_eval(run_dir),
+        **{k: recall[k] for k in AR_KEYS},
+        "offsets": offsets.summary(),
+        "offset_arrays": {"high": offsets.high.tolist(), "low": offsets.low.tolist()},
+    }
+    path.write_text(json.dumps(result) + "\n")
+    return result
+
+
+def mean_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    keys = AR_KEYS + AP_KEYS
+    lines = ["| method | seeds | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    for method, rows in results.items():
+        cells = [mean_spread([r[k] for r in rows]) for k in keys]
+        lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += ["", "Per seed:", "", "| method | seed | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    for method, rows in results.items():
+        for r in rows:
+            lines.append(f"| {method} | {r['seed']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |")
+    coords = ("x", "y", "w", "h")
+    lines += ["", "Mean L1 offset to the matched GT (delta space), highest / lowest objectness proposals:", "",
+              "| method | " + " | ".join(f"{c} high / low" for c in coords) + " |", "|---|" + "---:|" * 4]
+    for method, rows in results.items():
+        cells = []
+        for c in coords:
+            high = statistics.mean(r["offsets"][f"high_{c}"] for r in rows)
+            low = statistics.mean(r["offsets"][f"low_{c}"] for r in rows)
+            cells.append(f"{high:.3f} / {low:.3f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="builtin:shapes")
+    parser.add_argument("--epochs", type=int, default=None, help="override the presets' 6 epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--out", default="runs/compare_kl_rpn")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--figure", help="write the offset histograms (first seed) to this HTML file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    results: dict[str, list[dict]] = {m: [] for m in args.methods}
+    for seed in args.seeds:
+        for method in args.methods:
+            run_dir = train_or_reuse(method, seed, args)
+            results[method].append(measure(run_dir))
+    print(f"\ndata {args.data}, epochs {args.epochs or 'preset'}, seeds {args.seeds}; mean ± sample std\n")
+    print(table(results))
+    if args.figure:
+        from workbench.viz.proposals import objectness_offsets_figure
+
+        first = {
+            ("RPN" if m == "faster_rcnn" else "KL-RPN"): (rows[0]["offset_arrays"]["high"], rows[0]["offset_arrays"]["low"])
+            for m, rows in results.items()
+        }
+        objectness_offsets_figure(first).write_html(args.figure, include_plotlyjs=True)
+        print(f"\nwrote {args.figure}")
+
+
+if __name__ == "__main__":
+    main()

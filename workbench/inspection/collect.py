@@ -1,0 +1,122 @@
+"""Prediction with a trace: the detections of every image plus what the detector recorded.
+
+The detector runs with a :class:`workbench.modeling.TraceRecorder`, which changes no output
+(every NMS runs through the ledger whose keep set is ``batched_nms``'s), so the detections are
+those of plain prediction. Each image's records are completed with what a method returns
+outside the recorder: per-box ``Detections.extras`` become fields of the ``detections`` record,
+and per-image ``raw["uncertainty_maps"]`` the ``uncertainty_map`` record (when the method did
+not record them itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from workbench import distributed
+from workbench.engine.inference import ImagePrediction, images_to_model_input, unwrap
+from workbench.errors import WorkbenchError
+from workbench.inspection.traces import DEFAULT_SHARD_SIZE, ImageTrace, TraceWriter
+from workbench.modeling.trace import TraceRecorder
+from workbench.structures import Detections
+
+
+def complete_records(
+    records: Mapping[str, Mapping[str, Tensor]],
+    detections: Detections,
+    raw: Mapping[str, Any],
+    image_index: int,
+) -> dict[str, dict[str, Tensor]]:
+    """One image's recorded fields on the CPU, plus detection extras and uncertainty maps that
+    the model returned but did not record."""
+    out = {name: {f: t.detach().cpu() for f, t in fields.items()} for name, fields in records.items()}
+    det = out.setdefault(
+        "detections", {"boxes": detections.boxes.cpu(), "scores": detections.scores.cpu(), "labels": detections.labels.cpu()}
+    )
+    for name, value in detections.extras.items():
+        det.setdefault(name, value.detach().cpu())
+    maps = raw.get("uncertainty_maps")
+    if "uncertainty_map" not in out and isinstance(maps, Sequence) and image_index < len(maps):
+        out["uncertainty_map"] = {f: t.detach().cpu() for f, t in maps[image_index].items()}
+    return out
+
+
+@torch.no_grad()
+def iter_traced_predictions(
+    model: nn.Module,
+    dataset,
+    device: torch.device,
+    *,
+    batch_size: int = 2,
+    indices: Sequence[int] | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[ImagePrediction, ImageTrace]]:
+    """``(prediction, trace)`` of each image of ``dataset`` (or of ``indices``), in dataset
+    order; detections in original-image coordinates on the CPU, as ``predict_dataset`` gives."""
+    from workbench.data.collate import collate_samples
+
+    if distributed.is_distributed():
+        raise WorkbenchError("tracing runs in one process; run `workbench predict --trace` without torchrun")
+    if indices is None:
+        indices = range(len(dataset))
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    bar = tqdm(total=len(indices), desc="predict+trace", unit="img", disable=not progress)
+    try:
+        for start in range(0, len(indices), batch_size):
+            batch = collate_samples([dataset[i] for i in indices[start : start + batch_size]])
+            recorder = TraceRecorder()
+            result = net(images_to_model_input(batch.images, device), recorder=recorder)
+            for i, det in enumerate(result.detections):
+                records = complete_records(recorder.images[i], det, result.raw, i)
+                trace = ImageTrace(int(batch.image_ids[i]), batch.file_names[i], tuple(batch.orig_sizes[i]), records)
+                yield ImagePrediction(int(batch.image_ids[i]), det.to("cpu")), trace
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        net.train(was_training)
+
+
+def dataset_meta(dataset, data_spec: str | None, checkpoint: str | None) -> dict[str, Any]:
+    """What the trace manifest keeps about the data: the spec to reopen it, the image folder and
+    the categories (label ``k`` is ``categories[k - 1]``)."""
+    image_dir = getattr(dataset, "image_dir", None)
+    return {
+        "data": data_spec,
+        "checkpoint": checkpoint,
+        "image_dir": None if image_dir is None else str(Path(image_dir).resolve()),
+        "categories": [dict(c) for c in getattr(dataset, "categories", [])],
+    }
+
+
+def predict_with_traces(
+    model: nn.Module,
+    dataset,
+    device: torch.device,
+    out_dir: Path,
+    *,
+    method: str,
+    split: str,
+    meta: Mapping[str, Any] | None = None,
+    batch_size: int = 2,
+    progress: bool = False,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> list[ImagePrediction]:
+    """Predict every image of ``dataset``, write the traces to ``out_dir`` (replacing it) and
+    return the predictions sorted by image id."""
+    predictions = []
+    with TraceWriter(out_dir, method=method, split=split, meta=meta, shard_size=shard_size) as writer:
+        for prediction, trace in iter_traced_predictions(model, dataset, device, batch_size=batch_size,
+                                                         progress=progress):
+            predictions.append(prediction)
+            writer.add(trace)
+    return sorted(predictions, key=lambda p: p.image_id)
+
+
+__all__ = ["complete_records", "dataset_meta", "iter_traced_predictions", "predict_with_traces"]

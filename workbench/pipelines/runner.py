@@ -1,0 +1,195 @@
+"""Running a pipeline: its steps in order, each executed notebook kept, resumable.
+
+State: ``<out>/pipeline_state.json`` records each finished step with the fingerprint of what it
+ran (:meth:`Step.fingerprint`). A later run skips the leading steps that finished with the same
+fingerprint; from the first step that must run, every later step runs again (its inputs may
+have changed). ``fresh=True`` ignores the state.
+
+A failing notebook stops the pipeline with a :class:`PipelineError` naming the step, the
+notebook, the failing cell and its error; the executed notebook (with the error in it) stays at
+the step's output path. A failing command names its exit code and last line of stderr; its
+stderr is kept in ``<out>/logs/<step>.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from workbench.pipelines.spec import Pipeline, PipelineError, Step
+
+STATE_FILE = "pipeline_state.json"
+#: The kernel papermill starts: the spec named ``python3`` runs the interpreter running papermill.
+KERNEL_NAME = "python3"
+#: Kernel options: no start-up warnings on the console (cell errors still reach the notebook).
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+
+
+@dataclass
+class StepOutcome:
+    """What happened to one step: ``ran`` or ``skipped`` (finished before, same fingerprint)."""
+
+    name: str
+    status: str
+    seconds: float
+    output: Path | None
+
+
+def state_path(pipeline: Pipeline) -> Path:
+    return pipeline.out / STATE_FILE
+
+
+def read_state(pipeline: Pipeline) -> dict[str, Any]:
+    """The state file's contents (``{"steps": {name: {...}}}``), empty when there is none."""
+    path = state_path(pipeline)
+    if not path.exists():
+        return {"steps": {}}
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path}: unreadable pipeline state ({exc}); delete it or pass --fresh") from exc
+    state.setdefault("steps", {})
+    return state
+
+
+def write_state(pipeline: Pipeline, state: dict[str, Any]) -> None:
+    """Write the state file atomically (a temp file, then rename)."""
+    path = state_path(pipeline)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def first_line(text: Any, limit: int = 300) -> str:
+    """The first non-empty line of ``text``, shortened to ``limit`` characters."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def command_argv(command: tuple[str, ...]) -> list[str]:
+    """A leading ``workbench`` becomes ``<this python> -m workbench`` (the same environment)."""
+    if command[0] == "workbench":
+        return [sys.executable, "-m", "workbench", *command[1:]]
+    return list(command)
+
+
+def run_notebook(step: Step, *, kernel_name: str = KERNEL_NAME, log_output: bool = False) -> None:
+    """Execute the step's notebook with papermill into ``step.output``."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    step.output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _papermill_logging(log_output):
+            papermill.execute_notebook(
+                str(step.notebook), str(step.output), parameters=step.parameters, kernel_name=kernel_name,
+                progress_bar=False, log_output=log_output, extra_arguments=KERNEL_ARGUMENTS,
+            )
+    except PapermillExecutionError as exc:
+        raise PipelineError(
+            f"step '{step.name}': notebook {step.notebook.name} failed in cell {exc.cell_index} "
+            f"({exc.ename}: {first_line(exc.evalue)}); the executed notebook is {step.output}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _papermill_logging(log_output: bool):
+    """papermill's own INFO lines only when cell output is streamed too."""
+    logger = logging.getLogger("papermill")
+    previous = logger.level
+    if not log_output:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def run_command(step: Step, logs: Path) -> None:
+    """Run the step's command; stdout goes to the console, stderr to ``logs/<step>.log``."""
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"{step.name}.log"
+    argv = command_argv(step.command)
+    try:
+        done = subprocess.run(argv, stdout=None, stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        raise PipelineError(f"step '{step.name}': cannot run {argv[0]!r}: {exc.strerror}") from None
+    log_file.write_text(done.stderr)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        last = first_line(lines[-1]) if lines else "no error output"
+        raise PipelineError(
+            f"step '{step.name}': command `{' '.join(step.command)}` failed with exit code "
+            f"{done.returncode}: {last} (full stderr in {log_file})"
+        )
+
+
+def run_step(step: Step, pipeline: Pipeline, *, kernel_name: str = KERNEL_NAME, log_output: bool = False) -> None:
+    """Run one step (a notebook or a command)."""
+    if step.kind == "notebook":
+        run_notebook(step, kernel_name=kernel_name, log_output=log_output)
+    else:
+        run_command(step, pipeline.out / "logs")
+
+
+def is_finished(state: dict[str, Any], step: Step) -> bool:
+    """Whether the state records ``step`` as finished with the same fingerprint."""
+    entry = state["steps"].get(step.name)
+    return bool(entry) and entry.get("fingerprint") == step.fingerprint()
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    *,
+    fresh: bool = False,
+    kernel_name: str = KERNEL_NAME,
+    log_output: bool = False,
+    echo: Callable[[str], None] = print,
+) -> list[StepOutcome]:
+    """Run the pipeline's steps in order (see the module docstring for resuming)."""
+    pipeline.out.mkdir(parents=True, exist_ok=True)
+    state = {"steps": {}} if fresh else read_state(pipeline)
+    state.update(pipeline=pipeline.name, source=str(pipeline.source))
+    outcomes: list[StepOutcome] = []
+    resuming = True
+    total = len(pipeline.steps)
+    for number, step in enumerate(pipeline.steps, start=1):
+        resuming = resuming and is_finished(state, step)
+        if resuming:
+            echo(f"[{number}/{total}] {step.name}: finished before, skipped")
+            outcomes.append(StepOutcome(step.name, "skipped", 0.0, step.output))
+            continue
+        state["steps"].pop(step.name, None)
+        write_state(pipeline, state)
+        echo(f"[{number}/{total}] {step.name}: {_describe(step)}")
+        start = time.perf_counter()
+        run_step(step, pipeline, kernel_name=kernel_name, log_output=log_output)
+        seconds = time.perf_counter() - start
+        state["steps"][step.name] = {
+            "fingerprint": step.fingerprint(),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 2),
+            "output": str(step.output) if step.output else None,
+        }
+        write_state(pipeline, state)
+        echo(f"[{number}/{total}] {step.name}: done in {seconds:.1f} s")
+        outcomes.append(StepOutcome(step.name, "ran", seconds, step.output))
+    return outcomes
+
+
+def _describe(step: Step) -> str:
+    if step.kind == "notebook":
+        return f"{step.notebook.name} -> {step.output}"
+    return "$ " + " ".join(step.command)

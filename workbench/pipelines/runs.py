@@ -1,0 +1,167 @@
+"""Run-level steps behind the notebooks and the report: each is one call in a notebook cell.
+
+- :func:`train_or_resume`: train a config into a run folder, reusing a finished run and resuming
+  an interrupted one (so a re-executed notebook or pipeline continues where it stopped);
+- :func:`evaluate_run_detailed`: COCO evaluation of a checkpoint keeping the ``COCOeval`` (for
+  precision-recall curves and AP per IoU);
+- :func:`ensure_traces`: the run's saved traces of a split, predicting with traces first when
+  there are none;
+- :func:`select_traces`, :func:`run_dataset`, :func:`load_run`: what the figures need;
+- :func:`run_proposal_recall`: class-agnostic AR@100/300/1000 of the run's RPN.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.config import TrainConfig
+from workbench.engine.run_dir import RunDir
+from workbench.errors import WorkbenchError
+
+log = logging.getLogger(__name__)
+
+
+def train_or_resume(cfg: TrainConfig, run_dir: Path | str, *, progress: bool = False):
+    """Train ``cfg`` into ``run_dir``; a finished run there is kept as it is (its config wins)
+    and an interrupted one is resumed. Returns the ``TrainResult`` (``None`` when reused)."""
+    from workbench.engine.checkpoint import load_checkpoint
+    from workbench.engine.trainer import load_run_config, train
+
+    run = RunDir(Path(run_dir))
+    if not run.last_checkpoint.exists():
+        return train(cfg, run.root, progress=progress)
+    saved = load_run_config(run.root)
+    state = load_checkpoint(run.last_checkpoint)
+    if state["epoch"] >= saved.schedule.epochs:
+        log.info("%s: finished run found, reusing it", run.root)
+        return None
+    log.info("%s: resuming the interrupted run", run.root)
+    return train(saved, run.root, resume=True, progress=progress)
+
+
+def run_dataset(run_dir: Path | str, split: str | None = None, data: str | None = None):
+    """The dataset a run was trained on (or ``data``), split ``split`` (default its val split)."""
+    from workbench.data.sources import open_dataset
+    from workbench.engine.trainer import load_run_config
+
+    cfg = load_run_config(run_dir)
+    return open_dataset(data or cfg.data.spec, split or cfg.data.val_split)
+
+
+def evaluate_run_detailed(
+    run_dir: Path | str, *, which: str = "best", split: str | None = None, device: str = "auto",
+    max_images: int | None = None,
+):
+    """:class:`workbench.evaluation.CocoEvaluation` of the run's checkpoint on ``split`` (default
+    its val split; the first ``max_images`` images when given). The metrics are also written to
+    ``RUN/eval/<which>_<split>.json``, as ``workbench evaluate --run`` does."""
+    from workbench.engine.inference import predict_dataset, predictions_to_coco_results
+    from workbench.engine.trainer import load_trained_model, resolve_device
+    from workbench.evaluation import coco_gt_from_dict, evaluate_coco
+
+    dev = resolve_device(device)
+    model, cfg, _ = load_trained_model(run_dir, which, dev)
+    split = split or cfg.data.val_split
+    dataset = run_dataset(run_dir, split)
+    indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
+    preds = predict_dataset(model, dataset, dev, batch_size=cfg.batch_size, indices=indices)
+    coco_gt = coco_gt_from_dict(_gt_subset(dataset, [p.image_id for p in preds]), source=str(run_dir))
+    evaluation = evaluate_coco(coco_gt, predictions_to_coco_results(preds, dataset.label_to_category_id))
+    out = RunDir(Path(run_dir)).root / "eval" / f"{Path(which).stem}_{split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
+    return evaluation
+
+
+def _gt_subset(dataset, image_ids: Sequence[int]) -> dict:
+    """The dataset's COCO dict restricted to ``image_ids``."""
+    gt = dataset.to_coco_dict()
+    keep = set(int(i) for i in image_ids)
+    return {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
+            "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+
+
+def category_names(dataset) -> dict[int, str]:
+    """Category id -> name (for precision-recall legends)."""
+    return {int(c["id"]): str(c["name"]) for c in dataset.categories}
+
+
+def ensure_traces(run_dir: Path | str, split: str | None = None, *, device: str = "auto", which: str = "best"):
+    """The run's saved traces of ``split`` (default its val split); when there are none, the
+    run predicts with traces first (``workbench predict --run RUN --trace``)."""
+    from workbench.engine.predict import predict_run
+    from workbench.engine.trainer import load_run_config
+    from workbench.inspection import load_traces, trace_dir
+
+    split = split or load_run_config(run_dir).data.val_split
+    if not (trace_dir(run_dir, split) / "manifest.json").is_file():
+        log.info("%s: no traces of %s yet, predicting with traces", run_dir, split)
+        predict_run(Path(run_dir), which=which, split=split, device=device, progress=False, trace=True)
+    return load_traces(run_dir, split)
+
+
+def select_traces(traces, image_ids: Sequence[int] | None = None, num_images: int | None = None) -> list:
+    """The traces of ``image_ids`` (in that order), else the first ``num_images`` traces."""
+    if image_ids:
+        try:
+            return [traces.by_image_id(int(i)) for i in image_ids]
+        except KeyError as exc:
+            raise WorkbenchError(str(exc.args[0])) from None
+    count = len(traces) if num_images is None else min(int(num_images), len(traces))
+    return [traces[i] for i in range(count)]
+
+
+@dataclass
+class RunSummary:
+    """What a comparison needs of a run: its name, folder, method, metrics records and the
+    metrics of its last evaluation."""
+
+    name: str
+    path: Path
+    method: str
+    preset: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+def load_run(run_dir: Path | str, name: str | None = None) -> RunSummary:
+    """A :class:`RunSummary` from the run folder's ``config.json`` and ``metrics.jsonl``; ``final``
+    is its best-checkpoint evaluation when one was written, else its last epoch's."""
+    run = RunDir(Path(run_dir))
+    config = run.read_config()
+    records = run.read_metrics()
+    evals = [r for r in records if r.get("kind") == "eval"]
+    best = run.root / "eval" / f"best_{config['data']['val_split']}.json"
+    if best.exists():
+        final = json.loads(best.read_text())
+    else:
+        final = {k: v for k, v in evals[-1].items() if k not in ("kind", "step")} if evals else {}
+    return RunSummary(
+        name=name or run.root.name, path=run.root, method=config["method"], preset=config["preset"],
+        records=records, final=final,
+    )
+
+
+def run_proposal_recall(
+    run_dir: Path | str, *, max_images: int | None = 100, top_n: int = 1000, which: str = "best",
+    split: str | None = None, device: str = "cpu",
+) -> dict[str, float]:
+    """Class-agnostic proposal recall (``AR@100``, ``AR@300``, ``AR@1000`` and ``R50@N``,
+    ``R70@N``) of the run's RPN with ``top_n`` proposals per image, on the first
+    ``max_images`` images of ``split``."""
+    from workbench.engine.trainer import load_trained_model
+    from workbench.evaluation import coco_gt_from_dict, proposal_recall
+    from workbench.methods.kl_rpn.analysis import rpn_proposals, settings_with_top_n
+
+    model, cfg, _ = load_trained_model(run_dir, which, device)
+    dataset = run_dataset(run_dir, split)
+    indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
+    proposals = rpn_proposals(model, dataset, indices=indices, device=device, batch_size=cfg.batch_size,
+                              settings=settings_with_top_n(model, top_n))
+    coco_gt = coco_gt_from_dict(_gt_subset(dataset, list(proposals)), source=str(run_dir))
+    return proposal_recall(coco_gt, proposals)

@@ -1,0 +1,164 @@
+"""Pipeline files: which notebooks (and commands) to run, with which parameters, writing where.
+
+A pipeline is a YAML file::
+
+    name: demo                      # optional; defaults to the file's stem
+    output: demo-output             # the output folder; `--out` overrides it
+    parameters:                     # given to every notebook step (a step's own win)
+      data: builtin:shapes
+    steps:
+      - name: train_baseline        # unique; names the executed notebook and the state entry
+        notebook: ../notebooks/train.ipynb     # relative to this file's folder
+        parameters: {method: faster_rcnn, out_dir: "{out}/runs/faster_rcnn"}
+        output: "{out}/runs/faster_rcnn/notebooks/train.ipynb"  # default {out}/notebooks/<name>.ipynb
+      - name: export
+        command: [workbench, export, fiftyone, --run, "{out}/runs/faster_rcnn"]
+
+A step has either ``notebook`` (run with papermill, the executed copy kept at ``output``) or
+``command`` (a list of arguments; a leading ``workbench`` runs this interpreter's workbench).
+``{out}`` in any string (parameters, outputs, command arguments; nested lists and dicts too) is
+replaced by the absolute output folder, ``{pipeline_dir}`` by the pipeline file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import WorkbenchError
+
+STEP_KEYS = {"name", "notebook", "command", "parameters", "output"}
+TOP_KEYS = {"name", "output", "parameters", "steps"}
+
+
+class PipelineError(WorkbenchError):
+    """A pipeline file is malformed, or one of its steps failed (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One resolved step: a notebook (``notebook`` and ``output`` set) or a ``command``."""
+
+    name: str
+    notebook: Path | None = None
+    output: Path | None = None
+    command: tuple[str, ...] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "notebook" if self.notebook is not None else "command"
+
+    def fingerprint(self) -> str:
+        """A hash of what the step runs: kind, notebook or command, parameters and output."""
+        payload = {
+            "kind": self.kind,
+            "notebook": str(self.notebook) if self.notebook else None,
+            "output": str(self.output) if self.output else None,
+            "command": list(self.command) if self.command else None,
+            "parameters": self.parameters,
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A resolved pipeline: its name, source file, output folder and steps in order."""
+
+    name: str
+    source: Path
+    out: Path
+    steps: tuple[Step, ...]
+
+
+def substitute(value: Any, names: dict[str, str]) -> Any:
+    """Replace ``{name}`` placeholders of ``names`` in every string inside ``value``."""
+    if isinstance(value, str):
+        for key, replacement in names.items():
+            value = value.replace("{" + key + "}", replacement)
+        return value
+    if isinstance(value, list):
+        return [substitute(v, names) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, names) for k, v in value.items()}
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such pipeline file")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise PipelineError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(document, dict):
+        raise PipelineError(f"{path}: a pipeline file must be a mapping with a 'steps' list")
+    unknown = set(document) - TOP_KEYS
+    if unknown:
+        raise PipelineError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
+    if not isinstance(document.get("steps"), list) or not document["steps"]:
+        raise PipelineError(f"{path}: 'steps' must be a non-empty list")
+    return document
+
+
+def _check_step(path: Path, number: int, raw: Any, seen: set[str]) -> str:
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: step {number} must be a mapping")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise PipelineError(f"{path}: step {number} needs a 'name' (a string without '/')")
+    unknown = set(raw) - STEP_KEYS
+    if unknown:
+        raise PipelineError(f"{path}: step '{name}': unknown keys {sorted(unknown)}; known: {sorted(STEP_KEYS)}")
+    if name in seen:
+        raise PipelineError(f"{path}: step name '{name}' is used twice")
+    if ("notebook" in raw) == ("command" in raw):
+        raise PipelineError(f"{path}: step '{name}' needs exactly one of 'notebook' or 'command'")
+    if "parameters" in raw and not isinstance(raw["parameters"], dict):
+        raise PipelineError(f"{path}: step '{name}': 'parameters' must be a mapping")
+    if "command" in raw and (not isinstance(raw["command"], list) or not raw["command"]):
+        raise PipelineError(f"{path}: step '{name}': 'command' must be a non-empty list of arguments")
+    return name
+
+
+def _resolve_step(raw: dict[str, Any], shared: dict[str, Any], names: dict[str, str], base: Path, out: Path) -> Step:
+    raw = substitute(raw, names)
+    name = raw["name"]
+    if "command" in raw:
+        return Step(name=name, command=tuple(str(a) for a in raw["command"]))
+    notebook = Path(raw["notebook"])
+    notebook = notebook if notebook.is_absolute() else (base / notebook)
+    output = Path(raw.get("output") or out / "notebooks" / f"{name}.ipynb")
+    parameters = {**shared, **raw.get("parameters", {})}
+    return Step(name=name, notebook=notebook.resolve(), output=output.absolute(), parameters=parameters)
+
+
+def load_pipeline(path: Path | str, out: Path | str | None = None) -> Pipeline:
+    """Read and check a pipeline file; ``out`` overrides its ``output`` folder (default: a
+    folder named after the pipeline in the current directory)."""
+    path = Path(path)
+    document = _read_yaml(path)
+    name = str(document.get("name") or path.stem)
+    out_dir = Path(out if out is not None else document.get("output") or name).absolute()
+    base = path.parent.resolve()
+    names = {"out": str(out_dir), "pipeline_dir": str(base)}
+    shared = substitute(document.get("parameters") or {}, names)
+    if not isinstance(shared, dict):
+        raise PipelineError(f"{path}: 'parameters' must be a mapping")
+    seen: set[str] = set()
+    steps = []
+    for number, raw in enumerate(document["steps"], start=1):
+        seen.add(_check_step(path, number, raw, seen))
+        steps.append(_resolve_step(raw, shared, names, base, out_dir))
+    for step in steps:
+        if step.notebook is not None and not step.notebook.is_file():
+            raise PipelineError(f"{path}: step '{step.name}': no such notebook {step.notebook}")
+    return Pipeline(name=name, source=path.resolve(), out=out_dir, steps=tuple(steps))

@@ -1,0 +1,201 @@
+"""An ipywidgets explorer of traced images: pick an image, toggle layers, move thresholds.
+
+The figure is :func:`workbench.viz.images.trace_image_figure` in a ``go.FigureWidget``; the
+widgets only call it again (image, thresholds) or flip the visibility of a layer's traces
+(toggles). Nothing here computes anything the pure builders do not.
+
+```python
+from workbench.viz.explorer import TraceExplorer, explorer_images
+explorer = TraceExplorer(explorer_images(traces, dataset), class_names=dataset.class_names)
+explorer            # displays the controls and the figure in JupyterLab
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import plotly.graph_objects as go
+
+from workbench.viz.boxes import to_numpy
+from workbench.viz.images import LAYERS, trace_image_figure
+
+#: Layers shown when the explorer opens.
+DEFAULT_LAYERS = ("gt", "detections")
+LAYER_LABELS = {
+    "gt": "ground truth", "detections": "detections", "proposals": "proposals",
+    "suppressed": "suppressed", "uncertainty": "uncertainty",
+}
+
+
+@dataclass
+class ExplorerImage:
+    """One image of the explorer: its pixels, its trace records and (optionally) ground truth
+    (``boxes``, ``labels``); ``label`` names it in the picker."""
+
+    image_id: int
+    image: Any
+    records: Mapping[str, Mapping[str, Any]]
+    gt: Mapping[str, Any] | None = None
+    label: str | None = None
+
+
+def explorer_images(traces: Iterable[Any], dataset: Any, *, limit: int | None = None) -> list[ExplorerImage]:
+    """Pair each trace (``image_id``, ``records``, optional ``file_name``) with its image and
+    ground truth from ``dataset`` (found by image id), for at most ``limit`` traces."""
+    items = []
+    for trace in traces:
+        if limit is not None and len(items) >= limit:
+            break
+        sample = dataset[dataset.index_of(int(trace.image_id))]
+        name = getattr(trace, "file_name", None) or f"image {trace.image_id}"
+        items.append(ExplorerImage(
+            image_id=int(trace.image_id), image=sample.image, records=trace.records,
+            gt={"boxes": sample.boxes, "labels": sample.labels}, label=f"{trace.image_id}: {name}",
+        ))
+    return items
+
+
+def _score_range(records: Mapping[str, Mapping[str, Any]], name: str) -> tuple[float, float]:
+    scores = to_numpy(records[name]["scores"]) if name in records else np.zeros(0)
+    scores = scores[np.isfinite(scores)]
+    if scores.size == 0:
+        return 0.0, 1.0
+    low, high = float(scores.min()), float(scores.max())
+    return low, high if high > low else low + 1.0
+
+
+def _recorded_iou(records: Mapping[str, Mapping[str, Any]]) -> float:
+    nms = records.get("rcnn_nms")
+    return float(to_numpy(nms["iou_threshold"])) if nms is not None else 0.5
+
+
+class TraceExplorer:
+    """Controls and a ``FigureWidget`` over a list of :class:`ExplorerImage`.
+
+    - ``picker``: the image;
+    - ``toggles``: one checkbox per layer of :data:`workbench.viz.images.LAYERS`;
+    - ``score``: the minimum score of detections and suppressed boxes;
+    - ``proposal_score``: the minimum proposal score (its range follows the image's scores);
+    - ``nms_iou``: the IoU threshold of the final NMS, re-run on the recorded candidates
+      (at the recorded threshold the recorded detections are shown).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[ExplorerImage],
+        *,
+        class_names: Sequence[str] | None = None,
+        score_threshold: float = 0.5,
+        layers: Iterable[str] = DEFAULT_LAYERS,
+        max_detections: int = 100,
+        width: int = 720,
+        height: int = 720,
+    ) -> None:
+        if not images:
+            raise ValueError("the explorer needs at least one image")
+        self.images = list(images)
+        self.class_names = class_names
+        self.max_detections = max_detections
+        self._size = dict(width=width, height=height)
+        self._quiet = False
+        visible = set(layers)
+        self.picker = widgets.Dropdown(
+            options=[(item.label or f"image {item.image_id}", i) for i, item in enumerate(self.images)],
+            value=0, description="image",
+        )
+        self.toggles = {
+            layer: widgets.Checkbox(value=layer in visible, description=LAYER_LABELS[layer], indent=False)
+            for layer in LAYERS
+        }
+        self.score = widgets.FloatSlider(value=score_threshold, min=0.0, max=1.0, step=0.01,
+                                         description="score >=", continuous_update=False)
+        self.proposal_score = widgets.FloatSlider(description="proposal >=", continuous_update=False)
+        self.nms_iou = widgets.FloatSlider(min=0.05, max=0.95, step=0.05, description="NMS IoU",
+                                           continuous_update=False)
+        self._fit_sliders()
+        self.figure = go.FigureWidget(self.build_figure())
+        self._wire()
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def current(self) -> ExplorerImage:
+        """The image the picker shows."""
+        return self.images[self.picker.value]
+
+    def visible_layers(self) -> list[str]:
+        """The layers whose toggle is on."""
+        return [layer for layer, box in self.toggles.items() if box.value]
+
+    def build_figure(self) -> go.Figure:
+        """The pure figure for the current controls."""
+        item = self.current
+        recorded = _recorded_iou(item.records)
+        nms_iou = None if np.isclose(self.nms_iou.value, recorded) else float(self.nms_iou.value)
+        fig = trace_image_figure(
+            item.records, image=item.image, gt=item.gt, score_threshold=float(self.score.value),
+            proposal_threshold=float(self.proposal_score.value), nms_iou=nms_iou,
+            max_detections=self.max_detections, class_names=self.class_names, layers=self.visible_layers(),
+            title=item.label,
+        )
+        fig.update_layout(**self._size)
+        return fig
+
+    # -- wiring --------------------------------------------------------------------------
+    def _wire(self) -> None:
+        self.picker.observe(self._on_image, names="value")
+        for slider in (self.score, self.proposal_score, self.nms_iou):
+            slider.observe(self._on_threshold, names="value")
+        for layer, box in self.toggles.items():
+            box.observe(lambda change, layer=layer: self._on_toggle(layer, change["new"]), names="value")
+
+    def _fit_sliders(self) -> None:
+        """Proposal-score range and NMS IoU for the current image (without redrawing)."""
+        low, high = _score_range(self.current.records, "rpn_proposals")
+        self._quiet = True
+        try:
+            self.proposal_score.min, self.proposal_score.max = -1e12, 1e12
+            self.proposal_score.step = (high - low) / 100
+            self.proposal_score.min, self.proposal_score.max = low, high
+            self.proposal_score.value = low
+            self.nms_iou.value = round(_recorded_iou(self.current.records), 2)
+        finally:
+            self._quiet = False
+
+    def _on_image(self, change: Mapping[str, Any]) -> None:
+        self._fit_sliders()
+        self.redraw()
+
+    def _on_threshold(self, change: Mapping[str, Any]) -> None:
+        if not self._quiet:
+            self.redraw()
+
+    def _on_toggle(self, layer: str, shown: bool) -> None:
+        with self.figure.batch_update():
+            for trace in self.figure.data:
+                if (trace.meta or {}).get("layer") == layer:
+                    trace.visible = shown
+
+    def redraw(self) -> None:
+        """Replace the figure's traces and layout by a fresh :meth:`build_figure`."""
+        fresh = self.build_figure()
+        self.figure.data = ()
+        self.figure.add_traces(list(fresh.data))
+        self.figure.layout = fresh.layout
+
+    # -- display -------------------------------------------------------------------------
+    @property
+    def widget(self) -> widgets.Widget:
+        """The controls above the figure."""
+        toggles = widgets.HBox(list(self.toggles.values()))
+        sliders = widgets.HBox([self.score, self.proposal_score, self.nms_iou])
+        return widgets.VBox([self.picker, toggles, sliders, self.figure])
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
