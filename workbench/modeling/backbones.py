@@ -139,10 +139,17 @@ def _load_file(network: nn.Module, path: Path, prefix: str = "") -> None:
         raise ConfigError(f"{path}: does not fit the backbone ({first})") from None
 
 
-def _classification_network(name: str, weights: str | None) -> nn.Module:
-    """The torchvision network ``name`` with frozen batch norm and the requested weights."""
+# Normalisation layers a backbone can use: frozen batch norm (the usual choice with pretrained
+# weights, as in torchvision's detectors) or trainable batch norm (training from scratch).
+NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+
+
+def _classification_network(name: str, weights: str | None, norm: str = "frozen_bn") -> nn.Module:
+    """The torchvision network ``name`` with the requested normalisation and weights."""
     spec = _SPECS[name]
-    kwargs = {"norm_layer": FrozenBatchNorm2d} if spec.uses_batch_norm else {}
+    if norm not in NORM_LAYERS:
+        raise ConfigError(f"unknown backbone norm {norm!r}; choose one of {', '.join(NORM_LAYERS)}")
+    kwargs = {"norm_layer": NORM_LAYERS[norm]} if spec.uses_batch_norm else {}
     resolved = _resolve_weights(name, weights)
     if isinstance(resolved, Path):
         network = spec.constructor(weights=None, **kwargs)
@@ -184,14 +191,28 @@ def _freeze_resnet(network: nn.Module, trainable_layers: int) -> None:
             parameter.requires_grad_(False)
 
 
-def _resnet_fpn(name: str, weights: str | None, trainable_layers: int, out_channels: int) -> FeatureExtractor:
-    network = _classification_network(name, weights)
+def _resnet_fpn(
+    name: str,
+    weights: str | None,
+    trainable_layers: int,
+    out_channels: int,
+    norm: str = "frozen_bn",
+    returned_layers: tuple[int, ...] = (1, 2, 3, 4),
+) -> FeatureExtractor:
+    """ResNet stages ``returned_layers`` (1..4, strides 4..32) + FPN + a max-pooled extra level.
+
+    Levels are named ``"0", "1", ...`` in order, then ``"pool"`` (torchvision's naming)."""
+    if not returned_layers or any(k not in (1, 2, 3, 4) for k in returned_layers) or list(returned_layers) != sorted(set(returned_layers)):
+        raise ConfigError(f"returned_layers must be increasing stage numbers in 1..4, got {returned_layers}")
+    network = _classification_network(name, weights, norm)
     _freeze_resnet(network, trainable_layers)
-    stage_channels = [_block_out(getattr(network, f"layer{i + 1}")) for i in range(4)]
-    return_layers = {f"layer{i + 1}": str(i) for i in range(4)}
+    stage_channels = [_block_out(getattr(network, f"layer{k}")) for k in returned_layers]
+    return_layers = {f"layer{k}": str(i) for i, k in enumerate(returned_layers)}
     body = IntermediateLayerGetter(network, return_layers=return_layers)
     neck = FeaturePyramidNetwork(stage_channels, out_channels, extra_blocks=LastLevelMaxPool())
-    return FeatureExtractor(body, neck, out_channels, ("0", "1", "2", "3", "pool"), (4, 8, 16, 32, 64))
+    names = tuple(str(i) for i in range(len(returned_layers))) + ("pool",)
+    strides = tuple(2 ** (k + 1) for k in returned_layers) + (2 ** (returned_layers[-1] + 2),)
+    return FeatureExtractor(body, neck, out_channels, names, strides)
 
 
 def _block_out(layer: nn.Sequential) -> int:
@@ -205,8 +226,8 @@ def _block_out(layer: nn.Sequential) -> int:
 _MOBILENET_V2_RETURN = ("3", "6", "13", "18")
 
 
-def _mobilenet_v2_fpn(weights: str | None, trainable_layers: int, out_channels: int) -> FeatureExtractor:
-    features = _classification_network("mobilenet_v2_fpn", weights).features
+def _mobilenet_v2_fpn(weights: str | None, trainable_layers: int, out_channels: int, norm: str = "frozen_bn") -> FeatureExtractor:
+    features = _classification_network("mobilenet_v2_fpn", weights, norm).features
     # Stage starts: the stem, every strided block, and the last 1x1 conv (as torchvision counts).
     starts = [0] + [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)] + [len(features) - 1]
     freeze_before = len(features) if trainable_layers == 0 else starts[len(starts) - trainable_layers]
@@ -248,11 +269,17 @@ def build_backbone(
     weights: str | None = None,
     trainable_layers: int = 3,
     fpn_channels: int = 256,
+    norm: str = "frozen_bn",
+    returned_layers: tuple[int, ...] = (1, 2, 3, 4),
 ) -> FeatureExtractor:
     """Build a feature extractor by name.
 
     - ``resnet50_fpn`` / ``resnet18_fpn``: ResNet C2..C5 + FPN (``fpn_channels``) + max-pool P6;
       levels ``0,1,2,3,pool`` at strides 4..64; ``trainable_layers`` in [0, 5];
+      ``returned_layers`` picks the stages fed to the FPN (``(2, 3, 4)`` drops the stride-4
+      level: levels ``0,1,2,pool`` at strides 8..64);
+    - ``norm`` (batch-norm backbones): ``frozen_bn`` (with pretrained weights) or ``bn``
+      (trainable batch norm, for training from scratch);
     - ``mobilenet_v2_fpn``: MobileNetV2 blocks 3, 6, 13, 18 (strides 4..32) + FPN + P6, same
       levels as the ResNet FPNs; ``trainable_layers`` in [0, 6] (stages as torchvision counts them);
     - ``vgg16``: VGG-16 up to conv5_3 (+ ReLU), one level ``0`` at stride 16 with 512 channels;
@@ -262,7 +289,7 @@ def build_backbone(
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     _check_trainable(name, trainable_layers)
     if name in ("resnet50_fpn", "resnet18_fpn"):
-        return _resnet_fpn(name, weights, trainable_layers, fpn_channels)
+        return _resnet_fpn(name, weights, trainable_layers, fpn_channels, norm, returned_layers)
     if name == "mobilenet_v2_fpn":
-        return _mobilenet_v2_fpn(weights, trainable_layers, fpn_channels)
+        return _mobilenet_v2_fpn(weights, trainable_layers, fpn_channels, norm)
     return _vgg16(weights, trainable_layers)

@@ -54,6 +54,8 @@ class FasterRCNNConfig:
     backbone: str = "resnet50_fpn"
     backbone_weights: str | None = None
     trainable_backbone_layers: int = 3
+    backbone_norm: str = "frozen_bn"  # frozen_bn | bn (trainable, for training from scratch)
+    backbone_returned_layers: tuple[int, ...] = (1, 2, 3, 4)  # ResNet stages fed to the FPN
     fpn_channels: int = 256
     num_classes: int = 90
     # image transform
@@ -250,7 +252,10 @@ def build_faster_rcnn(cfg: FasterRCNNConfig) -> FasterRCNN:
     """Build the baseline Faster R-CNN described by ``cfg``."""
     if cfg.num_classes < 1:
         raise ConfigError(f"num_classes counts foreground classes and must be >= 1, got {cfg.num_classes}")
-    backbone = build_backbone(cfg.backbone, cfg.backbone_weights, cfg.trainable_backbone_layers, cfg.fpn_channels)
+    backbone = build_backbone(
+        cfg.backbone, cfg.backbone_weights, cfg.trainable_backbone_layers, cfg.fpn_channels,
+        cfg.backbone_norm, cfg.backbone_returned_layers,
+    )
     rpn = build_rpn(cfg, backbone.out_channels, len(backbone.feature_names))
     roi_heads = build_roi_heads(cfg, backbone.out_channels, roi_featmap_names(cfg, backbone))
     return FasterRCNN(build_transform(cfg), backbone, rpn, roi_heads)
