@@ -116,18 +116,38 @@ def _cmd_app(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from workbench.demo import format_summary, run_demo
 
-    result = run_demo(Path(args.out), epochs=args.epochs, progress=not args.quiet)
+    result = run_demo(Path(args.out), epochs=args.epochs, fresh=args.fresh, log_output=args.log_output)
     print(format_summary(result))
     return 0
 
 
 def _cmd_pipeline_run(args: argparse.Namespace) -> int:
-    from workbench.pipelines import load_pipeline, run_pipeline
+    from workbench.pipelines import load_pipeline, parse_parameter, run_pipeline
 
-    pipeline = load_pipeline(Path(args.file), Path(args.out) if args.out else None)
+    overrides = {name: parse_parameter(value) for name, value in args.parameter or []}
+    pipeline = load_pipeline(Path(args.file), Path(args.out) if args.out else None, overrides)
     outcomes = run_pipeline(pipeline, fresh=args.fresh, log_output=args.log_output)
     ran = sum(o.status == "ran" for o in outcomes)
     print(f"pipeline {pipeline.name}: {ran} step(s) ran, {len(outcomes) - ran} skipped; outputs in {pipeline.out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from workbench.report import build_report
+
+    path = build_report(args.run, Path(args.out), names=args.name, max_images=args.max_images,
+                        recall_top_n=args.recall_top_n, device=args.device)
+    print(f"wrote the report to {path}")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from workbench.methods import METHODS, get_method
+
+    for name in METHODS:
+        method = get_method(name)
+        print(f"{name:<14} {method.description}")
+        print(f"{'':<14} presets: {', '.join(method.presets)}")
     return 0
 
 
@@ -140,7 +160,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="workbench", description="Train object detectors beside their baselines and look inside them."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -167,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="also write the metrics JSON here")
     _add_run_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    methods = sub.add_parser("methods", help="list the methods and their presets")
+    methods.set_defaults(func=_cmd_methods)
 
     trainp = sub.add_parser("train", help="train a detector into a run directory")
     trainp.add_argument("--method", default="faster_rcnn", help="faster_rcnn, ... (see `workbench methods`)")
@@ -209,10 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--port", type=int, default=5151, help="port (default 5151)")
     app.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     app.set_defaults(func=_cmd_app)
-    demo = sub.add_parser("demo", help="the built-in dataset, a small detector trained on CPU, its evaluation")
+    demo = sub.add_parser("demo", help="run pipelines/demo.yaml: train, evaluate, trace, export, notebooks, report")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     demo.add_argument("--epochs", type=int, help="override the presets' epochs")
-    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--fresh", action="store_true",
+                      help="execute every step again (finished training runs are reused; delete --out to retrain)")
+    demo.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output")
     demo.set_defaults(func=_cmd_demo)
     pipeline = sub.add_parser("pipeline", help="run notebooks in batch from a pipeline file (papermill)")
     pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True)
@@ -221,7 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     prun.add_argument("--out", help="output folder (default: the file's `output`)")
     prun.add_argument("--fresh", action="store_true", help="ignore the record of finished steps; run all")
     prun.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output")
+    prun.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                      help="set a notebook parameter (a YAML value) on every step whose notebook has it")
     prun.set_defaults(func=_cmd_pipeline_run)
+    report = sub.add_parser("report", help="one self-contained HTML file with the metrics and key figures of runs")
+    report.add_argument("--run", action="append", required=True, help="a run directory (repeat to compare)")
+    report.add_argument("--name", action="append", help="display name of each --run, in order")
+    report.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
+    report.add_argument("--max-images", type=int, default=50, help="val images for proposal recall (default 50)")
+    report.add_argument("--recall-top-n", type=int, default=1000, help="proposals per image for recall (default 1000)")
+    report.add_argument("--device", default="cpu", help="device for the proposal analyses (default cpu)")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -1,80 +1,90 @@
-"""``workbench demo``: the built-in dataset, a small detector trained on CPU, its evaluation.
+"""``workbench demo``: the demo pipeline (``pipelines/demo.yaml``) and where its results are.
 
-Re-running the demo continues where it stopped: a finished run is reused, an interrupted one is
-resumed.
+The pipeline builds the built-in dataset, trains the baseline (``faster_rcnn``) and KL-RPN
+(``kl_rpn``) with their ``tiny`` presets (each train notebook evaluates its run), predicts with
+traces, exports both runs to FiftyOne, executes the inspection and comparison notebooks and
+writes ``report.html``. Re-running continues where it stopped: finished steps are skipped, an
+interrupted training run is resumed.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-log = logging.getLogger(__name__)
+from workbench.errors import WorkbenchError
 
-DEMO_DATA = "builtin:shapes"
+#: The demo pipeline of a source checkout (``pipelines/`` beside the ``workbench`` package).
+DEMO_PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml"
 
 
 @dataclass
 class DemoResult:
     out: Path
     run_dirs: dict[str, Path]
-    metrics: dict[str, dict[str, float]]
+    metrics: dict[str, dict[str, Any]]
     seconds: float
+    notebooks: list[Path] = field(default_factory=list)
+    report: Path | None = None
+    steps_run: int = 0
+    steps_skipped: int = 0
 
 
-def _train_or_reuse(method: str, preset: str, run_dir: Path, epochs: int | None, progress: bool) -> None:
-    from workbench.config import apply_overrides
-    from workbench.engine.checkpoint import load_checkpoint
-    from workbench.engine.run_dir import RunDir
-    from workbench.engine.trainer import load_run_config, train
-    from workbench.methods import build_preset
-
-    run = RunDir(run_dir)
-    if run.last_checkpoint.exists():
-        cfg = load_run_config(run_dir)
-        state = load_checkpoint(run.last_checkpoint)
-        if state["epoch"] >= cfg.schedule.epochs:
-            log.info("%s: finished run found, reusing it", run_dir)
-            return
-        log.info("%s: resuming the interrupted run", run_dir)
-        train(cfg, run_dir, resume=True, progress=progress)
-        return
-    cfg = apply_overrides(build_preset(method, preset), data=DEMO_DATA, epochs=epochs)
-    train(cfg, run_dir, progress=progress)
+def find_runs(out: Path) -> dict[str, Path]:
+    """Run name -> folder of every run under ``out/runs``."""
+    runs_dir = out / "runs"
+    if not runs_dir.is_dir():
+        return {}
+    return {p.name: p for p in sorted(runs_dir.iterdir()) if (p / "config.json").is_file()}
 
 
-def run_demo(out: Path, *, epochs: int | None = None, progress: bool = True) -> DemoResult:
-    from workbench.data.check import check_data
-    from workbench.engine.predict import evaluate_run, predict_run
+def run_demo(
+    out: Path, *, epochs: int | None = None, fresh: bool = False, pipeline_file: Path | None = None,
+    log_output: bool = False,
+) -> DemoResult:
+    """Run the demo pipeline into ``out`` (``epochs`` overrides the presets' epochs)."""
+    from workbench.pipelines import load_pipeline, run_pipeline
+    from workbench.pipelines.runs import load_run
 
+    path = Path(pipeline_file) if pipeline_file else DEMO_PIPELINE
+    if not path.is_file():
+        raise WorkbenchError(f"{path}: the demo pipeline is not there (it ships with a source checkout)")
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    report = check_data(DEMO_DATA, progress=progress)
-    (out / "data_check.txt").write_text(report.format() + "\n")
-    print(report.format())
+    overrides = {"epochs": epochs} if epochs is not None else {}
+    pipeline = load_pipeline(path, out, overrides)
+    outcomes = run_pipeline(pipeline, fresh=fresh, log_output=log_output)
+    runs = find_runs(pipeline.out)
+    notebooks = [o.output for o in outcomes if o.output is not None]
+    report = pipeline.out / "report.html"
+    return DemoResult(
+        out=pipeline.out, run_dirs=runs, metrics={name: load_run(p).final for name, p in runs.items()},
+        seconds=time.perf_counter() - start, notebooks=notebooks, report=report if report.exists() else None,
+        steps_run=sum(o.status == "ran" for o in outcomes), steps_skipped=sum(o.status == "skipped" for o in outcomes),
+    )
 
-    runs = {"faster_rcnn": out / "runs" / "faster_rcnn_tiny"}
-    metrics = {}
-    for method, run_dir in runs.items():
-        _train_or_reuse(method, "tiny", run_dir, epochs, progress)
-        predict_run(run_dir, which="best", progress=progress)
-        metrics[method] = evaluate_run(run_dir, which="best", progress=progress)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return DemoResult(out, runs, metrics, time.perf_counter() - start)
+
+def _metric(metrics: dict[str, Any], key: str) -> str:
+    value = metrics.get(key)
+    return f"{value:7.4f}" if isinstance(value, (int, float)) else f"{'n/a':>7}"
 
 
 def format_summary(result: DemoResult) -> str:
-    lines = [f"demo finished in {result.seconds / 60:.1f} min; everything is under {result.out}", ""]
-    lines.append(f"{'method':<14} {'AP':>7} {'AP50':>7} {'AP75':>7}  run directory")
-    for method, m in result.metrics.items():
-        lines.append(f"{method:<14} {m['AP']:7.4f} {m['AP50']:7.4f} {m['AP75']:7.4f}  {result.run_dirs[method]}")
-    lines += [
+    """What the demo made and how to open it."""
+    lines = [
+        f"demo finished in {result.seconds / 60:.1f} min ({result.steps_run} steps ran, "
+        f"{result.steps_skipped} skipped); everything is under {result.out}",
         "",
-        "next:",
-        f"  workbench evaluate --run {next(iter(result.run_dirs.values()))}",
-        "  .venv/bin/jupyter lab notebooks/",
+        f"{'method':<14} {'AP':>7} {'AP50':>7} {'AP75':>7}  run directory",
     ]
+    for name, metrics in result.metrics.items():
+        lines.append(f"{name:<14} {_metric(metrics, 'AP')} {_metric(metrics, 'AP50')} {_metric(metrics, 'AP75')}  "
+                     f"{result.run_dirs[name]}")
+    lines += ["", "executed notebooks:"] + [f"  {p}" for p in result.notebooks]
+    if result.report is not None:
+        lines += ["", f"report (one self-contained HTML file): {result.report}"]
+    lines += ["", "next:", "  .venv/bin/jupyter lab notebooks/          # the notebooks, with widgets"]
+    for run_dir in result.run_dirs.values():
+        lines.append(f"  .venv/bin/workbench app --run {run_dir}   # FiftyOne App on http://127.0.0.1:5151")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import small_config
+from engine_support import small_config
 
 from workbench.engine.checkpoint import load_checkpoint
 from workbench.engine.predict import evaluate_run, predict_run

@@ -30,7 +30,8 @@ def cli_run(tmp_path_factory):
     run = root / "run"
     train = _cli(
         ["train", "--method", "kl_rpn", "--preset", "tiny", "--data", DATA, "--out", str(run),
-         "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--seed", "3"],
+         "--epochs", "1", "--batch-size", "4", "--max-train-images", "4", "--max-val-images", "2",
+         "--device", "cpu", "--seed", "3"],
         env,
     )
     assert train.returncode == 0, train.stderr[-3000:]
@@ -41,7 +42,7 @@ def cli_run(tmp_path_factory):
 
 def test_training_writes_a_kl_rpn_run(cli_run):
     run, _, train, _ = cli_run
-    assert "training finished after 1 epoch(s), 2 steps" in train.stdout
+    assert "training finished after 1 epoch(s), 1 steps" in train.stdout
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["method"] == "kl_rpn" and cfg["optimizer"]["name"] == "adam"
     assert cfg["model"]["rcnn_loss_weight"] == 10.0 and cfg["model"]["base"]["backbone"] == "resnet18_fpn"
@@ -75,6 +76,6 @@ def test_a_trained_run_gives_uncertainty_maps_and_proposal_offsets(cli_run, monk
     maps = out.raw["uncertainty_maps"][0]
     assert maps["log_objectness"].shape == sample.image.shape[-2:] == (96, 96)
     assert bool(torch.isfinite(maps["log_objectness"]).all())
-    offsets = run_objectness_offsets(run, max_images=4)
-    assert offsets.num_images == 4
+    offsets = run_objectness_offsets(run, max_images=2)
+    assert offsets.num_images == 2
     assert offsets.high.shape[1] == 4 and offsets.high.shape == offsets.low.shape

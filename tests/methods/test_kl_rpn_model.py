@@ -79,11 +79,12 @@ def test_head_outputs_no_objectness_logit_and_clamps_log_var():
 def test_added_parameters_start_near_zero_and_the_rest_like_the_baseline():
     torch.manual_seed(0)
     head = KLRPNHead(256, 3)
-    assert float(head.log_var.weight.std()) == pytest.approx(1e-5, rel=0.05)
-    assert float(head.bbox_pred.weight.std()) == pytest.approx(1e-2, rel=0.05)
-    assert float(head.log_var.bias.abs().max()) == 0.0
-    # every anchor starts at sigma ~ 1
-    out = head([torch.randn(1, 256, 4, 4)])["log_var"][0]
+    with torch.no_grad():
+        assert float(head.log_var.weight.std()) == pytest.approx(1e-5, rel=0.05)
+        assert float(head.bbox_pred.weight.std()) == pytest.approx(1e-2, rel=0.05)
+        assert float(head.log_var.bias.abs().max()) == 0.0
+        # every anchor starts at sigma ~ 1
+        out = head([torch.randn(1, 256, 4, 4)])["log_var"][0]
     assert float(out.abs().max()) < 1e-3
 
 
@@ -226,3 +227,29 @@ def test_uncertainty_maps_are_optional():
     with torch.no_grad():
         out = net(_batch()[0])
     assert "uncertainty_maps" not in out.raw and len(out.detections) == 2
+
+
+def test_detections_carry_the_sigma_of_their_proposal(model):
+    images, _ = _batch()
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    for det, fields in zip(out.detections, out.raw["proposal_fields"]):
+        assert set(det.extras) == {"sigma"} and det.extras["sigma"].shape == (len(det), 4)
+        assert len(det) > 0
+        # every detection's sigma is one of its image's proposals' sigma rows
+        matches = (det.extras["sigma"][:, None, :] == fields["sigma"][None]).all(dim=2)
+        assert bool(matches.any(dim=1).all())
+
+
+def test_select_detections_reports_the_roi_of_each_detection():
+    from workbench.modeling import select_detections
+
+    # 3 RoIs x (background + 2 classes); only RoI 2 / class 1 and RoI 0 / class 2 pass 0.5
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [40.0, 40.0, 60.0, 60.0]])
+    boxes = boxes[:, None, :].expand(3, 3, 4)
+    scores = torch.tensor([[0.1, 0.2, 0.7], [0.6, 0.2, 0.2], [0.1, 0.8, 0.1]])
+    det = select_detections(boxes, scores, (100, 100), 0.5, 0.5, 10, 0.0, with_roi_index=True)
+    assert det.labels.tolist() == [1, 2] and det.extras["roi_index"].tolist() == [2, 0]
+    plain = select_detections(boxes, scores, (100, 100), 0.5, 0.5, 10, 0.0)
+    assert plain.extras == {} and torch.equal(plain.boxes, det.boxes)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from workbench.cli import main
-from workbench.pipelines import PipelineError, load_pipeline, run_pipeline
+from workbench.pipelines import PipelineError, load_pipeline, parse_parameter, run_pipeline
 
 
 def write(tmp_path, text: str):
@@ -74,3 +74,23 @@ def test_workbench_commands_run_in_this_environment(tmp_path):
     path = write(tmp_path, "steps:\n  - name: help\n    command: [workbench, pipeline, run, --help]\n")
     outcomes = run_pipeline(load_pipeline(path, tmp_path / "o"), echo=lambda line: None)
     assert [o.status for o in outcomes] == ["ran"]
+
+
+def test_overrides_reach_the_notebooks_that_declare_them(tmp_path, notebooks):
+    path = write(tmp_path, """
+steps:
+  - {name: one, notebook: notebooks/log.ipynb, parameters: {step: one}}
+  - {name: two, command: [workbench, --help]}
+""")
+    pipeline = load_pipeline(path, tmp_path / "o", overrides={"step": "changed", "log_file": "x.txt"})
+    assert pipeline.steps[0].parameters == {"step": "changed", "log_file": "x.txt"}
+    assert pipeline.steps[1].parameters == {}
+    assert pipeline.steps[0].fingerprint() != load_pipeline(path, tmp_path / "o").steps[0].fingerprint()
+    with pytest.raises(PipelineError, match="no notebook of this pipeline has the parameter.*epochs"):
+        load_pipeline(path, tmp_path / "o", overrides={"epochs": 2})
+
+
+def test_command_line_values_are_read_as_yaml():
+    assert parse_parameter("2") == 2 and parse_parameter("[a, 1]") == ["a", 1]
+    assert parse_parameter("builtin:shapes?train=8&val=4") == "builtin:shapes?train=8&val=4"
+    assert parse_parameter("{min_size: 96}") == {"min_size": 96}

@@ -8,9 +8,12 @@ the same FiftyOne database as this process (``FIFTYONE_DATABASE_URI`` when set).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -101,17 +104,40 @@ def serve_app(
     """Serve the App on dataset ``name`` until Ctrl-C (or until the server exits); returns the
     exit code for the command line (0 after Ctrl-C)."""
     check_dataset_exists(name)
-    process = start_server(address, port)
+    with _interrupt_on_stop_signals():
+        process = start_server(address, port)
+        try:
+            root = dataset_url(name, address, port).split("/datasets/")[0] + "/"
+            wait_until_serving(root, process, ready_timeout)
+            announce(f"FiftyOne App serving dataset {name!r} at {dataset_url(name, address, port)} (Ctrl-C to stop)")
+            sys.stdout.flush()
+            code = process.wait()
+            if code != 0:
+                raise WorkbenchError(f"the FiftyOne App server exited with code {code}")
+            return 0
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            stop_server(process)
+
+
+@contextlib.contextmanager
+def _interrupt_on_stop_signals():
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` meanwhile (also when the shell started the
+    command with SIGINT ignored, as it does for background jobs)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        root = dataset_url(name, address, port).split("/datasets/")[0] + "/"
-        wait_until_serving(root, process, ready_timeout)
-        announce(f"FiftyOne App serving dataset {name!r} at {dataset_url(name, address, port)} (Ctrl-C to stop)")
-        sys.stdout.flush()
-        return 0 if process.wait() == 0 else 1
-    except KeyboardInterrupt:
-        return 0
+        yield
     finally:
-        stop_server(process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 __all__ = ["DEFAULT_ADDRESS", "DEFAULT_PORT", "dataset_url", "resolve_dataset_name", "serve_app"]

@@ -56,6 +56,8 @@ DEFAULT_MAX_PROPOSALS = 100
 EVAL_KEY = "eval"
 CHUNK_SIZE = 500
 PROPOSAL_LABEL = "proposal"
+#: Fields drawn in the App's grid when it opens (heatmaps too); the others are a click away.
+SHOWN_FIELDS = ("ground_truth", "predictions")
 #: Fields of a box record that are not per-box extras.
 BOX_FIELDS = ("boxes", "scores", "labels")
 #: Map-record fields used as the heatmap value, in order of preference, with how each is turned
@@ -401,16 +403,23 @@ def export_traces(
         _write_chunk(dataset, ids, chunk, indices[start:stop], data, class_names, max_proposals, declared, counts)
         _write_heatmaps(dataset, ids, chunk, ranges, maps_dir)
     dataset.default_classes = class_names
+    dataset.app_config.active_fields = fo.ActiveFields(paths=list(SHOWN_FIELDS) + sorted(ranges))
     dataset.info = {**dict(info or {}), "max_proposals": max_proposals,
                     "heatmaps": {k: {"range": [r.low, r.high], "value": r.description} for k, r in ranges.items()}}
     dataset.save()
     if evaluate:
-        dataset.evaluate_detections(
-            "predictions", gt_field="ground_truth", eval_key=EVAL_KEY, method="coco", iou=0.5,
-            compute_mAP=True, iscrowd="iscrowd", classes=class_names, progress=progress,
-        )
+        evaluate_dataset(dataset, class_names, progress=progress)
     summary = ExportSummary(name, len(dataset), counts, sorted(ranges), evaluate)
     return dataset, summary
+
+
+def evaluate_dataset(dataset, class_names: Sequence[str], *, progress: bool = False):
+    """COCO-style evaluation ``eval`` of ``predictions`` against ``ground_truth`` (crowd boxes
+    ignored, mAP computed); returns FiftyOne's results object."""
+    return dataset.evaluate_detections(
+        "predictions", gt_field="ground_truth", eval_key=EVAL_KEY, method="coco", iou=0.5,
+        compute_mAP=True, iscrowd="iscrowd", classes=list(class_names), progress=progress,
+    )
 
 
 def _dataset_index(data, image_id: int) -> int:
@@ -483,7 +492,7 @@ def export_run(
         predict_run(run_dir, split=split, device=device, progress=progress, trace=True)
     traces = load_traces(run_dir, split)
     spec = traces.meta.get("data") or load_run_config(run_dir).data.spec
-    data = open_dataset(spec, split)
+    data = open_dataset(spec, split, image_dir=traces.meta.get("image_dir"), progress=progress)
     name = name or default_dataset_name(run_dir, split)
     info = {"run": str(run_dir.resolve()), "method": traces.method, "split": split,
             "trace_format_version": traces.version}
@@ -496,6 +505,7 @@ __all__ = [
     "EVAL_KEY",
     "ExportSummary",
     "default_dataset_name",
+    "evaluate_dataset",
     "export_run",
     "export_traces",
     "relative_xywh",

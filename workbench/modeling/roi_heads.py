@@ -97,32 +97,42 @@ def select_detections(
     min_size: float,
     recorder: TraceRecorder | None = None,
     image_index: int = 0,
+    with_roi_index: bool = False,
 ) -> Detections:
     """One image: per-class boxes (R, K, 4) and scores (R, K) (column 0 background) ->
     :class:`Detections` after clipping, score threshold (strict ``>``), removal of boxes with a
-    side below ``min_size``, per-class NMS and the top-``detections_per_image`` cut."""
+    side below ``min_size``, per-class NMS and the top-``detections_per_image`` cut.
+    ``with_roi_index`` adds ``extras["roi_index"]`` (N,) int64: the row (RoI) each detection
+    came from, so a method can attach per-RoI values (e.g. KL-RPN's proposal sigma)."""
     num_classes = scores.shape[1]
     boxes = clip_boxes(boxes.reshape(-1, 4), image_size).view(-1, num_classes, 4)[:, 1:].reshape(-1, 4)
     labels = torch.arange(1, num_classes, device=scores.device).repeat(scores.shape[0])
+    rois = None
+    if with_roi_index:
+        rois = torch.arange(scores.shape[0], device=scores.device).repeat_interleave(num_classes - 1)
     scores = scores[:, 1:].reshape(-1)
     keep = (scores > score_thresh) & size_at_least(boxes, min_size)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    rois = rois[keep] if rois is not None else None
     if recorder is not None:
         recorder.put(image_index, "rcnn_candidates", boxes=boxes, scores=scores, labels=labels)
     keep = grouped_nms(boxes, scores, labels, nms_thresh, recorder, image_index, "rcnn_nms")
     keep = keep[:detections_per_image]
-    return Detections(boxes[keep], scores[keep], labels[keep])
+    extras = {"roi_index": rois[keep]} if rois is not None else {}
+    return Detections(boxes[keep], scores[keep], labels[keep], extras)
 
 
 @dataclass(frozen=True)
 class FastRCNNPostprocess:
-    """Softmax scores, decoded per-class boxes, then :func:`select_detections` per image."""
+    """Softmax scores, decoded per-class boxes, then :func:`select_detections` per image
+    (``with_roi_index``: see there)."""
 
     box_coder: BoxCoder
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100
     min_size: float = 1e-2
+    with_roi_index: bool = False
 
     def __call__(
         self,
@@ -146,7 +156,7 @@ class FastRCNNPostprocess:
             out.append(
                 select_detections(
                     b, s, size, self.score_thresh, self.nms_thresh, self.detections_per_image,
-                    self.min_size, recorder, i,
+                    self.min_size, recorder, i, self.with_roi_index,
                 )
             )
         return out

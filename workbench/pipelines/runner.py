@@ -32,7 +32,7 @@ STATE_FILE = "pipeline_state.json"
 #: The kernel papermill starts: the spec named ``python3`` runs the interpreter running papermill.
 KERNEL_NAME = "python3"
 #: Kernel options: no start-up warnings on the console (cell errors still reach the notebook).
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
 @dataclass

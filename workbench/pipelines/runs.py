@@ -154,10 +154,11 @@ def run_proposal_recall(
     """Class-agnostic proposal recall (``AR@100``, ``AR@300``, ``AR@1000`` and ``R50@N``,
     ``R70@N``) of the run's RPN with ``top_n`` proposals per image, on the first
     ``max_images`` images of ``split``."""
-    from workbench.engine.trainer import load_trained_model
+    from workbench.engine.trainer import load_trained_model, resolve_device
     from workbench.evaluation import coco_gt_from_dict, proposal_recall
     from workbench.methods.kl_rpn.analysis import rpn_proposals, settings_with_top_n
 
+    device = str(resolve_device(device))
     model, cfg, _ = load_trained_model(run_dir, which, device)
     dataset = run_dataset(run_dir, split)
     indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
@@ -165,3 +166,36 @@ def run_proposal_recall(
                               settings=settings_with_top_n(model, top_n))
     coco_gt = coco_gt_from_dict(_gt_subset(dataset, list(proposals)), source=str(run_dir))
     return proposal_recall(coco_gt, proposals)
+
+
+def evaluation_from_predictions(run_dir: Path | str, split: str | None = None):
+    """:class:`workbench.evaluation.CocoEvaluation` of the COCO results that ``workbench
+    predict`` wrote to ``RUN/predictions/<split>.json`` (it predicts the whole split) against
+    the split's ground truth; no model is run. ``None`` when the file is not there."""
+    from workbench.engine.trainer import load_run_config
+    from workbench.evaluation import coco_gt_from_dict, evaluate_coco
+
+    split = split or load_run_config(run_dir).data.val_split
+    path = RunDir(Path(run_dir)).predictions / f"{split}.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    coco_gt = coco_gt_from_dict(run_dataset(run_dir, split).to_coco_dict(), source=str(path))
+    return evaluate_coco(coco_gt, results, source=str(path))
+
+
+def objectness_offsets_of_runs(
+    runs: Sequence[RunSummary], *, max_images: int | None = 100, device: str = "cpu", which: str = "best"
+) -> dict[str, tuple[Any, Any]]:
+    """Run name -> ``(high, low)`` offsets of its highest- and lowest-objectness proposals to
+    their ground truth (KL-RPN paper Fig. 3; see :mod:`workbench.methods.kl_rpn.analysis`),
+    ready for :func:`workbench.viz.proposals.objectness_offsets_figure`."""
+    from workbench.engine.trainer import resolve_device
+    from workbench.methods.kl_rpn.analysis import run_objectness_offsets
+
+    device = str(resolve_device(device))
+    out = {}
+    for run in runs:
+        offsets = run_objectness_offsets(run.path, which=which, max_images=max_images, device=device)
+        out[run.name] = (offsets.high, offsets.low)
+    return out

@@ -18,10 +18,14 @@ A step has either ``notebook`` (run with papermill, the executed copy kept at ``
 ``command`` (a list of arguments; a leading ``workbench`` runs this interpreter's workbench).
 ``{out}`` in any string (parameters, outputs, command arguments; nested lists and dicts too) is
 replaced by the absolute output folder, ``{pipeline_dir}`` by the pipeline file's folder.
+
+Overrides given when the pipeline is loaded (``workbench pipeline run FILE -p epochs 2``) set a
+parameter on every notebook step whose notebook declares it in its ``parameters`` cell.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -141,9 +145,50 @@ def _resolve_step(raw: dict[str, Any], shared: dict[str, Any], names: dict[str, 
     return Step(name=name, notebook=notebook.resolve(), output=output.absolute(), parameters=parameters)
 
 
-def load_pipeline(path: Path | str, out: Path | str | None = None) -> Pipeline:
+def notebook_parameters(path: Path) -> set[str]:
+    """The names assigned in the notebook's cell tagged ``parameters`` (empty without one)."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as exc:  # nbformat raises several kinds for a bad file
+        raise PipelineError(f"{path}: not a readable notebook ({exc.__class__.__name__}: {exc})") from None
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError as exc:
+                raise PipelineError(f"{path}: the parameters cell is not valid Python ({exc.msg})") from None
+            return {t.id for node in tree.body if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Name)}
+    return set()
+
+
+def apply_overrides(steps: list[Step], overrides: dict[str, Any], source: Path) -> list[Step]:
+    """Set each override on the notebook steps that declare it; an override no notebook
+    declares is an error."""
+    used: set[str] = set()
+    out = []
+    for step in steps:
+        if step.notebook is None or not overrides:
+            out.append(step)
+            continue
+        declared = notebook_parameters(step.notebook)
+        mine = {k: v for k, v in overrides.items() if k in declared}
+        used |= set(mine)
+        out.append(Step(step.name, step.notebook, step.output, step.command, {**step.parameters, **mine}))
+    unused = sorted(set(overrides) - used)
+    if unused:
+        raise PipelineError(f"{source}: no notebook of this pipeline has the parameter(s) {', '.join(unused)}")
+    return out
+
+
+def load_pipeline(
+    path: Path | str, out: Path | str | None = None, overrides: dict[str, Any] | None = None
+) -> Pipeline:
     """Read and check a pipeline file; ``out`` overrides its ``output`` folder (default: a
-    folder named after the pipeline in the current directory)."""
+    folder named after the pipeline in the current directory); ``overrides`` set notebook
+    parameters (see the module docstring)."""
     path = Path(path)
     document = _read_yaml(path)
     name = str(document.get("name") or path.stem)
@@ -161,4 +206,16 @@ def load_pipeline(path: Path | str, out: Path | str | None = None) -> Pipeline:
     for step in steps:
         if step.notebook is not None and not step.notebook.is_file():
             raise PipelineError(f"{path}: step '{step.name}': no such notebook {step.notebook}")
+    steps = apply_overrides(steps, dict(overrides or {}), path)
     return Pipeline(name=name, source=path.resolve(), out=out_dir, steps=tuple(steps))
+
+
+def parse_parameter(text: str) -> Any:
+    """A command-line parameter value read as YAML (``2`` -> 2, ``[a, b]`` -> a list, ``x`` ->
+    ``"x"``), like papermill's ``-y``."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text

@@ -1,4 +1,16 @@
 """Pure Plotly figure builders (arrays in, ``go.Figure`` out); widgets only wire them together.
 
 Plotly is imported by the builder modules, never by ``import workbench``.
+
+- :mod:`~workbench.viz.images`: an image with layers (ground truth, detections, proposals,
+  suppressed boxes linked to their suppressors, uncertainty heatmap);
+- :mod:`~workbench.viz.nms`: NMS decisions and a threshold slider re-running NMS;
+- :mod:`~workbench.viz.scores`: score histograms;
+- :mod:`~workbench.viz.maps`: per-pixel maps over the image;
+- :mod:`~workbench.viz.curves`: training curves, run comparisons, precision-recall curves;
+- :mod:`~workbench.viz.proposals`: KL-RPN's offsets by objectness (paper Fig. 3) and its map;
+- :mod:`~workbench.viz.tables`: metrics tables;
+- :mod:`~workbench.viz.boxes`: the shared pieces (box outlines, the image layer, axes);
+- :mod:`~workbench.viz.export`: self-contained HTML and PNG files;
+- :mod:`~workbench.viz.explorer`: the ipywidgets explorer over traced images.
 """

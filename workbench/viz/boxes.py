@@ -125,8 +125,10 @@ def png_data_uri(pixels: np.ndarray) -> str:
 
 
 def image_layer(image: Any) -> go.Image:
-    """The picture under every other layer, embedded as a PNG (small in HTML and notebooks)."""
-    return go.Image(source=png_data_uri(to_image(image)), hoverinfo="skip", name="image", meta={"layer": "image"})
+    """The picture under every other layer, embedded as a PNG (small in HTML and notebooks).
+    Pixel ``(row, col)`` covers ``[col, col + 1] x [row, row + 1]``, as box coordinates do."""
+    return go.Image(source=png_data_uri(to_image(image)), x0=0.5, y0=0.5, hoverinfo="skip", name="image",
+                    meta={"layer": "image"})
 
 
 def fit_axes(fig: go.Figure, height: int, width: int) -> go.Figure:

@@ -48,7 +48,8 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], *, title: str =
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, meta={"panel": "losses", "key": name},
                                  line=dict(width=2.5 if name == "loss" else 1.2)), row=1, col=1)
     x, y = _series(train, "step", "lr")
-    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="lr", meta={"panel": "lr", "key": "lr"}), row=2, col=1)
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="lr", meta={"panel": "lr", "key": "lr"}),
+                  row=2, col=1)
     for key in EVAL_KEYS:
         x, y = _series(evals, "epoch", key)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=key, meta={"panel": "eval", "key": key}),

@@ -95,6 +95,7 @@ def image_figure(
     layers: Collection[str] = LAYERS,
     uncertainty_name: str = "uncertainty",
     title: str | None = None,
+    height: int = 640,
 ) -> go.Figure:
     """The image with every layer given.
 
@@ -106,7 +107,7 @@ def image_figure(
     - ``uncertainty``: an ``(H, W)`` map drawn as a heatmap under the boxes.
 
     ``layers`` lists the visible layers (see :data:`LAYERS`). ``image_size`` ``(h, w)`` sets the
-    canvas when there is no image.
+    canvas when there is no image; ``height`` the figure's height in pixels.
     """
     unknown = set(layers) - set(LAYERS)
     if unknown:
@@ -126,9 +127,10 @@ def image_figure(
                                        visible="detections" in layers))
     if gt is not None:
         fig.add_trace(gt_layer(gt, class_names, visible="gt" in layers))
-    height, width = _canvas_size(image, image_size, uncertainty, (gt, detections, proposals))
-    fig.update_layout(title=title, legend=dict(orientation="h", y=-0.05), margin=dict(l=10, r=10, t=50, b=10))
-    return fit_axes(fig, height, width)
+    rows, cols = _canvas_size(image, image_size, uncertainty, (gt, detections, proposals))
+    fig.update_layout(title=title, legend=dict(orientation="h", y=-0.05), margin=dict(l=10, r=10, t=50, b=10),
+                      height=height)
+    return fit_axes(fig, rows, cols)
 
 
 def _canvas_size(image: Any, image_size: tuple[int, int] | None, uncertainty: Any, box_sets) -> tuple[int, int]:

@@ -24,12 +24,13 @@ def map_layer(
     colorscale: str = "Viridis",
     visible: bool = True,
 ) -> go.Heatmap:
-    """The map as a heatmap trace (layer ``uncertainty``), pixel ``(row, col)`` at ``(x, y)``."""
+    """The map as a heatmap trace (layer ``uncertainty``); cell ``(row, col)`` covers
+    ``[col, col + 1] x [row, row + 1]`` like the image's pixels."""
     z = to_numpy(values)
     if z.ndim != 2:
         raise ValueError(f"a map must be (H, W), got {z.shape}")
     return go.Heatmap(
-        z=z, name=name, opacity=opacity, colorscale=colorscale, visible=visible,
+        z=z, x0=0.5, y0=0.5, name=name, opacity=opacity, colorscale=colorscale, visible=visible,
         colorbar=dict(title=colorbar_title or name, len=0.75),
         hovertemplate=f"x %{{x}}, y %{{y}}<br>{name} %{{z:.3f}}<extra></extra>",
         meta={"layer": "uncertainty"},

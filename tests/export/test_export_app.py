@@ -1,0 +1,109 @@
+"""`workbench export fiftyone` and `workbench app` from the command line, and the App in headless
+Chromium: the grid shows every sample and the sidebar lists the workbench's fields.
+
+The screenshot and the page's DOM are saved under ``test-output/`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from export_support import TEST_OUTPUT, capture_page, free_port, listening_addresses, stop_process
+
+NAME = "wb-app-test"
+FIELDS = ("ground_truth", "predictions", "proposals", "suppressed", "uncertainty", "eval_tp", "eval_fp", "eval_fn")
+NUM_SAMPLES = 4
+
+
+def workbench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ))
+
+
+def wait_for_line(log: Path, pattern: str, process: subprocess.Popen, timeout: float) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(pattern, log.read_text(errors="replace"))
+        if match:
+            return match
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    pytest.fail(f"`workbench app` printed no {pattern!r}; its output:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def app(fiftyone_db, kl_run, tmp_path_factory):
+    """The CLI-exported dataset served by `workbench app`: (url, port, process, export output)."""
+    exported = workbench("export", "fiftyone", "--run", str(kl_run), "--name", NAME, "-q")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    port = free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "workbench", "app", "--name", NAME, "--port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        match = wait_for_line(log, r"at (http://\S+) \(Ctrl-C", process, timeout=180)
+        yield match.group(1), port, process, exported.stdout
+    finally:
+        stop_process(process, signal.SIGINT, timeout=30)
+
+
+def test_export_command_reports_the_dataset(app):
+    _, _, _, output = app
+    assert f"FiftyOne dataset '{NAME}': 4 samples" in output
+    assert f"workbench app --name {NAME}" in output
+
+
+def test_app_is_bound_to_loopback_and_prints_the_dataset_url(app):
+    url, port, _, _ = app
+    assert url == f"http://127.0.0.1:{port}/datasets/{NAME}"
+    assert listening_addresses(port) == {"127.0.0.1"}
+
+
+def _loaded_page(url: str, attempts: int = 4):
+    """DOM and screenshot of the App once every grid tile is drawn (the first loads can be slow)."""
+    TEST_OUTPUT.mkdir(exist_ok=True)
+    page = None
+    for _ in range(attempts):
+        page = capture_page(url, TEST_OUTPUT / "fiftyone_app.png")
+        if page.drawn_tiles >= NUM_SAMPLES:
+            break
+    (TEST_OUTPUT / "fiftyone_app_dom.html").write_text(page.dom)
+    return page
+
+
+def test_the_app_renders_the_grid_and_lists_the_fields(app):
+    url, _, _, _ = app
+    page = _loaded_page(url)
+    print(f"\nFiftyOne App screenshot: {page.screenshot}")
+    assert 'data-cy="fo-grid"' in page.dom, "the App did not render its sample grid"
+    assert page.tiles == NUM_SAMPLES and page.drawn_tiles == NUM_SAMPLES, "the grid did not finish loading"
+    count = re.search(r'data-cy="entry-count-part"[^>]*>\s*([\d,]+)\s*</span>\s*samples', page.dom)
+    assert count is not None and count.group(1) == str(NUM_SAMPLES)
+    for field in FIELDS:
+        assert f'data-cy="checkbox-{field}"' in page.dom, f"the sidebar does not list {field}"
+    assert page.screenshot.is_file(), page.stderr[-2000:]
+    from PIL import Image
+
+    with Image.open(page.screenshot) as image:
+        assert image.size == (1400, 900)
+        colors = image.convert("RGB").resize((140, 90)).getcolors(maxcolors=140 * 90)
+    assert colors is not None and len(colors) > 50  # a rendered page, not a blank one
+
+
+def test_ctrl_c_stops_the_app_and_its_server(app):
+    _, port, process, _ = app
+    os.kill(process.pid, signal.SIGINT)
+    assert process.wait(timeout=60) == 0
+    deadline = time.monotonic() + 30
+    while listening_addresses(port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert listening_addresses(port) == set()

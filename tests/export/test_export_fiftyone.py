@@ -1,0 +1,163 @@
+"""The FiftyOne export of a traced KL-RPN run, in a private database (see ``conftest``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from workbench.data.sources import open_dataset
+from workbench.export.fiftyone import default_dataset_name, export_run
+from workbench.inspection import load_traces
+
+NAME = "wb-export-test"
+
+
+@pytest.fixture(scope="module")
+def exported(fiftyone_db, kl_run):
+    """(dataset, summary, traces, val dataset) of the run's export."""
+    dataset, summary = export_run(kl_run, name=NAME)
+    traces = load_traces(kl_run, "val")
+    data = open_dataset(traces.meta["data"], "val")
+    return dataset, summary, traces, data
+
+
+def _samples_by_image(dataset, data) -> dict[int, object]:
+    """Image id -> sample (filepaths identify the images)."""
+    ids = {str(data.image_path(i).resolve()): data.image_ids[i] for i in range(len(data))}
+    return {ids[s.filepath]: s for s in dataset}
+
+
+def test_one_sample_per_traced_image_with_metadata(exported):
+    dataset, summary, traces, data = exported
+    assert len(dataset) == len(traces) == summary.num_samples == 4
+    assert dataset.persistent and dataset.name == NAME
+    samples = _samples_by_image(dataset, data)
+    assert sorted(samples) == sorted(traces.image_ids)
+    for sample in samples.values():
+        assert Path(sample.filepath).is_file()
+        assert (sample.metadata.width, sample.metadata.height) == (96, 96)
+        assert sample.metadata.size_bytes == Path(sample.filepath).stat().st_size
+    assert dataset.default_classes == data.class_names
+
+
+def test_ground_truth_has_every_box_and_the_crowd_flag(exported):
+    dataset, _, _, data = exported
+    samples = _samples_by_image(dataset, data)
+    for index, record in enumerate(data.records):
+        gt = samples[record.image_id].ground_truth.detections
+        assert len(gt) == len(record)
+        assert [d.iscrowd for d in gt] == [bool(v) for v in record.ignore]
+        assert [d.label for d in gt] == [data.class_names[int(k) - 1] for k in record.labels]
+        xywh = np.array([d.bounding_box for d in gt]).reshape(-1, 4) * 96
+        np.testing.assert_allclose(xywh[:, :2], record.boxes[:, :2], atol=1e-6)
+        np.testing.assert_allclose(xywh[:, :2] + xywh[:, 2:], record.boxes[:, 2:], atol=1e-6)
+
+
+def test_predictions_are_the_runs_detections(exported, kl_run):
+    dataset, _, traces, data = exported
+    samples = _samples_by_image(dataset, data)
+    results = json.loads((kl_run / "predictions" / "val.json").read_text())
+    for trace in traces:
+        det = trace["detections"]
+        preds = samples[trace.image_id].predictions.detections
+        assert len(preds) == det["scores"].shape[0] == sum(r["image_id"] == trace.image_id for r in results)
+        assert len(preds) > 0
+        np.testing.assert_allclose([p.confidence for p in preds], det["scores"].double().numpy(), rtol=0, atol=0)
+        assert [p.label for p in preds] == [data.class_names[int(k) - 1] for k in det["labels"]]
+        rel = np.array([p.bounding_box for p in preds]) * 96
+        np.testing.assert_allclose(rel[:, :2] + rel[:, 2:], det["boxes"][:, 2:].double().numpy(), atol=1e-4)
+
+
+def test_proposals_are_the_top_100_post_nms_proposals_with_sigma(exported):
+    dataset, _, traces, data = exported
+    samples = _samples_by_image(dataset, data)
+    for trace in traces:
+        record = trace["rpn_proposals"]
+        assert record["scores"].shape[0] == 150
+        proposals = samples[trace.image_id].proposals.detections
+        assert len(proposals) == 100
+        np.testing.assert_allclose([p.confidence for p in proposals], record["scores"][:100].double().numpy(), rtol=0, atol=0)
+        np.testing.assert_allclose([p.sigma for p in proposals], record["sigma"][:100].double().numpy(), rtol=0, atol=0)
+        assert all(p.label == "proposal" for p in proposals)
+
+
+def _exported_suppressions(trace) -> int:
+    """Boxes the final NMS suppressed whose suppressor is among the detections (keep order)."""
+    nms = trace["rcnn_nms"]
+    exported_kept = set(nms["keep"][: trace["detections"]["scores"].shape[0]].tolist())
+    return sum(1 for s in nms["suppressed_by"].tolist() if s in exported_kept)
+
+
+def test_suppressed_boxes_name_a_prediction_of_their_sample(exported):
+    dataset, summary, traces, data = exported
+    samples = _samples_by_image(dataset, data)
+    total = 0
+    for trace in traces:
+        sample = samples[trace.image_id]
+        predictions = {p.id: p for p in sample.predictions.detections}
+        suppressed = sample.suppressed.detections
+        assert len(suppressed) == _exported_suppressions(trace)
+        threshold = float(trace["rcnn_nms"]["iou_threshold"])
+        for box in suppressed:
+            suppressor = predictions[box.suppressed_by]
+            assert suppressor.label == box.label and suppressor.confidence >= box.confidence
+            assert threshold < box.suppressor_iou <= 1.0
+        total += len(suppressed)
+    assert total > 0 and summary.counts["suppressed"] == total
+    assert dataset.count("suppressed.detections") == total
+
+
+def test_uncertainty_is_a_heatmap_of_the_image_size(exported):
+    dataset, summary, traces, data = exported
+    assert summary.heatmap_fields == ["uncertainty"]
+    for sample in dataset:
+        heatmap = sample.uncertainty
+        assert type(heatmap).__name__ == "Heatmap" and list(heatmap.range) == [0.0, 255.0]
+        with Image.open(heatmap.map_path) as png:
+            assert png.size == (96, 96) and png.mode == "L"
+        low, high = heatmap.value_range
+        assert low < high
+    values = np.stack([-traces[i]["uncertainty_map"]["log_objectness"].double().numpy() for i in range(len(traces))])
+    assert (low, high) == pytest.approx((values.min(), values.max()))
+
+
+def test_evaluation_marks_true_false_positives_and_misses(exported):
+    dataset, _, _, data = exported
+    assert dataset.list_evaluations() == ["eval"]
+    info = dataset.get_evaluation_info("eval")
+    assert info.config.method == "coco" and info.config.compute_mAP
+    samples = _samples_by_image(dataset, data)
+    for record in data.records:
+        sample = samples[record.image_id]
+        preds = sample.predictions.detections
+        assert {p.eval for p in preds} <= {"tp", "fp"}
+        assert sample.eval_tp + sample.eval_fp == len(preds)
+        assert sample.eval_tp + sample.eval_fn == int((~record.ignore.astype(bool)).sum())
+        assert all(g.eval in ("tp", "fn") for g in sample.ground_truth.detections if not g.iscrowd)
+    results = dataset.load_evaluation_results("eval")
+    assert 0.0 <= results.mAP() <= 1.0
+
+
+def test_exporting_again_replaces_the_dataset(exported, kl_run):
+    import fiftyone as fo
+
+    dataset, summary, _, _ = exported
+    old_ids = set(dataset.values("id"))
+    again, summary2 = export_run(kl_run, name=NAME, evaluate=False)
+    assert fo.list_datasets().count(NAME) == 1
+    assert len(again) == 4 and len(set(again.values("filepath"))) == 4
+    assert not old_ids & set(again.values("id"))
+    assert summary2.counts == summary.counts
+    assert "eval" not in again.list_evaluations()
+    assert sorted(p.name for p in (kl_run / "fiftyone" / NAME / "uncertainty").iterdir()) == [
+        f"{i}.png" for i in sorted(load_traces(kl_run, "val").image_ids)
+    ]
+
+
+def test_default_name_comes_from_the_run_directory(kl_run):
+    assert default_dataset_name(kl_run, "val") == f"workbench-{kl_run.name}-val"

@@ -1,0 +1,168 @@
+"""Traces: prediction with a recorder changes no detection, and the saved format round-trips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.data.sources import open_dataset
+from workbench.engine.inference import predict_dataset
+from workbench.engine.predict import predict_run
+from workbench.engine.trainer import load_trained_model
+from workbench.errors import WorkbenchError
+from workbench.inspection import FORMAT_NAME, FORMAT_VERSION, ImageTrace, load_traces, save_traces, trace_dir
+from workbench.inspection.collect import iter_traced_predictions
+from workbench.inspection.traces import INDEX_KEY, MANIFEST
+
+BASELINE_RECORDS = {"anchors", "rpn_proposals_pre_nms", "rpn_nms", "rpn_proposals", "rcnn_candidates", "rcnn_nms",
+                    "detections"}
+
+
+@pytest.fixture(scope="module")
+def traced(frcnn_run):
+    """(model, val dataset, plain predictions, [(prediction, trace)]) of the Faster R-CNN run."""
+    model, cfg, _ = load_trained_model(frcnn_run, "best", "cpu")
+    dataset = open_dataset(cfg.data.spec, cfg.data.val_split)
+    plain = predict_dataset(model, dataset, torch.device("cpu"), batch_size=2)
+    pairs = list(iter_traced_predictions(model, dataset, torch.device("cpu"), batch_size=2))
+    return model, dataset, plain, pairs
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtype, shape and bytes (NaN equals NaN)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    as_bytes = lambda t: t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()  # noqa: E731
+    return as_bytes(a) == as_bytes(b)
+
+
+def test_tracing_leaves_detections_unchanged(traced):
+    _, dataset, plain, pairs = traced
+    traced_preds = sorted((p for p, _ in pairs), key=lambda p: p.image_id)
+    assert [p.image_id for p in traced_preds] == [p.image_id for p in plain] == sorted(dataset.image_ids)
+    for a, b in zip(plain, traced_preds):
+        assert len(a.detections) > 0
+        for name in ("boxes", "scores", "labels"):
+            assert torch.equal(getattr(a.detections, name), getattr(b.detections, name)), (a.image_id, name)
+
+
+def test_trace_holds_every_stage_and_its_detections_are_the_predictions(traced):
+    _, _, _, pairs = traced
+    for prediction, trace in pairs:
+        assert BASELINE_RECORDS <= set(trace.records)
+        assert trace.image_id == prediction.image_id and trace.orig_size == (96, 96)
+        assert torch.equal(trace["detections"]["boxes"], prediction.detections.boxes)
+        nms = trace["rcnn_nms"]
+        n = len(prediction.detections)
+        assert torch.equal(nms["scores"][nms["keep"][:n]], prediction.detections.scores)
+        suppressed = nms["suppressed_by"] >= 0
+        assert int(suppressed.sum()) + nms["keep"].shape[0] == nms["scores"].shape[0]
+        assert bool((nms["suppressor_iou"][suppressed] > nms["iou_threshold"]).all())
+        assert trace["rpn_proposals"]["boxes"].shape[0] <= 150
+
+
+def _odd_record() -> dict[str, torch.Tensor]:
+    """Tensors the format must also carry: 0-d, empty, bool, bfloat16, NaN."""
+    return {
+        "scalar": torch.tensor(0.25, dtype=torch.float64),
+        "empty": torch.zeros((0, 4)),
+        "flags": torch.tensor([True, False, True]),
+        "half": torch.tensor([[1.5, -2.0], [3.25, float("nan")]], dtype=torch.bfloat16),
+        "nan": torch.tensor([float("nan"), 1.0]),
+    }
+
+
+def test_saved_traces_load_back_losslessly(traced, tmp_path):
+    _, _, _, pairs = traced
+    originals = [t for _, t in pairs]
+    originals[1] = ImageTrace(originals[1].image_id, originals[1].file_name, originals[1].orig_size,
+                              {**originals[1].records, "odd": _odd_record()})
+    out = save_traces(originals, tmp_path / "traces" / "val", method="faster_rcnn", split="val",
+                      meta={"note": "round trip"}, shard_size=3)
+    loaded = load_traces(tmp_path, "val")
+    assert len(loaded) == len(originals) and loaded.method == "faster_rcnn" and loaded.split == "val"
+    assert loaded.meta == {"note": "round trip"} and "odd" in loaded.record_names
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "shard-00000.npz", "shard-00001.npz"]
+    for original, back in zip(originals, loaded):
+        assert (back.image_id, back.file_name, back.orig_size) == (original.image_id, original.file_name,
+                                                                    original.orig_size)
+        assert set(back.records) == set(original.records)
+        for name, fields in original.records.items():
+            assert set(back[name]) == set(fields), name
+            for field_name, tensor in fields.items():
+                assert _same_tensor(tensor, back[name][field_name]), (original.image_id, name, field_name)
+    assert loaded.by_image_id(originals[2].image_id).image_id == originals[2].image_id
+
+
+def test_equal_tensors_are_stored_once_per_shard(traced, tmp_path):
+    _, _, _, pairs = traced
+    traces = [t for _, t in pairs]
+    save_traces(traces, tmp_path / "val", method="faster_rcnn", split="val")
+    with np.load(tmp_path / "val" / "shard-00000.npz", allow_pickle=False) as npz:
+        index = json.loads(str(npz[INDEX_KEY]))
+        sizes = {key: npz[key].nbytes for key in npz.files if key != INDEX_KEY}
+    anchor_keys = {image["anchors"]["boxes"] for image in index["images"]}
+    assert len(anchor_keys) == 1  # four 96 x 96 images share one anchor tensor
+    # rpn_nms re-uses the boxes of rpn_proposals_pre_nms
+    assert all(im["rpn_nms"]["boxes"] == im["rpn_proposals_pre_nms"]["boxes"] for im in index["images"])
+    as_recorded = sum(t.numel() * t.element_size() for tr in traces for f in tr.records.values() for t in f.values())
+    anchor_bytes = traces[0]["anchors"]["boxes"].numel() * 4
+    assert sum(sizes.values()) <= as_recorded - 3 * anchor_bytes
+
+
+def test_predict_with_trace_writes_the_same_results_and_a_versioned_manifest(frcnn_run, tmp_path):
+    plain = predict_run(frcnn_run, tmp_path / "plain.json", device="cpu", progress=False)
+    traced = predict_run(frcnn_run, tmp_path / "traced.json", device="cpu", progress=False, trace=True)
+    assert json.loads(plain.read_text()) == json.loads(traced.read_text())
+    manifest = json.loads((trace_dir(frcnn_run, "val") / MANIFEST).read_text())
+    assert manifest["format"] == FORMAT_NAME and manifest["version"] == FORMAT_VERSION == 1
+    assert manifest["method"] == "faster_rcnn" and manifest["split"] == "val" and manifest["num_images"] == 4
+    assert BASELINE_RECORDS <= set(manifest["records"])
+    assert [im["orig_size"] for im in manifest["images"]] == [[96, 96]] * 4
+    assert [c["name"] for c in manifest["meta"]["categories"]][:2] == ["circle", "square"]
+    traces = load_traces(frcnn_run)  # the only traced split
+    per_image = {}
+    for r in json.loads(traced.read_text()):
+        per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
+    assert {t.image_id: int(t["detections"]["scores"].shape[0]) for t in traces} == per_image
+
+
+def test_writing_again_replaces_the_traces(tmp_path):
+    def trace(i: int) -> ImageTrace:
+        return ImageTrace(i, f"{i}.png", (4, 5), {"detections": {"scores": torch.rand(3)}})
+
+    save_traces([trace(1), trace(2), trace(3)], tmp_path / "val", method="m", split="val", shard_size=1)
+    save_traces([trace(7)], tmp_path / "val", method="m", split="val")
+    loaded = load_traces(tmp_path / "val")
+    assert loaded.image_ids == [7]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["val"]
+    assert sorted(p.name for p in (tmp_path / "val").iterdir()) == [MANIFEST, "shard-00000.npz"]
+
+
+def test_a_failed_write_keeps_the_previous_traces(tmp_path):
+    def traces():
+        yield ImageTrace(1, "1.png", (4, 5), {"detections": {"scores": torch.rand(3)}})
+        raise RuntimeError("prediction failed")
+
+    save_traces([ImageTrace(9, "9.png", (4, 5), {})], tmp_path / "val", method="m", split="val")
+    with pytest.raises(RuntimeError, match="prediction failed"):
+        save_traces(traces(), tmp_path / "val", method="m", split="val")
+    assert load_traces(tmp_path / "val").image_ids == [9]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["val"]
+
+
+def test_loading_refuses_missing_traces_and_unknown_versions(tmp_path):
+    with pytest.raises(WorkbenchError, match="--trace"):
+        load_traces(tmp_path, "val")
+    save_traces([ImageTrace(1, "1.png", (4, 5), {})], tmp_path / "traces" / "val", method="m", split="val")
+    manifest_file = tmp_path / "traces" / "val" / MANIFEST
+    manifest = json.loads(manifest_file.read_text())
+    manifest_file.write_text(json.dumps({**manifest, "version": FORMAT_VERSION + 1}))
+    with pytest.raises(WorkbenchError, match="version"):
+        load_traces(tmp_path, "val")
+    manifest_file.write_text(json.dumps({**manifest, "format": "something-else"}))
+    with pytest.raises(WorkbenchError, match="workbench-trace"):
+        load_traces(tmp_path, "val")

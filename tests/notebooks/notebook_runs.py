@@ -1,0 +1,59 @@
+"""Executing the repository's notebooks in tests, and reading what they displayed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import papermill
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+TINY_DATA = "builtin:shapes?train=8&val=4&size=96"
+#: A model small enough for 96-pixel images and a 1-epoch run on two busy cores.
+TINY_MODEL = {
+    "fpn_channels": 32, "min_size": 96, "max_size": 96, "box_representation_size": 64,
+    "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
+    "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "box_batch_size_per_image": 32,
+}
+
+
+def execute(name: str, folder: Path, **parameters: Any) -> nbformat.NotebookNode:
+    """Run ``notebooks/<name>.ipynb`` with papermill (kernel ``python3``: this interpreter) into
+    ``folder`` and return the executed notebook."""
+    output = folder / f"{name}.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=parameters, kernel_name="python3",
+        progress_bar=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
+    )
+    return nbformat.read(output, as_version=4)
+
+
+def outputs(nb: nbformat.NotebookNode) -> list[dict]:
+    """Every output of every code cell, in order."""
+    return [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+
+
+def figures(nb: nbformat.NotebookNode) -> list[dict]:
+    """The Plotly figures (``{"data": [...], "layout": {...}}``) the notebook displayed."""
+    return [o["data"]["application/vnd.plotly.v1+json"] for o in outputs(nb)
+            if "application/vnd.plotly.v1+json" in o.get("data", {})]
+
+
+def widget_views(nb: nbformat.NotebookNode) -> list[dict]:
+    return [o for o in outputs(nb) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+
+
+def errors(nb: nbformat.NotebookNode) -> list[dict]:
+    return [o for o in outputs(nb) if o.get("output_type") == "error"]
+
+
+def layers(figure: dict) -> list[str]:
+    """The ``meta["layer"]`` of each trace of a displayed figure (``None`` where unset)."""
+    return [(trace.get("meta") or {}).get("layer") if isinstance(trace.get("meta"), dict) else None
+            for trace in figure["data"]]
+
+
+def title(figure: dict) -> str:
+    text = figure["layout"].get("title", {})
+    return text.get("text", "") if isinstance(text, dict) else str(text)

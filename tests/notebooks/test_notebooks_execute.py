@@ -1,0 +1,92 @@
+"""Each notebook runs end to end under papermill on a tiny run and displays its figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torchvision
+from notebook_runs import errors, execute, figures, layers, title, widget_views
+
+from workbench.inspection import load_traces
+from workbench.viz.nms import nms_input
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_notebook_trains_evaluates_and_plots(trained):
+    run_dir, nb = trained
+    assert not errors(nb)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["method"] == "kl_rpn" and config["schedule"]["epochs"] == 1
+    assert config["model"]["base"]["min_size"] == 96 and config["model"]["base"]["fpn_channels"] == 32
+    assert (run_dir / "checkpoints" / "best.pt").exists()
+    assert set(json.loads((run_dir / "eval" / "best_val.json").read_text())) >= {"AP", "AP50", "AR100"}
+
+    shown = figures(nb)
+    curves = [f for f in shown if title(f).endswith("training")]
+    keys = {t["meta"]["key"] for t in curves[0]["data"]}
+    assert {"loss", "lr", "AP", "AP50"} <= keys and any(k.startswith("loss_rpn") for k in keys)
+    tables = [f for f in shown if f["data"][0]["type"] == "table"]
+    assert {"AP", "AP50", "AP95"} <= set(tables[0]["data"][0]["header"]["values"])
+    pr = [f for f in shown if title(f).startswith("Precision-recall")]
+    assert pr and pr[0]["data"] and all("category_id" in t["meta"] for t in pr[0]["data"])
+
+
+def test_inspect_proposals_predicts_traces_and_shows_layers(trained, tmp_path):
+    run_dir, _ = trained
+    nb = execute("inspect_proposals", tmp_path, run_dir=str(run_dir), num_images=2, device="cpu")
+    assert not errors(nb)
+    assert (run_dir / "traces" / "val" / "manifest.json").is_file()
+
+    shown = figures(nb)
+    images = [f for f in shown if title(f).startswith("proposals:")]
+    assert len(images) == 2
+    for figure in images:
+        assert {"image", "gt", "proposals"} <= set(layers(figure))
+    histogram = next(f for f in shown if "RPN proposal scores" in title(f))
+    assert [t["meta"]["group"] for t in histogram["data"]] == ["before NMS", "after NMS"]
+    maps = [f for f in shown if title(f).startswith("log objectness")]
+    assert len(maps) == 2 and all(any(t["type"] == "heatmap" for t in f["data"]) for f in maps)
+    assert widget_views(nb), "the explorer widget was not displayed"
+
+
+def test_nms_decisions_slider_steps_match_torchvision(trained, tmp_path):
+    run_dir, _ = trained
+    thresholds = [0.3, 0.6]
+    nb = execute("nms_decisions", tmp_path, run_dir=str(run_dir), num_images=1, stage="rpn",
+                 thresholds=thresholds, min_score=None, top_k=80, device="cpu")
+    assert not errors(nb)
+
+    shown = figures(nb)
+    slider_figure = next(f for f in shown if f["layout"].get("sliders"))
+    steps = slider_figure["layout"]["sliders"][0]["steps"]
+    assert [s["label"] for s in steps] == ["0.30", "0.60"]
+    chosen = nms_input(load_traces(run_dir, "val")[0]["rpn_nms"], top_k=80)
+    assert len(chosen["scores"]) > 10
+    for step, threshold in zip(steps, thresholds):
+        visible = step["args"][0]["visible"]
+        kept = [t for t, v in zip(slider_figure["data"], visible) if v and t["meta"]["layer"] == "kept"]
+        expected = torchvision.ops.batched_nms(chosen["boxes"], chosen["scores"], chosen["idxs"], threshold)
+        assert kept[0]["meta"]["keep"] == expected.tolist()
+    overlays = [f for f in shown if title(f).startswith("detections and suppressed")]
+    assert overlays and "suppressed" in layers(overlays[0])
+
+
+def test_compare_runs_tables_curves_recall_and_fig3(trained, baseline_run, tmp_path):
+    run_dir, _ = trained
+    nb = execute("compare_runs", tmp_path, run_dirs=[str(baseline_run), str(run_dir)], names=["baseline", "kl-rpn"],
+                 max_images=4, device="cpu")
+    assert not errors(nb)
+
+    shown = figures(nb)
+    tables = [f["data"][0] for f in shown if f["data"][0]["type"] == "table"]
+    metrics, recall = tables
+    assert metrics["cells"]["values"][0] == ["baseline", "kl-rpn"]
+    assert metrics["cells"]["values"][1] == ["faster_rcnn", "kl_rpn"]
+    assert recall["header"]["values"][1:4] == ["AR@100", "AR@300", "AR@1000"]
+    assert all(0.0 <= float(v) <= 1.0 for column in recall["cells"]["values"][1:] for v in column)
+    curves = next(f for f in shown if title(f) == "Runs")
+    assert {t["meta"]["run"] for t in curves["data"]} == {"baseline", "kl-rpn"}
+    fig3 = next(f for f in shown if "objectness" in title(f))
+    assert sum(t["type"] == "histogram" for t in fig3["data"]) == 2 * 4 * 2

@@ -1,0 +1,48 @@
+"""The static HTML report of tiny runs: one self-contained file with every section."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from plotly.offline import get_plotlyjs_version
+
+from workbench.cli import main
+from workbench.pipelines.runs import ensure_traces
+
+pytestmark = pytest.mark.slow
+
+
+def test_report_holds_metrics_figures_and_plotlyjs(trained, baseline_run, tmp_path, capsys):
+    kl_run, _ = trained
+    ensure_traces(kl_run, device="cpu")
+    out = tmp_path / "report.html"
+    code = main(["report", "--run", str(baseline_run), "--run", str(kl_run), "--name", "baseline", "--name", "kl",
+                 "--out", str(out), "--max-images", "4"])
+    assert code == 0 and str(out) in capsys.readouterr().out
+
+    page = out.read_text()
+    assert f"plotly.js v{get_plotlyjs_version()}" in page
+    assert not re.search(r"<script[^>]+src=[\"']https?://", page)
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    expected = [
+        "Final COCO metrics (validation)",
+        "Training loss and AP per epoch",
+        "baseline: training curves",
+        "baseline: precision-recall",
+        "kl: training curves",
+        "kl: precision-recall per class (IoU 0.50, validation)",
+        "Proposal recall (top 1000 per image, first 4 validation images at most)",
+        "Offsets to ground truth of the highest / lowest objectness proposals (KL-RPN Fig. 3)",
+        "baseline: inside the detector",
+    ]
+    assert headings[: len(expected)] == expected
+    kl_trace_sections = headings[len(expected):]
+    assert [h.split(",")[0] for h in kl_trace_sections] == [
+        "kl: RPN proposal scores (4 images)",
+        "kl: detections (score &gt;= 0.3) and suppressed boxes",
+        "kl: final NMS at other IoU thresholds (top 100 candidates)",
+        "kl: uncertainty map (log objectness",
+    ]
+    assert "no traces; run `workbench predict --trace`" in page
+    assert page.count('class="plotly-graph-div"') == 11

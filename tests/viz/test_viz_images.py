@@ -1,0 +1,83 @@
+"""The layered image figure: layers, visibility, thresholds, coordinates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from viz_records import make_gt, make_image, make_records
+
+from workbench.viz.boxes import outline_coordinates, to_image
+from workbench.viz.images import LAYERS, image_figure, layer_traces, trace_image_figure
+from workbench.viz.nms import kept_detections, rerun_nms
+
+
+def test_box_outline_is_a_closed_path_with_a_gap():
+    xs, ys = outline_coordinates(np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]))
+    assert np.allclose(xs[:5], [1, 3, 3, 1, 1]) and np.allclose(ys[:5], [2, 2, 4, 4, 2])
+    assert np.isnan(xs[5]) and np.isnan(ys[5]) and len(xs) == 12
+    assert np.allclose(xs[6:11], [5, 7, 7, 5, 5])
+
+
+def test_images_convert_from_chw_tensors_and_float_arrays():
+    chw = make_image(0, 8)
+    assert np.array_equal(to_image(chw), chw.permute(1, 2, 0).numpy())
+    floats = np.full((4, 5, 3), 0.5)
+    assert to_image(floats).dtype == np.uint8 and int(to_image(floats)[0, 0, 0]) == 127
+    with pytest.raises(ValueError, match="an image must be"):
+        to_image(np.zeros((4, 5, 7)))
+
+
+def test_every_layer_is_drawn_and_only_the_asked_ones_are_visible():
+    records = make_records(seed=1)
+    fig = trace_image_figure(records, image=make_image(1), gt=make_gt(1), score_threshold=0.0,
+                             layers=("gt", "suppressed"))
+    for layer in LAYERS:
+        traces = layer_traces(fig, layer)
+        assert traces, layer
+        assert all(t.visible == (layer in ("gt", "suppressed")) for t in traces), layer
+    assert layer_traces(fig, "image")[0].type == "image"
+    assert fig.layout.yaxis.range == (64, 0) and fig.layout.xaxis.range == (0, 64)
+
+
+def test_score_thresholds_filter_detections_suppressed_and_proposals():
+    records = make_records(seed=2)
+    fig = trace_image_figure(records, score_threshold=0.6, proposal_threshold=0.0, image_size=(64, 64))
+    det = records["detections"]
+    (detections,) = layer_traces(fig, "detections")
+    assert detections.meta["index"] == torch.nonzero(det["scores"] >= 0.6).flatten().tolist()
+    (proposals,) = layer_traces(fig, "proposals")
+    assert proposals.meta["count"] == int((records["rpn_proposals"]["scores"] >= 0.0).sum())
+    assert "sigma x=" in proposals.hovertext[0]
+    suppressed = layer_traces(fig, "suppressed")[0]
+    assert all(records["rcnn_nms"]["scores"][j] >= 0.6 for j in suppressed.meta["index"])
+
+
+def test_nms_iou_reruns_the_final_nms():
+    records = make_records(seed=3)
+    fig = trace_image_figure(records, score_threshold=0.0, nms_iou=0.2, image_size=(64, 64))
+    fresh = kept_detections(rerun_nms(records["rcnn_nms"], 0.2))
+    (detections,) = layer_traces(fig, "detections")
+    assert detections.meta["count"] == len(fresh["scores"])
+    assert detections.meta["count"] < len(records["detections"]["scores"])
+
+
+def test_uncertainty_is_a_heatmap_under_the_boxes_on_the_pixel_grid():
+    records = make_records(seed=4)
+    fig = trace_image_figure(records, image=make_image(4))
+    kinds = [t.type for t in fig.data]
+    assert kinds.index("heatmap") < kinds.index("scatter")
+    (heatmap,) = layer_traces(fig, "uncertainty")
+    assert np.allclose(heatmap.z, records["uncertainty_map"]["log_objectness"].numpy())
+    assert heatmap.x0 == 0.5 and layer_traces(fig, "image")[0].x0 == 0.5
+
+
+def test_unknown_layers_are_refused():
+    with pytest.raises(ValueError, match="unknown layers"):
+        image_figure(image_size=(10, 10), layers=("gt", "halos"))
+
+
+def test_class_names_label_ground_truth_hover():
+    gt = {"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": torch.tensor([2])}
+    fig = image_figure(gt=gt, class_names=["circle", "square"])
+    assert layer_traces(fig, "gt")[0].hovertext[0] == "GT #0: square"

@@ -1,0 +1,208 @@
+"""A static HTML report of one or more runs: the metrics table and the key figures in one
+self-contained file (plotly.js is inside it; it opens offline, from disk or an e-mail).
+
+Sections, in order: final metrics; training loss and AP of every run; per run, its training
+curves and per-class precision-recall curves; proposal recall AR@100/300/1000; the KL-RPN
+objectness-offsets figure (paper Fig. 3) when a KL-RPN run is among them; per run, its proposal
+score histogram, one image with detections and suppressed boxes, the NMS slider of that image
+and, where recorded, its uncertainty map.
+
+```python
+from workbench.report import build_report
+build_report(["runs/frcnn", "runs/kl"], "report.html")
+```
+or ``workbench report --run runs/frcnn --run runs/kl --out report.html``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Section:
+    """One heading with a figure (or only a note) under it."""
+
+    title: str
+    figure: go.Figure | None = None
+    note: str = ""
+
+
+def _first_free(name: str, taken: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}-{n}", n + 1
+    return candidate
+
+
+def run_names(run_dirs: Sequence[Path | str], names: Sequence[str] | None = None) -> list[str]:
+    """Display names: the given ones, else the folder names (made unique)."""
+    if names:
+        if len(names) != len(run_dirs):
+            raise ValueError(f"{len(names)} names for {len(run_dirs)} runs")
+        return [str(n) for n in names]
+    taken: set[str] = set()
+    out = []
+    for path in run_dirs:
+        out.append(_first_free(Path(path).name, taken))
+        taken.add(out[-1])
+    return out
+
+
+def summary_sections(runs) -> list[Section]:
+    """Final metrics of every run and their training loss / AP side by side."""
+    from workbench.viz.curves import compare_curves_figure
+    from workbench.viz.tables import metrics_table_figure
+
+    rows = {r.name: {"method": r.method, "preset": r.preset, **r.final} for r in runs}
+    return [
+        Section("Final COCO metrics (validation)", metrics_table_figure(rows, title="")),
+        Section("Training loss and AP per epoch", compare_curves_figure({r.name: r.records for r in runs}, title="")),
+    ]
+
+
+def run_curve_sections(run) -> list[Section]:
+    """One run's training curves and per-class precision-recall curves."""
+    from workbench.pipelines.runs import category_names, evaluation_from_predictions, run_dataset
+    from workbench.viz.curves import pr_curves_figure, training_curves_figure
+
+    sections = [Section(f"{run.name}: training curves", training_curves_figure(run.records, title=""))]
+    evaluation = evaluation_from_predictions(run.path)
+    if evaluation is None:
+        sections.append(Section(f"{run.name}: precision-recall", note="no predictions file; run `workbench predict`"))
+    else:
+        names = category_names(run_dataset(run.path))
+        figure = pr_curves_figure(evaluation.precision_recall_curves(0.5), class_names=names, title="")
+        sections.append(Section(f"{run.name}: precision-recall per class (IoU 0.50, validation)", figure))
+    return sections
+
+
+def proposal_sections(runs, *, max_images: int, top_n: int, device: str) -> list[Section]:
+    """Proposal recall of every run, and KL-RPN's Fig. 3 when a KL-RPN run is among them."""
+    from workbench.pipelines.runs import objectness_offsets_of_runs, run_proposal_recall
+    from workbench.viz.proposals import objectness_offsets_figure
+    from workbench.viz.tables import metrics_table_figure
+
+    recall = {r.name: run_proposal_recall(r.path, max_images=max_images, top_n=top_n, device=device) for r in runs}
+    columns = ["AR@100", "AR@300", "AR@1000", "R50@1000", "R70@1000"]
+    sections = [Section(f"Proposal recall (top {top_n} per image, first {max_images} validation images at most)",
+                        metrics_table_figure(recall, columns=columns, title=""))]
+    if any(r.method == "kl_rpn" for r in runs):
+        figure = objectness_offsets_figure(objectness_offsets_of_runs(runs, max_images=max_images, device=device))
+        sections.append(Section("Offsets to ground truth of the highest / lowest objectness proposals (KL-RPN Fig. 3)",
+                                figure))
+    return sections
+
+
+def trace_sections(run, *, score_threshold: float = 0.3, top_k: int = 100) -> list[Section]:
+    """From the run's saved traces: proposal score histograms, the first image with detections
+    and suppressed boxes, its NMS slider and uncertainty map (none without traces)."""
+    from workbench.engine.trainer import load_run_config
+    from workbench.inspection import load_traces, trace_dir
+    from workbench.pipelines.runs import run_dataset
+    from workbench.viz.explorer import explorer_images
+    from workbench.viz.images import trace_image_figure
+    from workbench.viz.maps import map_overlay_figure
+    from workbench.viz.nms import nms_input, nms_slider_figure
+    from workbench.viz.scores import pooled_scores, score_histogram_figure
+
+    split = load_run_config(run.path).data.val_split
+    if not (trace_dir(run.path, split) / "manifest.json").is_file():
+        return [Section(f"{run.name}: inside the detector", note="no traces; run `workbench predict --trace`")]
+    traces = load_traces(run.path, split)
+    dataset = run_dataset(run.path, traces.split)
+    records = [t.records for t in traces]
+    (item,) = explorer_images([traces[0]], dataset)
+    sections = [Section(f"{run.name}: RPN proposal scores ({len(records)} images)", score_histogram_figure(
+        {"before NMS": pooled_scores(records, "rpn_proposals_pre_nms"), "after NMS": pooled_scores(records, "rpn_proposals")},
+        density=True, title=""))]
+    sections.append(Section(f"{run.name}: detections (score >= {score_threshold}) and suppressed boxes, {item.label}",
+                            trace_image_figure(item.records, image=item.image, gt=item.gt, score_threshold=score_threshold,
+                                               class_names=dataset.class_names,
+                                               layers=("gt", "detections", "suppressed"))))
+    chosen = nms_input(item.records["rcnn_nms"], top_k=top_k)
+    sections.append(Section(f"{run.name}: final NMS at other IoU thresholds (top {top_k} candidates), {item.label}",
+                            nms_slider_figure(chosen["boxes"], chosen["scores"], chosen.get("idxs"), image=item.image,
+                                              class_names=dataset.class_names, title="NMS")))
+    if "uncertainty_map" in item.records:
+        sections.append(Section(f"{run.name}: uncertainty map (log objectness, higher is more certain), {item.label}",
+                                map_overlay_figure(item.records["uncertainty_map"]["log_objectness"], image=item.image,
+                                                   boxes=item.gt["boxes"], name="log objectness", title="")))
+    return sections
+
+
+def report_sections(
+    run_dirs: Sequence[Path | str], names: Sequence[str] | None = None, *, max_images: int = 50,
+    recall_top_n: int = 1000, device: str = "cpu",
+) -> list[Section]:
+    """Every section of the report (see the module docstring)."""
+    from workbench.pipelines.runs import load_run
+
+    runs = [load_run(path, name) for path, name in zip(run_dirs, run_names(run_dirs, names))]
+    sections = summary_sections(runs)
+    for run in runs:
+        sections += run_curve_sections(run)
+    sections += proposal_sections(runs, max_images=max_images, top_n=recall_top_n, device=device)
+    for run in runs:
+        sections += trace_sections(run)
+    return sections
+
+
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+p.note { color: #555; } .meta { color: #777; font-size: 0.9em; }
+"""
+
+
+def render_html(sections: Sequence[Section], title: str) -> str:
+    """One HTML page: plotly.js once in the head, then each section's heading and figure."""
+    from plotly.offline import get_plotlyjs
+
+    parts = [
+        "<!DOCTYPE html>", "<html>", "<head>", '<meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
+        f"<style>{PAGE_STYLE}</style>", f'<script type="text/javascript">{get_plotlyjs()}</script>', "</head>",
+        "<body>", f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">written {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>',
+    ]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.note:
+            parts.append(f'<p class="note">{html.escape(section.note)}</p>')
+        if section.figure is not None:
+            parts.append(section.figure.to_html(full_html=False, include_plotlyjs=False))
+    parts += ["</body>", "</html>"]
+    return "\n".join(parts)
+
+
+def write_report(sections: Sequence[Section], path: Path | str, *, title: str = "Detection workbench report") -> Path:
+    """Write the sections as one self-contained HTML file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(render_html(sections, title))
+    tmp.replace(path)
+    return path
+
+
+def build_report(
+    run_dirs: Sequence[Path | str], out: Path | str, names: Sequence[str] | None = None, *,
+    max_images: int = 50, recall_top_n: int = 1000, device: str = "cpu",
+    title: str = "Detection workbench report",
+) -> Path:
+    """:func:`report_sections` of the runs written by :func:`write_report` to ``out``."""
+    if not run_dirs:
+        from workbench.errors import WorkbenchError
+
+        raise WorkbenchError("a report needs at least one run (--run RUN_DIR)")
+    sections = report_sections(run_dirs, names, max_images=max_images, recall_top_n=recall_top_n, device=device)
+    return write_report(sections, out, title=title)
