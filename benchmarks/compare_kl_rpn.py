@@ -1,8 +1,10 @@
 """KL-RPN against the baseline RPN: same data, budget and seeds; proposal recall and final AP.
 
 For every seed, trains the ``tiny`` preset of ``faster_rcnn`` and of ``kl_rpn`` (each with its
-own optimiser, everything else equal) with the given data and epochs, then measures on the
-validation split, with the weights after the last epoch:
+own optimiser, everything else equal) with the given data and epochs -- optionally also
+``faster_rcnn_adam``, the baseline with KL-RPN's optimiser, since the paper changes the
+optimiser together with the RPN -- then measures on the validation split, with the weights
+after the last epoch:
 
 - AP, AP50, AP75 (COCO, from the trainer's evaluation after the last epoch);
 - class-agnostic proposal recall AR@100/300/1000 (``workbench.evaluation.recall``), with the
@@ -24,6 +26,7 @@ the offset histograms of the first seed as a self-contained HTML file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -32,17 +35,31 @@ from pathlib import Path
 import torch
 
 METHODS = ("faster_rcnn", "kl_rpn")
+#: Optional row: the baseline trained with KL-RPN's optimiser (Adam), to separate the effect of
+#: the optimiser from that of the RPN (the paper changes both).
+BASELINE_WITH_KL_OPTIMIZER = "faster_rcnn_adam"
+LABELS = {"faster_rcnn": "RPN (baseline)", "kl_rpn": "KL-RPN", BASELINE_WITH_KL_OPTIMIZER: "RPN, KL-RPN's Adam"}
 RECALL_TOP_N = 1000
 AP_KEYS = ("AP", "AP50", "AP75")
 AR_KEYS = ("AR@100", "AR@300", "AR@1000")
 
 
-def train_or_reuse(method: str, seed: int, args: argparse.Namespace) -> Path:
+def preset_config(name: str, seed: int, args: argparse.Namespace):
+    """The ``tiny`` preset of a compared row with the data, epochs and seed of this comparison."""
     from workbench.config import apply_overrides
+    from workbench.methods import build_preset
+
+    if name == BASELINE_WITH_KL_OPTIMIZER:
+        cfg = dataclasses.replace(build_preset("faster_rcnn", "tiny"), optimizer=build_preset("kl_rpn", "tiny").optimizer)
+    else:
+        cfg = build_preset(name, "tiny")
+    return apply_overrides(cfg, data=args.data, epochs=args.epochs, seed=seed, device="cpu")
+
+
+def train_or_reuse(method: str, seed: int, args: argparse.Namespace) -> Path:
     from workbench.engine.checkpoint import load_checkpoint
     from workbench.engine.run_dir import RunDir
     from workbench.engine.trainer import load_run_config, train
-    from workbench.methods import build_preset
 
     run_dir = Path(args.out) / method / f"seed_{seed}"
     run = RunDir(run_dir)
@@ -52,8 +69,7 @@ def train_or_reuse(method: str, seed: int, args: argparse.Namespace) -> Path:
             return run_dir
         train(cfg, run_dir, resume=True, progress=False)
         return run_dir
-    cfg = apply_overrides(build_preset(method, "tiny"), data=args.data, epochs=args.epochs, seed=seed, device="cpu")
-    train(cfg, run_dir, progress=False)
+    train(preset_config(method, seed, args), run_dir, progress=False)
     return run_dir
 
 
@@ -86,7 +102,7 @@ def measure(run_dir: Path) -> dict:
     preset = rpn_proposals(model, dataset, batch_size=cfg.batch_size)
     offsets = objectness_offsets(preset, dataset_gt_boxes(dataset))
     result = {
-        "method": cfg.method,
+        "method": run_dir.parent.name,
         "seed": cfg.seed,
         **final_eval(run_dir),
         **{k: recall[k] for k in AR_KEYS},
@@ -108,11 +124,11 @@ def table(results: dict[str, list[dict]]) -> str:
     lines = ["| method | seeds | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     for method, rows in results.items():
         cells = [mean_spread([r[k] for r in rows]) for k in keys]
-        lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS[method]} | {len(rows)} | " + " | ".join(cells) + " |")
     lines += ["", "Per seed:", "", "| method | seed | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     for method, rows in results.items():
         for r in rows:
-            lines.append(f"| {method} | {r['seed']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |")
+            lines.append(f"| {LABELS[method]} | {r['seed']} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |")
     coords = ("x", "y", "w", "h")
     lines += ["", "Mean L1 offset to the matched GT (delta space), highest / lowest objectness proposals:", "",
               "| method | " + " | ".join(f"{c} high / low" for c in coords) + " |", "|---|" + "---:|" * 4]
@@ -122,7 +138,7 @@ def table(results: dict[str, list[dict]]) -> str:
             high = statistics.mean(r["offsets"][f"high_{c}"] for r in rows)
             low = statistics.mean(r["offsets"][f"low_{c}"] for r in rows)
             cells.append(f"{high:.3f} / {low:.3f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -131,7 +147,8 @@ def main() -> None:
     parser.add_argument("--data", default="builtin:shapes")
     parser.add_argument("--epochs", type=int, default=None, help="override the presets' 6 epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, BASELINE_WITH_KL_OPTIMIZER],
+                        help=f"rows to compare; {BASELINE_WITH_KL_OPTIMIZER}: the baseline with KL-RPN's Adam")
     parser.add_argument("--out", default="runs/compare_kl_rpn")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--figure", help="write the offset histograms (first seed) to this HTML file")
@@ -150,10 +167,7 @@ def main() -> None:
     if args.figure:
         from workbench.viz.proposals import objectness_offsets_figure
 
-        first = {
-            ("RPN" if m == "faster_rcnn" else "KL-RPN"): (rows[0]["offset_arrays"]["high"], rows[0]["offset_arrays"]["low"])
-            for m, rows in results.items()
-        }
+        first = {LABELS[m]: (rows[0]["offset_arrays"]["high"], rows[0]["offset_arrays"]["low"]) for m, rows in results.items()}
         objectness_offsets_figure(first).write_html(args.figure, include_plotlyjs=True)
         print(f"\nwrote {args.figure}")
 

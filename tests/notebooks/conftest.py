@@ -21,12 +21,13 @@ def notebook_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(notebook_env, tmp_path_factory):
-    """``(run_dir, executed train notebook)`` of KL-RPN trained for one epoch by train.ipynb."""
+    """``(run_dir, executed train notebook)`` of KL-RPN trained for one epoch by train.ipynb,
+    without traces (the inspection notebooks predict them)."""
     root = tmp_path_factory.mktemp("train")
     run_dir = root / "runs" / "kl_rpn"
     nb = execute(
         "train", root, method="kl_rpn", preset="tiny", data=TINY_DATA, epochs=1, batch_size=2, device="cpu",
-        seed=3, out_dir=str(run_dir), model_overrides=TINY_MODEL,
+        seed=3, out_dir=str(run_dir), model_overrides=TINY_MODEL, trace=False,
     )
     return run_dir, nb
 

@@ -22,6 +22,8 @@ def test_train_notebook_trains_evaluates_and_plots(trained):
     assert config["model"]["base"]["min_size"] == 96 and config["model"]["base"]["fpn_channels"] == 32
     assert (run_dir / "checkpoints" / "best.pt").exists()
     assert set(json.loads((run_dir / "eval" / "best_val.json").read_text())) >= {"AP", "AP50", "AR100"}
+    assert (run_dir / "predictions" / "val.json").is_file()
+    assert not (run_dir / "traces").exists()
 
     shown = figures(nb)
     curves = [f for f in shown if title(f).endswith("training")]
@@ -35,9 +37,11 @@ def test_train_notebook_trains_evaluates_and_plots(trained):
 
 def test_inspect_proposals_predicts_traces_and_shows_layers(trained, tmp_path):
     run_dir, _ = trained
+    had_traces = (run_dir / "traces" / "val" / "manifest.json").is_file()
     nb = execute("inspect_proposals", tmp_path, run_dir=str(run_dir), num_images=2, device="cpu")
     assert not errors(nb)
-    assert (run_dir / "traces" / "val" / "manifest.json").is_file()
+    assert not had_traces, "the train notebook ran with trace=False"
+    assert (run_dir / "traces" / "val" / "manifest.json").is_file(), "the notebook predicted with traces first"
 
     shown = figures(nb)
     images = [f for f in shown if title(f).startswith("proposals:")]

@@ -416,7 +416,8 @@ def export_traces(
 def evaluate_dataset(dataset, class_names: Sequence[str], *, progress: bool = False):
     """COCO-style evaluation ``eval`` of ``predictions`` against ``ground_truth`` (crowd boxes
     ignored, mAP computed); returns FiftyOne's results object."""
-    return dataset.evaluate_detections(
+    view = dataset.select_fields(["predictions", "ground_truth"])
+    return view.evaluate_detections(
         "predictions", gt_field="ground_truth", eval_key=EVAL_KEY, method="coco", iou=0.5,
         compute_mAP=True, iscrowd="iscrowd", classes=list(class_names), progress=progress,
     )

@@ -2,8 +2,8 @@
 
 - :func:`train_or_resume`: train a config into a run folder, reusing a finished run and resuming
   an interrupted one (so a re-executed notebook or pipeline continues where it stopped);
-- :func:`evaluate_run_detailed`: COCO evaluation of a checkpoint keeping the ``COCOeval`` (for
-  precision-recall curves and AP per IoU);
+- :func:`evaluate_run_detailed`: one prediction pass (with traces) and its COCO evaluation,
+  keeping the ``COCOeval`` (for precision-recall curves and AP per IoU);
 - :func:`ensure_traces`: the run's saved traces of a split, predicting with traces first when
   there are none;
 - :func:`select_traces`, :func:`run_dataset`, :func:`load_run`: what the figures need;
@@ -55,23 +55,21 @@ def run_dataset(run_dir: Path | str, split: str | None = None, data: str | None 
 
 def evaluate_run_detailed(
     run_dir: Path | str, *, which: str = "best", split: str | None = None, device: str = "auto",
-    max_images: int | None = None,
+    trace: bool = True,
 ):
-    """:class:`workbench.evaluation.CocoEvaluation` of the run's checkpoint on ``split`` (default
-    its val split; the first ``max_images`` images when given). The metrics are also written to
-    ``RUN/eval/<which>_<split>.json``, as ``workbench evaluate --run`` does."""
-    from workbench.engine.inference import predict_dataset, predictions_to_coco_results
-    from workbench.engine.trainer import load_trained_model, resolve_device
-    from workbench.evaluation import coco_gt_from_dict, evaluate_coco
+    """Predict the whole ``split`` (default the run's val split) with the run's checkpoint and
+    return its :class:`workbench.evaluation.CocoEvaluation`.
 
-    dev = resolve_device(device)
-    model, cfg, _ = load_trained_model(run_dir, which, dev)
-    split = split or cfg.data.val_split
-    dataset = run_dataset(run_dir, split)
-    indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
-    preds = predict_dataset(model, dataset, dev, batch_size=cfg.batch_size, indices=indices)
-    coco_gt = coco_gt_from_dict(_gt_subset(dataset, [p.image_id for p in preds]), source=str(run_dir))
-    evaluation = evaluate_coco(coco_gt, predictions_to_coco_results(preds, dataset.label_to_category_id))
+    One prediction pass writes what ``workbench predict --run RUN [--trace]`` writes (COCO
+    results in ``RUN/predictions/<split>.json``, with ``trace`` also ``RUN/traces/<split>``;
+    tracing does not change the detections), and the metrics go to
+    ``RUN/eval/<which>_<split>.json`` as ``workbench evaluate --run`` writes them."""
+    from workbench.engine.predict import predict_run
+    from workbench.engine.trainer import load_run_config
+
+    split = split or load_run_config(run_dir).data.val_split
+    predict_run(Path(run_dir), which=which, split=split, device=device, progress=False, trace=trace)
+    evaluation = evaluation_from_predictions(run_dir, split)
     out = RunDir(Path(run_dir)).root / "eval" / f"{Path(which).stem}_{split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(evaluation.metrics, indent=2) + "\n")

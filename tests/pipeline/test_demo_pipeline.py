@@ -1,0 +1,57 @@
+"""The demo pipeline file: what `make demo` runs, checked without running it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workbench.demo import DEMO_PIPELINE, DemoResult, format_summary, run_demo
+from workbench.errors import WorkbenchError
+from workbench.methods import METHODS
+from workbench.pipelines import load_pipeline
+
+
+def test_demo_trains_both_methods_then_exports_inspects_compares_and_reports(tmp_path):
+    pipeline = load_pipeline(DEMO_PIPELINE, tmp_path)
+    names = [s.name for s in pipeline.steps]
+    assert names[0] == "data" and names[-1] == "report"
+    trains = [s for s in pipeline.steps if s.notebook is not None and s.notebook.name == "train.ipynb"]
+    assert [(s.parameters["method"], s.parameters["preset"]) for s in trains] == [("faster_rcnn", "tiny"), ("kl_rpn", "tiny")]
+    assert all(s.parameters["method"] in METHODS for s in trains)
+    for step in trains:
+        run = Path(step.parameters["out_dir"])
+        assert step.output == run / "notebooks" / "train.ipynb" and run.parent == tmp_path / "runs"
+    exports = [s.command for s in pipeline.steps if s.command and s.command[:3] == ("workbench", "export", "fiftyone")]
+    assert len(exports) == 2
+    assert names.index("export_kl_rpn") > names.index("train_kl_rpn")
+    compare = next(s for s in pipeline.steps if s.name == "compare_runs")
+    assert compare.parameters["run_dirs"] == [str(tmp_path / "runs" / "faster_rcnn"), str(tmp_path / "runs" / "kl_rpn")]
+    report = pipeline.steps[-1].command
+    assert report[:2] == ("workbench", "report") and str(tmp_path / "report.html") in report
+
+
+def test_epochs_reach_only_the_train_notebooks(tmp_path):
+    pipeline = load_pipeline(DEMO_PIPELINE, tmp_path, overrides={"epochs": 2})
+    with_epochs = [s.name for s in pipeline.steps if "epochs" in s.parameters]
+    assert with_epochs == ["train_faster_rcnn", "train_kl_rpn"]
+
+
+def test_a_missing_pipeline_file_is_one_clear_error(tmp_path):
+    with pytest.raises(WorkbenchError, match="the demo pipeline is not there"):
+        run_demo(tmp_path / "out", pipeline_file=tmp_path / "nope.yaml")
+
+
+def test_summary_says_where_everything_is_and_how_to_open_it(tmp_path):
+    runs = {"faster_rcnn": tmp_path / "runs" / "faster_rcnn", "kl_rpn": tmp_path / "runs" / "kl_rpn"}
+    result = DemoResult(
+        out=tmp_path, run_dirs=runs, metrics={"faster_rcnn": {"AP": 0.25, "AP50": 0.5, "AP75": 0.2}, "kl_rpn": {}},
+        seconds=600, notebooks=[tmp_path / "notebooks" / "compare_runs.ipynb"], report=tmp_path / "report.html",
+        steps_run=10, steps_skipped=0,
+    )
+    text = format_summary(result)
+    assert "demo finished in 10.0 min" in text
+    assert "faster_rcnn     0.2500  0.5000  0.2000" in text and "kl_rpn             n/a" in text
+    assert str(tmp_path / "report.html") in text and "compare_runs.ipynb" in text
+    assert ".venv/bin/jupyter lab notebooks/" in text
+    assert f"workbench app --run {runs['kl_rpn']}" in text
