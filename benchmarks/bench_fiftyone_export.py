@@ -1,15 +1,15 @@
 """Time the FiftyOne export of a split of synthetic traces (default 2,000 images).
 
-Each image has 3 ground-truth boxes (every tenth image one crowd box), 100 detections, a final
-NMS over 250 boxes (150 kept, 100 suppressed, some of them by kept boxes beyond the top-100
-cut), 300 RPN proposals with KL-RPN-like sigmas (the export keeps the first 100) and a
+Each image has 3 ground-truth boxes (every tenth image one crowd box), ``--predictions``
+detections (default 100), a final NMS over ``predictions + 150`` boxes (``predictions + 50``
+kept, 100 suppressed, some of them by kept boxes beyond the top-k cut), 300 RPN proposals with KL-RPN-like sigmas (the export keeps the first 100) and a
 128 x 128 uncertainty map. The traces are written in the trace format and loaded back, then
 ``export_traces`` builds the dataset (samples, metadata, four box fields, heatmap PNGs) and
 ``evaluate_detections`` runs (COCO style, mAP). A private ``mongod`` is started for the run
 unless ``--uri`` names a database.
 
-    python benchmarks/bench_fiftyone_export.py
-    python benchmarks/bench_fiftyone_export.py --images 500 --repeats 3
+    python benchmarks/bench_fiftyone_export.py --eval-images 200
+    python benchmarks/bench_fiftyone_export.py --predictions 10
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def random_boxes(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.cat([xy, xy + wh], dim=1)
 
 
-def synthetic_trace(image_id: int, file_name: str, g: torch.Generator) -> ImageTrace:
-    kept, suppressed = 150, 100
+def synthetic_trace(image_id: int, file_name: str, g: torch.Generator, predictions: int = 100) -> ImageTrace:
+    kept, suppressed = predictions + 50, 100
     scores = torch.sort(torch.rand(kept + suppressed, generator=g), descending=True).values
     order = torch.randperm(kept + suppressed, generator=g)
     keep = torch.sort(order[:kept]).values  # kept boxes in decreasing score order
@@ -74,7 +74,7 @@ def synthetic_trace(image_id: int, file_name: str, g: torch.Generator) -> ImageT
     boxes = random_boxes(kept + suppressed, g)
     nms = {"boxes": boxes, "scores": scores, "idxs": labels, "keep": keep, "suppressed_by": suppressed_by,
            "suppressor_iou": iou, "iou_threshold": torch.tensor(0.5, dtype=torch.float64)}
-    top = keep[:100]
+    top = keep[:predictions]
     detections = {"boxes": boxes[top], "scores": scores[top], "labels": labels[top]}
     proposals = {"boxes": random_boxes(300, g), "scores": torch.sort(torch.rand(300, generator=g), descending=True).values,
                  "sigma": torch.rand(300, 4, generator=g)}
@@ -83,7 +83,7 @@ def synthetic_trace(image_id: int, file_name: str, g: torch.Generator) -> ImageT
     return ImageTrace(image_id, file_name, (SIDE, SIDE), records)
 
 
-def run(root: Path, num_images: int, repeats: int) -> list[dict[str, float]]:
+def run(root: Path, num_images: int, repeats: int, predictions: int, eval_images: int | None) -> list[dict[str, float]]:
     from workbench.data.sources import open_dataset
     from workbench.export.fiftyone import evaluate_dataset, export_traces
 
@@ -91,7 +91,7 @@ def run(root: Path, num_images: int, repeats: int) -> list[dict[str, float]]:
     g = torch.Generator().manual_seed(0)
     ann = write_coco(root / "data", num_images, rng)
     data = open_dataset(str(ann), "val", image_dir=root / "data" / "images")
-    traces = (synthetic_trace(i + 1, f"{i:06d}.png", g) for i in range(num_images))
+    traces = (synthetic_trace(i + 1, f"{i:06d}.png", g, predictions) for i in range(num_images))
     save_traces(traces, root / "run" / "traces" / "val", method="synthetic", split="val")
     rows = []
     for _ in range(repeats):
@@ -99,7 +99,7 @@ def run(root: Path, num_images: int, repeats: int) -> list[dict[str, float]]:
         loaded = load_traces(root / "run", "val")
         dataset, summary = export_traces(loaded, data, "bench-export", maps_dir=root / "run" / "maps", evaluate=False)
         built = time.perf_counter()
-        evaluate_dataset(dataset, data.class_names)
+        evaluate_dataset(dataset if eval_images is None else dataset.limit(eval_images), data.class_names)
         done = time.perf_counter()
         rows.append({"build": built - start, "evaluate": done - built, "total": done - start, **summary.counts})
     return rows
@@ -109,6 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--predictions", type=int, default=100, help="detections per image")
+    parser.add_argument("--eval-images", type=int, help="evaluate only the first N samples (default: all)")
     parser.add_argument("--uri", help="a MongoDB URI to use instead of a private mongod")
     args = parser.parse_args()
     os.environ.update(FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false",
@@ -121,7 +123,7 @@ def main() -> None:
             mongod = start_private_mongod(Path(tmp) / "db")
         os.environ["FIFTYONE_DATABASE_URI"] = args.uri or mongod.uri
         try:
-            rows = run(Path(tmp), args.images, args.repeats)
+            rows = run(Path(tmp), args.images, args.repeats, args.predictions, args.eval_images)
         finally:
             if mongod is not None:
                 from fiftyone.core.odm import database
@@ -129,7 +131,8 @@ def main() -> None:
                 database._disconnect()
                 mongod.stop()
     counts = {k: rows[0][k] for k in ("ground_truth", "predictions", "proposals", "suppressed")}
-    print(f"\n{args.images} samples; boxes written: {counts}; median of {len(rows)} exports\n")
+    evaluated = args.images if args.eval_images is None else min(args.eval_images, args.images)
+    print(f"\n{args.images} samples ({evaluated} evaluated); boxes written: {counts}; median of {len(rows)} exports\n")
     print("| step | median (s) | runs (s) |")
     print("|---|---:|---|")
     for step in ("build", "evaluate", "total"):

@@ -166,3 +166,14 @@ def test_loading_refuses_missing_traces_and_unknown_versions(tmp_path):
     manifest_file.write_text(json.dumps({**manifest, "format": "something-else"}))
     with pytest.raises(WorkbenchError, match="workbench-trace"):
         load_traces(tmp_path, "val")
+
+
+def test_predict_command_takes_trace(frcnn_run, tmp_path, capsys):
+    from workbench.cli import main
+
+    assert main(["predict", "--run", str(frcnn_run), "--trace", "--device", "cpu", "-q",
+                 "--out", str(tmp_path / "results.json")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote COCO results" in out and "wrote traces" in out
+    assert (tmp_path / "results.json").is_file()
+    assert load_traces(frcnn_run, "val").method == "faster_rcnn"

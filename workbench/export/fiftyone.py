@@ -414,10 +414,13 @@ def export_traces(
 
 
 def evaluate_dataset(dataset, class_names: Sequence[str], *, progress: bool = False):
-    """COCO-style evaluation ``eval`` of ``predictions`` against ``ground_truth`` (crowd boxes
-    ignored, mAP computed); returns FiftyOne's results object."""
-    view = dataset.select_fields(["predictions", "ground_truth"])
-    return view.evaluate_detections(
+    """COCO-style evaluation ``eval`` of ``predictions`` against ``ground_truth`` of a dataset
+    or view (crowd boxes ignored, mAP computed); returns FiftyOne's results object.
+
+    FiftyOne saves every evaluated sample through its document layer, whose cost grows faster
+    than linearly with the boxes per sample (see ``docs/benchmarks.md``): with 100 predictions
+    per image it dominates the export; ``workbench export fiftyone --no-eval`` skips it."""
+    return dataset.evaluate_detections(
         "predictions", gt_field="ground_truth", eval_key=EVAL_KEY, method="coco", iou=0.5,
         compute_mAP=True, iscrowd="iscrowd", classes=list(class_names), progress=progress,
     )

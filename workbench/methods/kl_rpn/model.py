@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from workbench.errors import ConfigError
 from workbench.losses import kl_rpn_loss, reduce_loss
 from workbench.losses.kl import NEGATIVE_TARGET_VARIANCE
+from workbench.methods.kl_rpn.uncertainty import uncertainty_maps
 from workbench.modeling import FasterRCNN, FasterRCNNConfig, RegionProposalNetwork, TraceRecorder, build_faster_rcnn
 from workbench.structures import DetectorOutput
 
@@ -200,8 +201,6 @@ class KLRPNFasterRCNN(FasterRCNN):
         for det, fields in zip(out.detections, out.raw["proposal_fields"]):
             det.extras["sigma"] = fields["sigma"][det.extras.pop("roi_index")]
         if self.uncertainty_maps:
-            from workbench.methods.kl_rpn.uncertainty import uncertainty_maps
-
             maps = uncertainty_maps(
                 out.raw[f"rpn_{LOG_VAR}"],
                 self.rpn.anchor_generator.num_anchors_per_location(),
