@@ -156,7 +156,7 @@ def main() -> None:
 
     source = "trained runs" if args.baseline_run and args.kl_run else "fresh weights"
     print(f"\ntiny presets ({source}), {args.images} built-in val images, median of {args.repeats}; "
-          f"CPU, {torch.get_num_threads()} threads; torch {torch.__version__}\n")
+          f"CPU, {torch.get_num_threads()} thread(s); torch {torch.__version__}\n")
     print("| measure | baseline RPN (s) | KL-RPN (s) | KL-RPN / baseline |")
     print("|---|---:|---:|---:|")
     for label, b, k in rows:

@@ -25,7 +25,6 @@ model's would.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import tempfile
 import time

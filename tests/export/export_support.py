@@ -1,4 +1,4 @@
-"""Helpers shared by the export tests: ports, processes, the bundled mongod, headless Chromium."""
+"""Helpers shared by the export tests: listening sockets, processes, headless Chromium."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from workbench.export.database import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_OUTPUT = REPO / "test-output"

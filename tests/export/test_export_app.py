@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from export_support import TEST_OUTPUT, capture_page, free_port, listening_addresses, stop_process
+from export_support import TEST_OUTPUT, capture_page, listening_addresses, stop_process
+
+from workbench.export.database import free_port
 
 NAME = "wb-app-test"
 FIELDS = ("ground_truth", "predictions", "proposals", "suppressed", "uncertainty", "eval_tp", "eval_fp", "eval_fn")
@@ -107,3 +109,16 @@ def test_ctrl_c_stops_the_app_and_its_server(app):
     while listening_addresses(port) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert listening_addresses(port) == set()
+
+
+def test_app_names_the_dataset_of_a_run_or_asks_for_one(frcnn_run):
+    from workbench.errors import WorkbenchError
+    from workbench.export.app import dataset_url, resolve_dataset_name
+
+    assert resolve_dataset_name(None, frcnn_run, None) == f"workbench-{frcnn_run.name}-val"
+    assert resolve_dataset_name("mine", None, None) == "mine"
+    with pytest.raises(WorkbenchError, match="either --name"):
+        resolve_dataset_name(None, None, None)
+    with pytest.raises(WorkbenchError, match="either --name"):
+        resolve_dataset_name("mine", frcnn_run, None)
+    assert dataset_url("a b", "0.0.0.0", 8080) == "http://127.0.0.1:8080/datasets/a%20b"

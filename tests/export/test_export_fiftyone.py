@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from workbench.data.sources import open_dataset
@@ -71,6 +70,9 @@ def test_predictions_are_the_runs_detections(exported, kl_run):
         assert [p.label for p in preds] == [data.class_names[int(k) - 1] for k in det["labels"]]
         rel = np.array([p.bounding_box for p in preds]) * 96
         np.testing.assert_allclose(rel[:, :2] + rel[:, 2:], det["boxes"][:, 2:].double().numpy(), atol=1e-4)
+        # KL-RPN's per-detection sigma (a Detections extra) becomes an attribute, with its mean
+        np.testing.assert_allclose([p.sigma for p in preds], det["sigma"].double().numpy(), rtol=0, atol=0)
+        np.testing.assert_allclose([p.sigma_mean for p in preds], det["sigma"].double().mean(1).numpy(), rtol=1e-12)
 
 
 def test_proposals_are_the_top_100_post_nms_proposals_with_sigma(exported):

@@ -14,7 +14,8 @@ On-disk format ``workbench-trace``, version 1 (``FORMAT_NAME``, ``FORMAT_VERSION
       shard-00001.npz
       ...
 
-``manifest.json`` holds ``format`` (``"workbench-trace"``), ``version`` (int), ``method``,
+``manifest.json`` holds ``format`` (``"workbench-trace"``), ``version`` (int),
+``workbench_version`` (the package version that wrote it), ``method``,
 ``split``, ``num_images``, ``records`` (record name -> sorted field names, the union over
 images), ``shards`` (file names), ``images`` (one entry per image, in prediction order:
 ``image_id``, ``file_name``, ``orig_size`` ``[height, width]``, ``shard`` (index into
@@ -51,6 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from workbench import __version__
 from workbench.errors import WorkbenchError
 
 FORMAT_NAME = "workbench-trace"
@@ -388,6 +390,7 @@ class TraceWriter:
         return {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
+            "workbench_version": __version__,
             "method": self.method,
             "split": self.split,
             "num_images": len(self._images),

@@ -45,9 +45,10 @@ def map_overlay_figure(
     name: str = "uncertainty",
     opacity: float = 0.5,
     title: str | None = None,
+    height: int = 640,
 ) -> go.Figure:
     """The map over the ``image`` (when given; it must have the map's size), with optional
-    ``boxes`` (N, 4) outlined in white."""
+    ``boxes`` (N, 4) outlined in white. ``title`` defaults to ``"<name> map"`` (``""``: none)."""
     z = to_numpy(values)
     fig = go.Figure()
     if image is not None:
@@ -58,5 +59,5 @@ def map_overlay_figure(
     fig.add_trace(map_layer(z, name=name, opacity=opacity if image is not None else 1.0))
     if boxes is not None:
         fig.add_trace(box_layer(boxes, name="boxes", layer="gt", color="white"))
-    fig.update_layout(title=title or f"{name} map")
+    fig.update_layout(title=f"{name} map" if title is None else title, height=height)
     return fit_axes(fig, z.shape[0], z.shape[1])
