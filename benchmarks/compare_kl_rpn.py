@@ -3,7 +3,8 @@
 For every seed, trains the ``tiny`` preset of ``faster_rcnn`` and of ``kl_rpn`` (each with its
 own optimiser, everything else equal) with the given data and epochs -- optionally also
 ``faster_rcnn_adam``, the baseline with KL-RPN's optimiser, since the paper changes the
-optimiser together with the RPN -- then measures on the validation split, with the weights
+optimiser together with the RPN -- and ``kl_rpn_lambda1``, KL-RPN with the second-stage loss
+weight lambda = 1 instead of the paper's 10 -- then measures on the validation split, with the weights
 after the last epoch:
 
 - AP, AP50, AP75 (COCO, from the trainer's evaluation after the last epoch);
@@ -38,7 +39,11 @@ METHODS = ("faster_rcnn", "kl_rpn")
 #: Optional row: the baseline trained with KL-RPN's optimiser (Adam), to separate the effect of
 #: the optimiser from that of the RPN (the paper changes both).
 BASELINE_WITH_KL_OPTIMIZER = "faster_rcnn_adam"
-LABELS = {"faster_rcnn": "RPN (baseline)", "kl_rpn": "KL-RPN", BASELINE_WITH_KL_OPTIMIZER: "RPN, KL-RPN's Adam"}
+#: Optional row: KL-RPN with lambda = 1 instead of the paper's 10 on the second-stage losses.
+KL_RPN_LAMBDA_1 = "kl_rpn_lambda1"
+OPTIONAL_ROWS = (BASELINE_WITH_KL_OPTIMIZER, KL_RPN_LAMBDA_1)
+LABELS = {"faster_rcnn": "RPN (baseline)", "kl_rpn": "KL-RPN", BASELINE_WITH_KL_OPTIMIZER: "RPN, KL-RPN's Adam",
+          KL_RPN_LAMBDA_1: "KL-RPN, lambda = 1"}
 RECALL_TOP_N = 1000
 AP_KEYS = ("AP", "AP50", "AP75")
 AR_KEYS = ("AR@100", "AR@300", "AR@1000")
@@ -51,6 +56,9 @@ def preset_config(name: str, seed: int, args: argparse.Namespace):
 
     if name == BASELINE_WITH_KL_OPTIMIZER:
         cfg = dataclasses.replace(build_preset("faster_rcnn", "tiny"), optimizer=build_preset("kl_rpn", "tiny").optimizer)
+    elif name == KL_RPN_LAMBDA_1:
+        cfg = build_preset("kl_rpn", "tiny")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, rcnn_loss_weight=1.0))
     else:
         cfg = build_preset(name, "tiny")
     return apply_overrides(cfg, data=args.data, epochs=args.epochs, seed=seed, device="cpu")
@@ -147,8 +155,9 @@ def main() -> None:
     parser.add_argument("--data", default="builtin:shapes")
     parser.add_argument("--epochs", type=int, default=None, help="override the presets' 6 epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, BASELINE_WITH_KL_OPTIMIZER],
-                        help=f"rows to compare; {BASELINE_WITH_KL_OPTIMIZER}: the baseline with KL-RPN's Adam")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *OPTIONAL_ROWS],
+                        help=f"rows to compare; {BASELINE_WITH_KL_OPTIMIZER}: the baseline with KL-RPN's Adam; "
+                             f"{KL_RPN_LAMBDA_1}: KL-RPN with lambda = 1 on the second-stage losses")
     parser.add_argument("--out", default="runs/compare_kl_rpn")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--figure", help="write the offset histograms (first seed) to this HTML file")
