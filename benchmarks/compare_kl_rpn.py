@@ -18,7 +18,7 @@ after the last epoch:
 Finished runs are reused and interrupted ones resumed, so the script can be re-run (or run
 once per method in two processes, then once more to print the table). Results go to
 ``OUT/<method>/seed_<s>/compare.json``; the table is printed as markdown; ``--figure`` writes
-the offset histograms of the first seed as a self-contained HTML file.
+the offset histograms of the first seed as a self-contained HTML file, or a PNG.
 
     python benchmarks/compare_kl_rpn.py --data 'builtin:shapes?train=300&val=100' \\
         --epochs 6 --seeds 0 1 2 --out runs/compare_kl_rpn
@@ -160,7 +160,7 @@ def main() -> None:
                              f"{KL_RPN_LAMBDA_1}: KL-RPN with lambda = 1 on the second-stage losses")
     parser.add_argument("--out", default="runs/compare_kl_rpn")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--figure", help="write the offset histograms (first seed) to this HTML file")
+    parser.add_argument("--figure", help="write the offset histograms (first seed) to this file (.html, or .png)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads is not None:
@@ -174,10 +174,15 @@ def main() -> None:
     print(f"\ndata {args.data}, epochs {args.epochs or 'preset'}, seeds {args.seeds}; mean ± sample std\n")
     print(table(results))
     if args.figure:
+        from workbench.viz.export import save_html, save_png
         from workbench.viz.proposals import objectness_offsets_figure
 
         first = {LABELS[m]: (rows[0]["offset_arrays"]["high"], rows[0]["offset_arrays"]["low"]) for m, rows in results.items()}
-        objectness_offsets_figure(first).write_html(args.figure, include_plotlyjs=True)
+        fig = objectness_offsets_figure(first)
+        if args.figure.endswith(".png"):
+            save_png(fig, args.figure, width=1200, height=fig.layout.height)
+        else:
+            save_html(fig, args.figure)
         print(f"\nwrote {args.figure}")
 
 
