@@ -20,14 +20,12 @@ that the post-processing has detections to rank and suppress, as a trained model
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable
 
 import torch
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
+from timing import interleaved, median_cpu, median_wall
 
 from workbench.modeling import load_torchvision_faster_rcnn
 
@@ -60,41 +58,15 @@ def batch(num_images: int, size: int, device: torch.device):
     return images, targets
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds of one call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
-) -> dict[str, list[tuple[float, float]]]:
-    """(wall, cpu) seconds per repeat and function; the order of the functions flips each repeat."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else reversed(names):
-            times[name].append(timed(fns[name], device))
-    return times
-
-
 def summarise(backbone: str, measure: str, times: dict[str, list[tuple[float, float]]]) -> dict[str, object]:
     tv, wb = times["torchvision"], times["workbench"]
     return {
         "backbone": backbone,
         "measure": measure,
-        "tv_wall": statistics.median(t[0] for t in tv),
-        "wb_wall": statistics.median(t[0] for t in wb),
-        "tv_cpu": statistics.median(t[1] for t in tv),
-        "wb_cpu": statistics.median(t[1] for t in wb),
+        "tv_wall": median_wall(tv),
+        "wb_wall": median_wall(wb),
+        "tv_cpu": median_cpu(tv),
+        "wb_cpu": median_cpu(wb),
     }
 
 
@@ -117,7 +89,8 @@ def bench_backbone(backbone: str, args, device: torch.device) -> list[dict[str, 
     wb = load_torchvision_faster_rcnn(tv).eval()
     with torch.no_grad():
         times = interleaved(
-            {"torchvision": lambda: tv(images), "workbench": lambda: wb(images)}, args.repeats, args.warmup, device
+            {"torchvision": lambda: tv(images), "workbench": lambda: wb(images)},
+            args.repeats, warmup=args.warmup, device=device,
         )
     rows.append(summarise(backbone, "inference", times))
 
@@ -130,9 +103,7 @@ def bench_backbone(backbone: str, args, device: torch.device) -> list[dict[str, 
             "torchvision": lambda: train_step(tv, tv_opt, images, targets, workbench=False),
             "workbench": lambda: train_step(wb, wb_opt, images, targets, workbench=True),
         },
-        args.repeats,
-        args.warmup,
-        device,
+        args.repeats, warmup=args.warmup, device=device,
     )
     rows.append(summarise(backbone, "train step", times))
     return rows

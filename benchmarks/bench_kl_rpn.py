@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import statistics
-import time
-from typing import Callable
 
 import torch
+from timing import interleaved, median_wall
 
 from workbench.methods import build_preset, get_method
 
@@ -54,20 +52,6 @@ def batch(args):
     images = [s.image.float() / 255.0 for s in samples]
     targets = [{"boxes": s.boxes, "labels": s.labels} for s in samples]
     return images, targets
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else list(reversed(names)):
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def train_step(model, optimizer, images, targets, generator_seed: int) -> None:
@@ -135,10 +119,10 @@ def main() -> None:
                 "kl": lambda: kl(images),
                 "kl_nomaps": lambda: _without_maps(kl, images),
             },
-            args.repeats, args.warmup,
+            args.repeats, warmup=args.warmup,
         )
-    rows.append(("inference", statistics.median(t["base"]), statistics.median(t["kl"])))
-    rows.append(("inference, no uncertainty maps", statistics.median(t["base"]), statistics.median(t["kl_nomaps"])))
+    rows.append(("inference", median_wall(t["base"]), median_wall(t["kl"])))
+    rows.append(("inference, no uncertainty maps", median_wall(t["base"]), median_wall(t["kl_nomaps"])))
 
     for own, label in ((False, "train step, same optimiser (SGD)"), (True, "train step, preset optimisers")):
         base.train()
@@ -150,9 +134,9 @@ def main() -> None:
                 "base": lambda: train_step(base, base_opt, images, targets, 0),
                 "kl": lambda: train_step(kl, kl_opt, images, targets, 0),
             },
-            args.repeats, args.warmup,
+            args.repeats, warmup=args.warmup,
         )
-        rows.append((label, statistics.median(t["base"]), statistics.median(t["kl"])))
+        rows.append((label, median_wall(t["base"]), median_wall(t["kl"])))
 
     source = "trained runs" if args.baseline_run and args.kl_run else "fresh weights"
     print(f"\ntiny presets ({source}), {args.images} built-in val images, median of {args.repeats}; "

@@ -25,13 +25,11 @@ model's would.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
+from timing import interleaved, median_cpu, median_wall
 
 from workbench.inspection.collect import complete_records
 from workbench.inspection.traces import ImageTrace, TraceWriter
@@ -88,32 +86,6 @@ def traced_and_saved(model, batches, out_dir: Path) -> None:
         traced(model, batches, writer)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds of one call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median wall (``name``) and CPU (``name/cpu``) seconds per function; one warm-up call each,
-    then the order rotates every repeat."""
-    names = list(fns)
-    for name in names:
-        fns[name]()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            times[name].append(timed(fns[name], device))
-    medians = {name: statistics.median(t[0] for t in values) for name, values in times.items()}
-    medians.update({f"{name}/cpu": statistics.median(t[1] for t in values) for name, values in times.items()})
-    return medians
-
-
 def bench(config: str, args, device: torch.device, tmp: Path) -> dict[str, object]:
     torch.manual_seed(0)
     model, size = build(config, args.size)
@@ -122,15 +94,16 @@ def bench(config: str, args, device: torch.device, tmp: Path) -> dict[str, objec
     batches = make_batches(args.images, args.batch_size, size, device)
     with torch.no_grad():
         detections = [len(d) for d in model(batches[0]).detections]
-        medians = interleaved(
+        times = interleaved(
             {
                 "plain": lambda: plain(model, batches),
                 "trace": lambda: traced(model, batches),
                 "trace+save": lambda: traced_and_saved(model, batches, tmp / config),
             },
-            args.repeats,
-            device,
+            args.repeats, device=device, rotate=True,
         )
+    medians = {name: median_wall(t) for name, t in times.items()}
+    medians.update({f"{name}/cpu": median_cpu(t) for name, t in times.items()})
     return {"config": config, "size": size, "detections": detections, **medians}
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from workbench.atomic import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -186,12 +188,7 @@ def render_html(sections: Sequence[Section], title: str) -> str:
 
 def write_report(sections: Sequence[Section], path: Path | str, *, title: str = "Detection workbench report") -> Path:
     """Write the sections as one self-contained HTML file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(render_html(sections, title))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, render_html(sections, title))
 
 
 def build_report(

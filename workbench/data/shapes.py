@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from workbench.atomic import write_text_atomic
 from workbench.errors import ConfigError
 
 CLASS_NAMES = ("circle", "square", "triangle", "ellipse", "star", "ring")
@@ -420,12 +421,6 @@ def dumps_json(obj) -> str:
     return json.dumps(_round_floats(obj, JSON_FLOAT_DIGITS), sort_keys=True, separators=(",", ":")) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -468,7 +463,7 @@ def generate_shapes(
     for split in SPLITS:
         n = cfg.num_images(split)
         text = dumps_json(coco_dict(cfg, split, results[start : start + n]))
-        _write_atomic(root / "annotations" / f"instances_{split}.json", text)
+        write_text_atomic(root / "annotations" / f"instances_{split}.json", text)
         start += n
     return root
 

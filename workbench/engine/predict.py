@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from workbench.atomic import write_text_atomic
 from workbench.engine.inference import evaluate_predictions, predict_dataset, predictions_to_coco_results
 from workbench.engine.run_dir import RunDir
 from workbench.engine.trainer import load_trained_model, resolve_device
@@ -39,12 +40,7 @@ def predict_run(run_dir: Path, out: Path | None = None, *, which: str = "best", 
     else:
         preds = predict_dataset(model, dataset, dev, batch_size=cfg.batch_size, progress=progress)
     results = predictions_to_coco_results(preds, dataset.label_to_category_id)
-    out = out or RunDir(run_dir).predictions / f"{split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(results))
-    tmp.replace(out)
-    return out
+    return write_text_atomic(out or RunDir(run_dir).predictions / f"{split}.json", json.dumps(results))
 
 
 def evaluate_run(run_dir: Path, *, which: str = "best", data: str | None = None, split: str | None = None,

@@ -407,9 +407,10 @@ def export_traces(
     dataset.info = {**dict(info or {}), "max_proposals": max_proposals,
                     "heatmaps": {k: {"range": [r.low, r.high], "value": r.description} for k, r in ranges.items()}}
     dataset.save()
-    if evaluate and len(dataset) > 0:
+    evaluated = evaluate and len(dataset) > 0
+    if evaluated:
         evaluate_dataset(dataset, class_names, progress=progress)
-    summary = ExportSummary(name, len(dataset), counts, sorted(ranges), evaluate and len(dataset) > 0)
+    summary = ExportSummary(name, len(dataset), counts, sorted(ranges), evaluated)
     return dataset, summary
 
 

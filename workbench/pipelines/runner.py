@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from workbench.atomic import write_text_atomic
 from workbench.pipelines.spec import Pipeline, PipelineError, Step
 
 STATE_FILE = "pipeline_state.json"
@@ -64,11 +64,7 @@ def read_state(pipeline: Pipeline) -> dict[str, Any]:
 
 def write_state(pipeline: Pipeline, state: dict[str, Any]) -> None:
     """Write the state file atomically (a temp file, then rename)."""
-    path = state_path(pipeline)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(state_path(pipeline), json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
 def first_line(text: Any, limit: int = 300) -> str:
