@@ -1,30 +1,22 @@
-"""Checkpoints written atomically: a temp file in the same folder, fsync, then rename, so a
-crash never leaves a half-written file in place of a good one."""
+"""Checkpoints written atomically (:func:`workbench.atomic.atomic_output`: a uniquely named
+temporary file in the same folder, fsync, then rename), so a crash never leaves a half-written
+file in place of a good one."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from workbench.atomic import atomic_output
 from workbench.errors import WorkbenchError
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save(obj)`` to ``path`` through :func:`workbench.atomic.atomic_output`."""
+    with atomic_output(path) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from workbench.atomic import atomic_output
 from workbench.errors import WorkbenchError
 
 log = logging.getLogger(__name__)
@@ -293,10 +294,11 @@ def heatmap_ranges(traces: Iterable) -> dict[str, HeatmapRange]:
 
 
 def write_heatmap_png(values: np.ndarray, value_range: HeatmapRange, path: Path) -> None:
+    """The map as an 8-bit grey PNG on ``value_range``, written atomically."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(value_range.to_uint8(values), mode="L").save(path)
+    with atomic_output(path) as f:
+        Image.fromarray(value_range.to_uint8(values), mode="L").save(f, format="PNG")
 
 
 # --------------------------------------------------------------------------------------------

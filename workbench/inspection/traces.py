@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
+import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from workbench import __version__
+from workbench.atomic import atomic_output, write_text_atomic
 from workbench.errors import WorkbenchError
 
 FORMAT_NAME = "workbench-trace"
@@ -218,7 +219,8 @@ def _resolve_trace_dir(root: Path, split: str | None) -> Path:
         return root
     if split is not None:
         return trace_dir(root, split)
-    splits = sorted(p.name for p in (root / "traces").glob("*") if (p / MANIFEST).is_file())
+    splits = sorted(p.name for p in (root / "traces").glob("*")
+                    if not p.name.startswith(".") and (p / MANIFEST).is_file())
     if len(splits) != 1:
         found = ", ".join(splits) if splits else "none"
         raise WorkbenchError(f"{root}: name the split of the traces to load (traced splits: {found})")
@@ -304,7 +306,7 @@ class ShardBuilder:
     def write(self, path: Path) -> None:
         """Write the shard to ``path`` (an uncompressed ``.npz``)."""
         index = json.dumps({"images": self.images, "raw": self.raw}, separators=(",", ":"))
-        with open(path, "wb") as f:
+        with atomic_output(path) as f:
             np.savez(f, **{INDEX_KEY: np.array(index)}, **self.arrays)
 
 
@@ -329,8 +331,11 @@ def read_shard(path: Path) -> list[dict[str, dict[str, Tensor]]]:
 class TraceWriter:
     """Writes traces image by image into a trace directory, replacing what was there.
 
-    Shards go to a temporary sibling directory; :meth:`close` writes the manifest and swaps the
-    directory into place, so readers never see a half-written set. Use as a context manager
+    Shards go to a uniquely named temporary sibling directory (``tempfile.mkdtemp``), each shard
+    and the manifest written and ``fsync``-ed through :mod:`workbench.atomic`; :meth:`close`
+    writes the manifest last and renames the directory into place, so readers never see a
+    half-written set (between the two renames of a replacement the directory is briefly absent,
+    and :func:`load_traces` says there are no traces rather than reading a partial set). Use as a context manager
     (an exception discards the partial output).
     """
 
@@ -350,15 +355,13 @@ class TraceWriter:
         self.split = split
         self.meta = dict(meta or {})
         self.shard_size = shard_size
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.partial-{os.getpid()}"
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent))
         self._images: list[dict[str, Any]] = []
         self._fields: dict[str, set[str]] = {}
         self._shards: list[str] = []
         self._builder = ShardBuilder()
         self._closed = False
-        if self.tmp_dir.exists():
-            shutil.rmtree(self.tmp_dir)
-        self.tmp_dir.mkdir(parents=True)
 
     def add(self, trace: ImageTrace) -> None:
         """Append one image's trace."""
@@ -405,12 +408,13 @@ class TraceWriter:
         if self._closed:
             return self.out_dir
         self._flush()
-        (self.tmp_dir / MANIFEST).write_text(json.dumps(self.manifest(), indent=1) + "\n")
-        old = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}"
+        write_text_atomic(self.tmp_dir / MANIFEST, json.dumps(self.manifest(), indent=1) + "\n")
+        old = None
         if self.out_dir.exists():
-            self.out_dir.replace(old)
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.old-", dir=self.out_dir.parent))
+            self.out_dir.replace(old / self.out_dir.name)
         self.tmp_dir.replace(self.out_dir)
-        if old.exists():
+        if old is not None:
             shutil.rmtree(old)
         self._closed = True
         return self.out_dir
