@@ -1,8 +1,16 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+from torchvision.models.detection.ssd import SSD
+from torchvision.ops import box_iou
 
 from workbench.ops import (
+    sample_hard_negatives,
+    sample_hard_negatives_batched,
     sample_instance_balanced_positive,
     sample_iou_balanced_negative,
     sample_libra,
@@ -175,6 +183,115 @@ def test_sample_libra():
     assert torch.equal(again[0], pos) and torch.equal(again[1], neg)
 
 
+def test_hard_negatives_hand_worked():
+    # 1 positive (index 1), 1 ignored (index 4), negatives 0, 2, 3, 5, 6 with losses
+    # 0.5, 2.0, 0.5, 1.0, 0.1; 3 per positive: 2 (2.0), 5 (1.0), then the tie at 0.5 between
+    # 0 and 3 goes to the lower index, 0. The ignored and the positive, though their losses are
+    # the highest, are never negatives.
+    labels = torch.tensor([0, 1, 0, 0, -1, 0, 0])
+    loss = torch.tensor([0.5, 9.0, 2.0, 0.5, 7.0, 1.0, 0.1])
+    pos, neg = sample_hard_negatives(labels, loss)
+    assert pos.tolist() == [False, True, False, False, False, False, False]
+    assert neg.tolist() == [True, False, True, False, False, True, False]
+    _, neg_one = sample_hard_negatives(labels, loss, neg_pos_ratio=1)
+    assert torch.where(neg_one)[0].tolist() == [2]
+    _, neg_all = sample_hard_negatives(labels, loss, neg_pos_ratio=10)  # capped at the 5 negatives
+    assert torch.where(neg_all)[0].tolist() == [0, 2, 3, 5, 6]
+    _, neg_half = sample_hard_negatives(labels, loss, neg_pos_ratio=2.5)  # int(2.5 * 1) = 2
+    assert torch.where(neg_half)[0].tolist() == [2, 5]
+
+
+def test_hard_negatives_without_positives_and_min_negatives():
+    labels = torch.tensor([0, 0, -1, 0, 0])
+    loss = torch.tensor([0.3, 0.9, 5.0, 0.1, 0.9])
+    pos, neg = sample_hard_negatives(labels, loss)
+    assert not bool(pos.any()) and not bool(neg.any())  # as torchvision: no positive, no negative
+    _, neg_min = sample_hard_negatives(labels, loss, min_negatives=3)
+    assert torch.where(neg_min)[0].tolist() == [0, 1, 4]  # 0.9, 0.9 (by index), then 0.3
+    two_pos = torch.tensor([1, 0, 0, 0, 2])
+    _, neg = sample_hard_negatives(two_pos, torch.tensor([0.0, 0.1, 0.3, 0.2, 0.0]), 1, min_negatives=3)
+    assert torch.where(neg)[0].tolist() == [1, 2, 3]  # max(1 * 2, 3) = 3
+
+
+def test_hard_negatives_infinite_and_equal_losses():
+    labels = torch.tensor([1, 0, 0, 0, 0, 0, 0, 0])
+    loss = torch.tensor([1.0, -float("inf"), 0.2, 0.2, float("inf"), 0.2, 0.2, -float("inf")])
+    _, neg = sample_hard_negatives(labels, loss)
+    assert torch.where(neg)[0].tolist() == [2, 3, 4]
+    _, neg = sample_hard_negatives(labels, loss, neg_pos_ratio=7)  # all 7 negatives, -inf included
+    assert int(neg.sum()) == 7
+    flat = torch.zeros(8)
+    _, neg = sample_hard_negatives(labels, flat, neg_pos_ratio=2)
+    assert torch.where(neg)[0].tolist() == [1, 2]  # all equal: lowest indices
+
+
+def test_hard_negatives_batched_equals_per_image_and_is_pure():
+    g = gen(11)
+    labels = torch.stack([random_labels(500, seed, pos_fraction=0.02 * seed) for seed in range(4)])
+    loss = torch.rand(4, 500, generator=g).round(decimals=2)  # ties
+    before = (labels.clone(), loss.clone())
+    pos, neg = sample_hard_negatives_batched(labels, loss, 3, min_negatives=5)
+    assert torch.equal(labels, before[0]) and torch.equal(loss, before[1])
+    for i in range(4):
+        pos_i, neg_i = sample_hard_negatives(labels[i], loss[i], 3, min_negatives=5)
+        assert torch.equal(pos[i], pos_i) and torch.equal(neg[i], neg_i)
+        num_pos = int((labels[i] >= 1).sum())
+        assert int(neg_i.sum()) == min(max(3 * num_pos, 5), int((labels[i] == 0).sum()))
+        # every chosen negative is at least as hard as every negative left out
+        left_out = (labels[i] == 0) & ~neg_i
+        if bool(left_out.any()):
+            assert float(loss[i][neg_i].min()) >= float(loss[i][left_out].max())
+    assert int(pos[0].sum()) == 0 and int(neg[0].sum()) == 5  # image 0 has no positive
+
+
+def test_hard_negatives_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        sample_hard_negatives_batched(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 4))
+    with pytest.raises(ValueError):
+        sample_hard_negatives(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hard_negatives_reproduce_torchvision_ssd_loss(seed):
+    # torchvision's SSD.compute_loss ranks negatives by their cross-entropy and keeps 3 per
+    # positive; its classification loss is (sum over positives + sum over chosen negatives) / #pos.
+    # Run it on random outputs and compare with the same sum over our selection.
+    g = gen(seed)
+    num_images, num_anchors, num_classes = 3, 400, 5
+    xy = torch.rand(num_anchors, 2, generator=g) * 200
+    anchors = torch.cat([xy, xy + 10 + torch.rand(num_anchors, 2, generator=g) * 50], dim=1)
+    logits = torch.randn(num_images, num_anchors, num_classes, generator=g) * 2
+    deltas = torch.randn(num_images, num_anchors, 4, generator=g)
+    targets, matched_idxs, labels = [], [], []
+    for i in range(num_images):
+        num_gt = 0 if i == 2 else 2 + i  # the last image has no object
+        boxes = anchors[torch.randperm(num_anchors, generator=g)[:num_gt]] + 2.0
+        gt_labels = torch.randint(1, num_classes, (num_gt,), generator=g)
+        if num_gt:
+            matched = det_utils.SSDMatcher(0.5)(box_iou(boxes, anchors))
+            labels.append(torch.where(matched >= 0, gt_labels[matched.clamp(min=0)], 0))
+        else:  # as torchvision's SSD does for an image without boxes
+            matched = torch.full((num_anchors,), -1, dtype=torch.int64)
+            labels.append(torch.zeros(num_anchors, dtype=torch.int64))
+        targets.append({"boxes": boxes, "labels": gt_labels})
+        matched_idxs.append(matched)
+    fake_ssd = SimpleNamespace(box_coder=det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0)), neg_to_pos_ratio=3)
+    expected = SSD.compute_loss(
+        fake_ssd, targets, {"bbox_regression": deltas, "cls_logits": logits}, [anchors] * num_images, matched_idxs
+    )["classification"]
+
+    labels = torch.stack(labels)
+    ce = F.cross_entropy(logits.reshape(-1, num_classes), labels.reshape(-1), reduction="none").view(labels.shape)
+    pos, neg = sample_hard_negatives_batched(labels, ce, neg_pos_ratio=3)
+    num_pos = int(pos.sum())
+    assert num_pos > 0 and int(neg.sum()) == 3 * num_pos and not bool(neg[2].any())
+    got = (ce[pos].sum() + ce[neg].sum()) / num_pos
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    # a different choice would change the sum: e.g. one negative fewer
+    _, fewer = sample_hard_negatives_batched(labels, ce, neg_pos_ratio=3 - 1 / num_pos)
+    assert float((ce[pos].sum() + ce[fewer].sum()) / num_pos) < float(expected) - 1e-4
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_sampling_stays_on_the_device():
     labels = random_labels(3000, 0).cuda()
@@ -185,3 +302,8 @@ def test_sampling_stays_on_the_device():
     assert chosen.is_cuda and chosen.numel() == 100
     pos, neg = sample_libra(labels, iou, torch.zeros_like(labels), 256, 0.25, gen(0))
     assert pos.is_cuda and int(pos.sum() + neg.sum()) == 256
+    loss = torch.rand(4, 3000, generator=gen(1)).round(decimals=2)  # ties
+    batch = torch.stack([random_labels(3000, seed) for seed in range(4)])
+    expected = sample_hard_negatives_batched(batch, loss, 3, 2)
+    got = sample_hard_negatives_batched(batch.cuda(), loss.cuda(), 3, 2)
+    assert got[1].is_cuda and torch.equal(got[0].cpu(), expected[0]) and torch.equal(got[1].cpu(), expected[1])

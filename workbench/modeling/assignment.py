@@ -3,32 +3,48 @@
 Conventions:
 - ``candidates`` (A, 4) are anchors or proposals, ``gt_boxes`` (G, 4) xyxy, ``gt_labels`` (G,)
   int64 in ``1..C``; ``gt_ignore`` (G,) bool marks boxes (e.g. crowd) that never make
-  positives: candidates overlapping one above the positive threshold are ignored (``-1``);
+  positives: candidates overlapping one above the matcher's positive threshold are ignored;
 - an :class:`Assignment` labels each candidate ``c > 0`` (positive, class ``c``; ``1`` for a
   class-agnostic stage), ``0`` (background) or ``-1`` (ignored);
-- a sampler is any callable ``sampler(assignment, generator) -> (pos_mask, neg_mask)`` with (A,)
-  bool masks; :class:`RandomSampler` is the baseline, IoU-balanced samplers plug in the same way.
+- a matcher is any callable ``matcher(candidates, gt_boxes, gt_labels=None, gt_ignore=None)
+  -> Assignment`` (:class:`Matcher`): :class:`IoUMatcher` (two thresholds and Faster R-CNN's
+  low-quality rule) and :class:`SSDMatcher` (one threshold plus a candidate for each GT);
+- a sampler is any callable ``sampler(assignment, generator=None, losses=None)
+  -> (pos_mask, neg_mask)`` with (A,) bool masks (:class:`Sampler`). ``losses`` (A,) is a
+  per-candidate loss that samplers may rank by (:class:`HardNegativeSampler` needs it: the
+  classification loss of each candidate); random samplers ignore it, so one call form serves
+  every sampler.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
 
-from workbench.ops import BELOW_LOW, box_iou, mark_ignored, match_boxes, sample_random
+from workbench.ops import (
+    BELOW_LOW,
+    box_iou,
+    mark_ignored,
+    match_boxes,
+    match_boxes_ssd,
+    sample_hard_negatives,
+    sample_random,
+)
 
-
-@dataclass(frozen=True)
-class MatcherSettings:
-    """IoU thresholds of a matcher: positive ``>= high``, negative ``< low``, between ignored;
-    ``allow_low_quality`` also makes each GT's best candidates positive."""
-
-    high: float
-    low: float
-    allow_low_quality: bool
+__all__ = [
+    "Assignment",
+    "HardNegativeSampler",
+    "IoUMatcher",
+    "Matcher",
+    "MatcherSettings",
+    "RandomSampler",
+    "SSDMatcher",
+    "Sampler",
+    "assign_to_gt",
+]
 
 
 @dataclass
@@ -45,19 +61,32 @@ class Assignment:
         return int(self.labels.shape[0])
 
 
-def assign_to_gt(
+class Matcher(Protocol):
+    """Labels each candidate of one image against that image's ground truth."""
+
+    def __call__(
+        self,
+        candidates: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor | None = None,
+        gt_ignore: Tensor | None = None,
+    ) -> Assignment:
+        ...
+
+
+def _assign(
     candidates: Tensor,
     gt_boxes: Tensor,
-    matcher: MatcherSettings,
-    gt_labels: Tensor | None = None,
-    gt_ignore: Tensor | None = None,
+    gt_labels: Tensor | None,
+    gt_ignore: Tensor | None,
+    match: Callable[[Tensor], Tensor],
+    ignore_threshold: float,
 ) -> Assignment:
-    """Match candidates (A, 4) to GT (G, 4); ``gt_labels=None`` gives class-agnostic labels 1/0/-1.
-
-    Candidates are matched to the non-ignored GT only; then every candidate whose IoU with an
-    ignored GT exceeds ``matcher.high`` is ignored (``workbench.ops.mark_ignored``). With no
-    (non-ignored) GT every other candidate is background.
-    """
+    """Shared body of the matchers: ``match`` maps the ``(G, A)`` IoU of the non-ignored GT to a
+    ``(A,)`` match vector (``workbench.ops.matching`` codes); candidates whose IoU with an
+    ignored GT exceeds ``ignore_threshold`` are then ignored (``workbench.ops.mark_ignored``).
+    ``gt_labels=None`` gives class-agnostic labels 1/0/-1; with no (non-ignored) GT every other
+    candidate is background."""
     num = candidates.shape[0]
     device = candidates.device
     gt_boxes = gt_boxes.to(candidates.dtype)
@@ -75,10 +104,10 @@ def assign_to_gt(
         max_iou = torch.zeros((num,), dtype=candidates.dtype, device=device)
     else:
         iou = box_iou(gt_boxes, candidates)
-        matched = match_boxes(iou, matcher.high, matcher.low, matcher.allow_low_quality)
+        matched = match(iou)
         max_iou = iou.max(dim=0).values
     if ignored_boxes.shape[0] > 0:
-        matched = mark_ignored(matched, box_iou(ignored_boxes, candidates), matcher.high)
+        matched = mark_ignored(matched, box_iou(ignored_boxes, candidates), ignore_threshold)
     positive = matched >= 0
     matched_gt = matched.clamp(min=0)
     if gt_labels is None or gt_boxes.shape[0] == 0:
@@ -91,20 +120,129 @@ def assign_to_gt(
     return Assignment(labels, matched_gt, max_iou)
 
 
-class Sampler(Protocol):
-    """Chooses which candidates of one image enter the loss."""
+@dataclass(frozen=True)
+class IoUMatcher:
+    """Two-threshold IoU matching (Faster R-CNN's RPN and box head, RetinaNet): best IoU
+    ``>= high`` positive, ``< low`` background, in between ignored; ``allow_low_quality`` also
+    makes each GT's best candidates positive (``workbench.ops.match_boxes``, equal to
+    torchvision's ``Matcher``). Candidates overlapping an ignored GT above ``high`` are ignored."""
 
-    def __call__(self, assignment: Assignment, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    high: float
+    low: float
+    allow_low_quality: bool = False
+
+    def __call__(
+        self,
+        candidates: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor | None = None,
+        gt_ignore: Tensor | None = None,
+    ) -> Assignment:
+        return _assign(
+            candidates,
+            gt_boxes,
+            gt_labels,
+            gt_ignore,
+            lambda iou: match_boxes(iou, self.high, self.low, self.allow_low_quality),
+            self.high,
+        )
+
+
+#: The former name of :class:`IoUMatcher` (same fields, same order), kept for existing callers.
+MatcherSettings = IoUMatcher
+
+
+@dataclass(frozen=True)
+class SSDMatcher:
+    """SSD / RefineDet matching: each GT first gets one candidate by greedy bipartite matching
+    (highest IoU first, ties to the lower candidate then GT index; a GT overlapping no candidate
+    gets none), then every other candidate with best IoU ``>= threshold`` matches that GT; the
+    rest are background, none ignored (``workbench.ops.match_boxes_ssd``). The SSD paper's
+    threshold is 0.5 (Liu et al., ECCV 2016, section 2.2). Candidates overlapping an ignored GT
+    above ``threshold`` are ignored."""
+
+    threshold: float = 0.5
+
+    def __call__(
+        self,
+        candidates: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor | None = None,
+        gt_ignore: Tensor | None = None,
+    ) -> Assignment:
+        return _assign(
+            candidates,
+            gt_boxes,
+            gt_labels,
+            gt_ignore,
+            lambda iou: match_boxes_ssd(iou, self.threshold),
+            self.threshold,
+        )
+
+
+def assign_to_gt(
+    candidates: Tensor,
+    gt_boxes: Tensor,
+    matcher: Matcher,
+    gt_labels: Tensor | None = None,
+    gt_ignore: Tensor | None = None,
+) -> Assignment:
+    """Match candidates (A, 4) to GT (G, 4) with ``matcher``: the same as
+    ``matcher(candidates, gt_boxes, gt_labels, gt_ignore)``, kept for existing callers."""
+    return matcher(candidates, gt_boxes, gt_labels, gt_ignore)
+
+
+class Sampler(Protocol):
+    """Chooses which candidates of one image enter the loss. ``losses`` (A,), when given, is a
+    per-candidate loss (detached or not; samplers only rank it)."""
+
+    def __call__(
+        self,
+        assignment: Assignment,
+        generator: torch.Generator | None = None,
+        losses: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         ...
 
 
 @dataclass(frozen=True)
 class RandomSampler:
     """Uniform sampling of ``num_samples`` candidates, at most ``positive_fraction`` positives;
-    negatives fill the rest."""
+    negatives fill the rest. ``losses`` is accepted and not used."""
 
     num_samples: int
     positive_fraction: float
 
-    def __call__(self, assignment: Assignment, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self,
+        assignment: Assignment,
+        generator: torch.Generator | None = None,
+        losses: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         return sample_random(assignment.labels, self.num_samples, self.positive_fraction, generator)
+
+
+@dataclass(frozen=True)
+class HardNegativeSampler:
+    """SSD's hard negative mining: all positives, and the ``neg_pos_ratio`` x #positives
+    negatives with the highest ``losses`` (ties to the lower index), at least ``min_negatives``
+    when that many exist (``workbench.ops.sample_hard_negatives``). ``losses`` (A,) is required:
+    each candidate's classification loss (for SSD, the softmax cross-entropy against its
+    assigned label, which is background for every negative). ``generator`` is not used."""
+
+    neg_pos_ratio: float = 3.0
+    min_negatives: int = 0
+
+    def __call__(
+        self,
+        assignment: Assignment,
+        generator: torch.Generator | None = None,
+        losses: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        if losses is None:
+            raise ValueError("HardNegativeSampler ranks negatives by their loss: pass losses (A,)")
+        if losses.shape != assignment.labels.shape:
+            raise ValueError(
+                f"losses must be (A,) = {tuple(assignment.labels.shape)}, got {tuple(losses.shape)}"
+            )
+        return sample_hard_negatives(assignment.labels, losses, self.neg_pos_ratio, self.min_negatives)

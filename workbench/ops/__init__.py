@@ -26,9 +26,11 @@ from workbench.ops.boxes import (
     size_at_least,
 )
 from workbench.ops.coding import DEFAULT_SCALE_CLAMP, BoxCoder
-from workbench.ops.matching import BELOW_LOW, BETWEEN, mark_ignored, match_boxes, match_boxes_ssd
+from workbench.ops.matching import BELOW_LOW, BETWEEN, bipartite_match, mark_ignored, match_boxes, match_boxes_ssd
 from workbench.ops.nms import NmsLedger, nms_with_ledger
 from workbench.ops.sampling import (
+    sample_hard_negatives,
+    sample_hard_negatives_batched,
     sample_instance_balanced_positive,
     sample_iou_balanced_negative,
     sample_libra,
@@ -42,6 +44,7 @@ __all__ = [
     "BoxCoder",
     "NmsLedger",
     "anchors_for_images",
+    "bipartite_match",
     "box_area",
     "box_cxcywh_to_xyxy",
     "box_iou",
@@ -58,6 +61,8 @@ __all__ = [
     "nms_with_ledger",
     "nondegenerate",
     "pairwise_iou",
+    "sample_hard_negatives",
+    "sample_hard_negatives_batched",
     "sample_instance_balanced_positive",
     "sample_iou_balanced_negative",
     "sample_libra",

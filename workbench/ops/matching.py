@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["BELOW_LOW", "BETWEEN", "match_boxes", "match_boxes_ssd", "mark_ignored"]
+__all__ = ["BELOW_LOW", "BETWEEN", "bipartite_match", "match_boxes", "match_boxes_ssd", "mark_ignored"]
 
 #: Best IoU below the low threshold: a negative (background) candidate.
 BELOW_LOW = -1
@@ -50,19 +50,103 @@ def match_boxes(iou: Tensor, high: float, low: float, allow_low_quality: bool = 
     return matched
 
 
+def bipartite_match(iou: Tensor) -> Tensor:
+    """Greedy one-to-one matching of GTs to candidates: ``(G, A)`` -> ``(G,)`` int64.
+
+    The rule of Caffe SSD's bipartite step (``MatchBBox`` in ``bbox_util.cpp``, also used by
+    RefineDet): repeatedly take the highest IoU left in the matrix, give that candidate to that
+    GT, and remove both the GT's row and the candidate's column. A GT whose best candidate is
+    taken by a GT that overlaps it more therefore gets its next best free candidate instead of
+    nothing. Only IoU ``> 0`` can match: a GT that overlaps no free candidate gets ``-1``
+    (Caffe keeps only overlaps above 1e-6, so an all-zero GT forces nothing there either).
+
+    Ties are broken by position, so the result is the same on every device and for every
+    order of evaluation: among equal IoUs the lowest candidate index wins, then the lowest GT
+    index (Caffe scans candidates in the outer loop and keeps the first strict maximum, which
+    is the same order). ``torch.argmax`` returns the first maximum on CPU and CUDA alike, and
+    every write touches one distinct position, so nothing relies on the winner of duplicate
+    indices in ``index_put``.
+
+    Cost: ``min(G, A)`` steps, each an argmax over a ``(K, G)`` matrix where ``K`` is at most
+    ``G * min(G, A)`` candidates (each GT's first ``min(G, A)`` candidates by IoU, the only ones
+    that can ever be its match), or all ``A`` candidates when that is fewer. No step reads a
+    value back to the host.
+    """
+    if iou.dim() != 2:
+        raise ValueError(f"iou must be (G, A), got shape {tuple(iou.shape)}")
+    num_gt, num_candidates = iou.shape
+    device = iou.device
+    forced = torch.full((num_gt,), -1, dtype=torch.int64, device=device)
+    steps = min(num_gt, num_candidates)
+    if steps == 0:
+        return forced
+
+    # Candidate columns worth looking at, in ascending index order, each once (a repeated
+    # column is switched off). GT g's step-t match is its best free candidate, and at most
+    # t < min(G, A) candidates are taken before it, so its first min(G, A) candidates in
+    # (IoU descending, index ascending) order always contain it.
+    if num_gt * steps < num_candidates:
+        # each row's `steps` first candidates: all above its steps-th largest IoU, then those
+        # equal to it by ascending index (exactly `steps` per row; topk alone orders ties freely)
+        top = torch.topk(iou, steps, dim=1).values
+        kth = top[:, -1:]
+        above = iou > kth
+        at = iou == kth
+        wanted_at = steps - (top > kth).sum(dim=1, keepdim=True)  # all entries above kth are in top
+        first_at = at & (torch.cumsum(at.to(torch.int32), dim=1) <= wanted_at)
+        order = torch.topk((above | first_at).to(torch.uint8), steps, dim=1).indices
+        columns = torch.sort(order.reshape(-1)).values
+        repeated = torch.zeros(columns.shape, dtype=torch.bool, device=device)
+        repeated[1:] = columns[1:] == columns[:-1]
+    else:
+        columns = torch.arange(num_candidates, device=device)
+        repeated = torch.zeros(columns.shape, dtype=torch.bool, device=device)
+
+    # work is (K, G): row-major flat argmax = lowest candidate first, then lowest GT.
+    # Non-positive IoU and switched-off columns read -1 and can never be taken.
+    work = iou[:, columns].t()
+    work = torch.where((work > 0) & ~repeated[:, None], work, torch.full_like(work, -1.0)).contiguous()
+    flat = work.view(-1)  # shares storage with work: the fills below show through
+    for _ in range(steps):
+        best = flat.argmax().view(1)  # (1,): kept on the device, never read back
+        row = torch.div(best, num_gt, rounding_mode="floor")
+        gt = best - row * num_gt
+        taken = flat.index_select(0, best) > 0
+        current = forced.index_select(0, gt)
+        forced.index_copy_(0, gt, torch.where(taken, columns.index_select(0, row), current))
+        work.index_fill_(0, row, -1.0)
+        work.index_fill_(1, gt, -1.0)
+    return forced
+
+
 def match_boxes_ssd(iou: Tensor, threshold: float) -> Tensor:
     """SSD / RefineDet matching: ``(G, A)`` -> ``(A,)`` int64.
 
-    Best IoU ``>= threshold`` matches that GT, else :data:`BELOW_LOW`; then each GT's single best
-    candidate is forced to that GT (a later GT wins a candidate that is best for two), as in
-    ``torchvision.models.detection._utils.SSDMatcher``. With no GT: all :data:`BELOW_LOW`.
+    Each GT first gets one candidate by :func:`bipartite_match` (the highest IoU first, a GT
+    that loses its best candidate to a GT overlapping it more takes its next best free one, a
+    GT overlapping nothing takes none); every other candidate whose best IoU is
+    ``>= threshold`` matches that GT, the rest are :data:`BELOW_LOW`. This is Caffe SSD's
+    ``bipartite`` + ``per_prediction`` matching.
+
+    When the GTs' best candidates are distinct and have IoU > 0 the result is exactly that of
+    ``torchvision.models.detection._utils.SSDMatcher``. It differs in two cases, both defects
+    there: a GT whose IoU is 0 everywhere has argmax 0 and takes candidate 0 (even from a
+    real match), and two GTs with the same best candidate are resolved by ``index_put`` with
+    a duplicate index, whose winner is not defined on CUDA (the losing GT gets nothing).
+    With no GT: all :data:`BELOW_LOW`.
     """
     matched = match_boxes(iou, threshold, threshold, allow_low_quality=False)
-    num_gt = iou.shape[0]
-    if num_gt == 0 or iou.shape[1] == 0:
+    num_gt, num_candidates = iou.shape
+    if num_gt == 0 or num_candidates == 0:
         return matched
-    best_candidate = iou.argmax(dim=1)
-    return matched.index_put((best_candidate,), torch.arange(num_gt, dtype=torch.int64, device=iou.device))
+    forced = bipartite_match(iou)  # (G,), distinct candidates or -1
+    # owner[a]: the GT forced onto candidate a, or -1. Every index written is distinct: a GT
+    # without a candidate writes to a slot of its own past the A candidates, dropped after.
+    gt_index = torch.arange(num_gt, dtype=torch.int64, device=iou.device)
+    slot = torch.where(forced >= 0, forced, num_candidates + gt_index)
+    owner = torch.full((num_candidates + num_gt,), -1, dtype=torch.int64, device=iou.device)
+    owner = owner.scatter(0, slot, gt_index)[:num_candidates]
+    return torch.where(owner >= 0, owner, matched)
 
 
 def mark_ignored(matched: Tensor, iou_with_ignore: Tensor, threshold: float) -> Tensor:

@@ -7,7 +7,9 @@ Conventions:
   ``generator`` argument (``None`` draws from torch's default generator of the generator's
   device, which is what torchvision's samplers do). Random numbers are drawn on the
   generator's device and results are returned on the input's device;
-- masks are ``(N,)`` bool; index results are sorted int64 positions into the input.
+- masks are ``(N,)`` bool; index results are sorted int64 positions into the input;
+- hard negative mining is deterministic (no generator): it ranks negatives by a per-candidate
+  loss given by the caller, ``(N,)`` for one image or ``(B, N)`` for a batch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "sample_hard_negatives",
+    "sample_hard_negatives_batched",
     "sample_random",
     "sample_instance_balanced_positive",
     "sample_iou_balanced_negative",
@@ -213,3 +217,64 @@ def sample_libra(
     pos_mask[chosen_pos] = True
     neg_mask[chosen_neg] = True
     return pos_mask, neg_mask
+
+
+def sample_hard_negatives_batched(
+    labels: Tensor,
+    neg_loss: Tensor,
+    neg_pos_ratio: float = 3.0,
+    min_negatives: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Hard negative mining (SSD) for a batch: ``labels`` (B, N), ``neg_loss`` (B, N) ->
+    ``(pos_mask, neg_mask)`` (B, N) bool.
+
+    Per image (row): every positive (``labels >= 1``) is kept; of the negatives
+    (``labels == 0``; ignored ``-1`` never enter) the ``k`` with the highest ``neg_loss`` are
+    kept, ``k = min(max(int(neg_pos_ratio * num_pos), min_negatives), num_negatives)``. The SSD
+    paper keeps "at most 3:1" negatives to positives (Liu et al., ECCV 2016, section 2.2),
+    hence the default ratio 3. ``neg_loss`` is typically the classification loss of each
+    candidate against the background class; only its values at negatives are read, and it is
+    only ranked, so no gradient flows through the choice.
+
+    Ties in ``neg_loss`` go to the lower index (stable sort), on every device. An image with no
+    positive keeps ``min_negatives`` negatives; the default 0 keeps none, as torchvision's
+    ``SSD.compute_loss`` does. Unlike there, the count never exceeds the negatives available,
+    so a positive or an ignored candidate is never counted as a negative.
+    """
+    if labels.shape != neg_loss.shape or labels.dim() != 2:
+        raise ValueError(
+            f"labels and neg_loss must both be (B, N), got {tuple(labels.shape)} and {tuple(neg_loss.shape)}"
+        )
+    if neg_pos_ratio < 0 or min_negatives < 0:
+        raise ValueError(f"neg_pos_ratio and min_negatives must be >= 0, got {neg_pos_ratio}, {min_negatives}")
+    positive = labels >= 1
+    negative = labels == 0
+    num_pos = positive.sum(dim=1, keepdim=True)
+    num_neg = negative.sum(dim=1, keepdim=True)
+    wanted = torch.floor(num_pos.to(torch.float64) * neg_pos_ratio).to(torch.int64)
+    k = torch.minimum(torch.clamp(wanted, min=min_negatives), num_neg)  # (B, 1)
+
+    # Rank the negatives of each row: loss descending, lower index first among equals; then
+    # move every non-negative behind them (a second stable sort), so a negative's rank is its
+    # place among the negatives only, whatever its loss (even -inf).
+    by_loss = torch.sort(neg_loss.detach(), dim=1, descending=True, stable=True).indices
+    by_kind = torch.sort((~negative.gather(1, by_loss)).to(torch.uint8), dim=1, stable=True).indices
+    order = by_loss.gather(1, by_kind)  # (B, N): negatives, hardest first, then the rest
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous())
+    neg_mask = negative & (rank < k)
+    return positive, neg_mask
+
+
+def sample_hard_negatives(
+    labels: Tensor,
+    neg_loss: Tensor,
+    neg_pos_ratio: float = 3.0,
+    min_negatives: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Hard negative mining for one image: ``labels`` (N,), ``neg_loss`` (N,) ->
+    ``(pos_mask, neg_mask)`` (N,) bool; see :func:`sample_hard_negatives_batched`."""
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be (N,), got shape {tuple(labels.shape)}")
+    pos, neg = sample_hard_negatives_batched(labels[None], neg_loss[None], neg_pos_ratio, min_negatives)
+    return pos[0], neg[0]
