@@ -2,9 +2,7 @@
 
 Everything is built by injection: the builders in ``faster_rcnn`` read a
 :class:`FasterRCNNConfig` and pass plain objects (heads, box coders, matcher settings, samplers,
-losses, scoring, post-processing) into the modules; no module reads a global config. A method
-passes the parts it replaces to :func:`build_faster_rcnn`; the box branch is a sequence of
-:class:`BoxStage` (:mod:`workbench.modeling.box_stages`).
+losses, scoring, post-processing) into the modules; no module reads a global config.
 """
 
 from workbench.modeling.anchor_generator import AnchorGenerator
@@ -20,14 +18,10 @@ from workbench.modeling.assignment import (
     assign_to_gt,
 )
 from workbench.modeling.backbones import BACKBONES, FeatureExtractor, SingleLevel, build_backbone
-from workbench.modeling.box_stages import AllCandidates, BoxSource, BoxStage, StageLoss, StageOutput
 from workbench.modeling.faster_rcnn import (
     FasterRCNN,
     FasterRCNNConfig,
     build_anchor_generator,
-    build_box_pooler,
-    build_box_postprocess,
-    build_box_stage,
     build_faster_rcnn,
     build_roi_heads,
     build_rpn,
@@ -64,12 +58,9 @@ from workbench.modeling.trace import TraceRecorder, grouped_nms
 from workbench.modeling.transform import ImageBatch, ImageTransform
 
 __all__ = [
-    "AllCandidates",
     "AnchorGenerator",
     "Assignment",
     "BACKBONES",
-    "BoxSource",
-    "BoxStage",
     "ExtraHeadOutput",
     "FastRCNNLoss",
     "FastRCNNPostprocess",
@@ -98,16 +89,11 @@ __all__ = [
     "Sampler",
     "SigmoidObjectness",
     "SingleLevel",
-    "StageLoss",
-    "StageOutput",
     "TraceRecorder",
     "TwoMLPHead",
     "assign_to_gt",
     "build_anchor_generator",
     "build_backbone",
-    "build_box_pooler",
-    "build_box_postprocess",
-    "build_box_stage",
     "build_faster_rcnn",
     "build_roi_heads",
     "build_rpn",
