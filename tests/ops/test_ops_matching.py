@@ -6,10 +6,12 @@ from workbench.ops import (
     BELOW_LOW,
     BETWEEN,
     bipartite_match,
+    bipartite_match_batched,
     box_iou,
     mark_ignored,
     match_boxes,
     match_boxes_ssd,
+    match_boxes_ssd_batched,
     ssd_anchors,
 )
 
@@ -216,6 +218,36 @@ def test_ssd_matching_does_not_depend_on_gt_or_candidate_order(seed):
     cand_perm = torch.randperm(30, generator=g)  # column j is candidate cand_perm[j]
     assert torch.equal(match_boxes_ssd(iou[:, cand_perm], 0.5), matched[cand_perm])
     assert torch.equal(cand_perm[bipartite_match(iou[:, cand_perm])], forced)
+
+
+@pytest.mark.parametrize("num_candidates", [6, 40, 500])
+@pytest.mark.parametrize("levels", [None, 4])
+def test_batched_ssd_matching_equals_per_image(num_candidates, levels):
+    # images with 0..7 GTs padded to 7; padded rows hold values that would match if read
+    counts = [3, 0, 7, 1, 5]
+    padded = torch.full((len(counts), 7, num_candidates), 0.9)
+    valid = torch.zeros(len(counts), 7, dtype=torch.bool)
+    per_image = []
+    for i, count in enumerate(counts):
+        iou = random_iou(count, num_candidates, 40 + i, levels)
+        iou[:, :2] += 0.3 * (i % 2)  # odd images: best candidates collide
+        padded[i, :count] = iou
+        valid[i, :count] = True
+        per_image.append(iou)
+    before = padded.clone()
+    matched = match_boxes_ssd_batched(padded, 0.5, gt_valid=valid)
+    assert torch.equal(padded, before)
+    assert matched.shape == (len(counts), num_candidates)
+    for i, iou in enumerate(per_image):
+        assert torch.equal(matched[i], match_boxes_ssd(iou, 0.5))
+    # rows padded with -1 need no mask in the bipartite step
+    forced = bipartite_match_batched(torch.where(valid[..., None], padded, torch.tensor(-1.0)))
+    for i, iou in enumerate(per_image):
+        assert forced[i, : counts[i]].tolist() == caffe_bipartite(iou)
+        assert bool((forced[i, counts[i] :] == -1).all())
+    with pytest.raises(ValueError):
+        match_boxes_ssd_batched(padded, 0.5, gt_valid=valid[:, :3])
+    assert match_boxes_ssd_batched(torch.zeros(2, 0, 5), 0.5).tolist() == [[BELOW_LOW] * 5] * 2
 
 
 def test_ssd_matching_does_not_mutate_input():

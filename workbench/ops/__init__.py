@@ -26,7 +26,16 @@ from workbench.ops.boxes import (
     size_at_least,
 )
 from workbench.ops.coding import DEFAULT_SCALE_CLAMP, BoxCoder
-from workbench.ops.matching import BELOW_LOW, BETWEEN, bipartite_match, mark_ignored, match_boxes, match_boxes_ssd
+from workbench.ops.matching import (
+    BELOW_LOW,
+    BETWEEN,
+    bipartite_match,
+    bipartite_match_batched,
+    mark_ignored,
+    match_boxes,
+    match_boxes_ssd,
+    match_boxes_ssd_batched,
+)
 from workbench.ops.nms import NmsLedger, nms_with_ledger
 from workbench.ops.sampling import (
     sample_hard_negatives,
@@ -45,6 +54,7 @@ __all__ = [
     "NmsLedger",
     "anchors_for_images",
     "bipartite_match",
+    "bipartite_match_batched",
     "box_area",
     "box_cxcywh_to_xyxy",
     "box_iou",
@@ -58,6 +68,7 @@ __all__ = [
     "mark_ignored",
     "match_boxes",
     "match_boxes_ssd",
+    "match_boxes_ssd_batched",
     "nms_with_ledger",
     "nondegenerate",
     "pairwise_iou",

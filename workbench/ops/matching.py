@@ -1,6 +1,7 @@
 """Matching candidates (anchors, proposals) to ground truth by an IoU matrix.
 
-Conventions: ``iou`` is ``(G, A)``: G ground-truth boxes (rows) by A candidates (columns).
+Conventions: ``iou`` is ``(G, A)``: G ground-truth boxes (rows) by A candidates (columns);
+``*_batched`` functions take ``(B, G, A)``, images padded to the same G.
 A match vector is ``(A,)`` int64 holding a GT index ``>= 0`` or one of the negative codes
 :data:`BELOW_LOW` (background) and :data:`BETWEEN` (ignored), the codes of
 ``torchvision.models.detection._utils.Matcher``.
@@ -11,7 +12,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["BELOW_LOW", "BETWEEN", "bipartite_match", "match_boxes", "match_boxes_ssd", "mark_ignored"]
+__all__ = [
+    "BELOW_LOW",
+    "BETWEEN",
+    "bipartite_match",
+    "bipartite_match_batched",
+    "mark_ignored",
+    "match_boxes",
+    "match_boxes_ssd",
+    "match_boxes_ssd_batched",
+]
 
 #: Best IoU below the low threshold: a negative (background) candidate.
 BELOW_LOW = -1
@@ -64,58 +74,84 @@ def bipartite_match(iou: Tensor) -> Tensor:
     order of evaluation: among equal IoUs the lowest candidate index wins, then the lowest GT
     index (Caffe scans candidates in the outer loop and keeps the first strict maximum, which
     is the same order). ``torch.argmax`` returns the first maximum on CPU and CUDA alike, and
-    every write touches one distinct position, so nothing relies on the winner of duplicate
-    indices in ``index_put``.
-
-    Cost: ``min(G, A)`` steps, each an argmax over a ``(K, G)`` matrix where ``K`` is at most
-    ``G * min(G, A)`` candidates (each GT's first ``min(G, A)`` candidates by IoU, the only ones
-    that can ever be its match), or all ``A`` candidates when that is fewer. No step reads a
-    value back to the host.
+    no write has a duplicate index, so nothing relies on the winner of duplicate indices in
+    ``index_put``. See :func:`bipartite_match_batched` for the cost.
     """
     if iou.dim() != 2:
         raise ValueError(f"iou must be (G, A), got shape {tuple(iou.shape)}")
-    num_gt, num_candidates = iou.shape
+    return bipartite_match_batched(iou[None])[0]
+
+
+def bipartite_match_batched(iou: Tensor) -> Tensor:
+    """:func:`bipartite_match` for B images at once: ``(B, G, A)`` -> ``(B, G)`` int64.
+
+    Images with fewer GTs are padded with rows of IoU ``<= 0`` (e.g. ``-1``): such a row never
+    matches. Row ``i`` of the result is exactly ``bipartite_match(iou[i])``.
+
+    Cost: ``min(G, A)`` steps for the whole batch, each an argmax over ``(B, K * G)`` where
+    ``K`` is at most ``G * min(G, A)`` candidates (each GT's first ``min(G, A)`` candidates by
+    IoU, the only ones that can ever be its match), or all ``A`` when that is fewer. No step
+    reads a value back to the host, so on CUDA the loop only queues kernels.
+    """
+    if iou.dim() != 3:
+        raise ValueError(f"iou must be (B, G, A), got shape {tuple(iou.shape)}")
+    batch, num_gt, num_candidates = iou.shape
     device = iou.device
-    forced = torch.full((num_gt,), -1, dtype=torch.int64, device=device)
+    forced = torch.full((batch, num_gt), -1, dtype=torch.int64, device=device)
     steps = min(num_gt, num_candidates)
-    if steps == 0:
+    if steps == 0 or batch == 0:
         return forced
 
-    # Candidate columns worth looking at, in ascending index order, each once (a repeated
-    # column is switched off). GT g's step-t match is its best free candidate, and at most
-    # t < min(G, A) candidates are taken before it, so its first min(G, A) candidates in
+    # Candidate columns worth looking at, per image in ascending index order, each once (a
+    # repeated column is switched off). GT g's step-t match is its best free candidate, and at
+    # most t < min(G, A) candidates are taken before it, so its first min(G, A) candidates in
     # (IoU descending, index ascending) order always contain it.
     if num_gt * steps < num_candidates:
         # each row's `steps` first candidates: all above its steps-th largest IoU, then those
         # equal to it by ascending index (exactly `steps` per row; topk alone orders ties freely)
-        top = torch.topk(iou, steps, dim=1).values
-        kth = top[:, -1:]
+        top = torch.topk(iou, steps, dim=2).values
+        kth = top[..., -1:]
         above = iou > kth
         at = iou == kth
-        wanted_at = steps - (top > kth).sum(dim=1, keepdim=True)  # all entries above kth are in top
-        first_at = at & (torch.cumsum(at.to(torch.int32), dim=1) <= wanted_at)
-        order = torch.topk((above | first_at).to(torch.uint8), steps, dim=1).indices
-        columns = torch.sort(order.reshape(-1)).values
+        wanted_at = steps - (top > kth).sum(dim=2, keepdim=True)  # every entry above kth is in top
+        first_at = at & (torch.cumsum(at.to(torch.int32), dim=2) <= wanted_at)
+        order = torch.topk((above | first_at).to(torch.uint8), steps, dim=2).indices  # (B, G, steps)
+        columns = torch.sort(order.reshape(batch, -1), dim=1).values  # (B, K)
         repeated = torch.zeros(columns.shape, dtype=torch.bool, device=device)
-        repeated[1:] = columns[1:] == columns[:-1]
+        repeated[:, 1:] = columns[:, 1:] == columns[:, :-1]
     else:
-        columns = torch.arange(num_candidates, device=device)
+        columns = torch.arange(num_candidates, device=device).expand(batch, num_candidates)
         repeated = torch.zeros(columns.shape, dtype=torch.bool, device=device)
+    num_columns = columns.shape[1]
 
-    # work is (K, G): row-major flat argmax = lowest candidate first, then lowest GT.
+    # work is (B, K, G): a row-major flat argmax per image = lowest candidate, then lowest GT.
     # Non-positive IoU and switched-off columns read -1 and can never be taken.
-    work = iou[:, columns].t()
-    work = torch.where((work > 0) & ~repeated[:, None], work, torch.full_like(work, -1.0)).contiguous()
-    flat = work.view(-1)  # shares storage with work: the fills below show through
+    work = torch.gather(iou, 2, columns[:, None, :].expand(batch, num_gt, num_columns)).transpose(1, 2)
+    work = torch.where((work > 0) & ~repeated[..., None], work, torch.full_like(work, -1.0))
+    flat = work.reshape(batch, num_columns * num_gt).contiguous()
+    cells = flat.view(-1)  # shares storage with flat: the fills below show through
+    forced_cells = forced.view(-1)
+    image = torch.arange(batch, device=device)
+    base = image * (num_columns * num_gt)
+    along_row = torch.arange(num_gt, device=device)
+    along_column = torch.arange(num_columns, device=device) * num_gt
     for _ in range(steps):
-        best = flat.argmax().view(1)  # (1,): kept on the device, never read back
+        best = flat.argmax(dim=1)  # (B,): kept on the device, never read back
         row = torch.div(best, num_gt, rounding_mode="floor")
         gt = best - row * num_gt
-        taken = flat.index_select(0, best) > 0
-        current = forced.index_select(0, gt)
-        forced.index_copy_(0, gt, torch.where(taken, columns.index_select(0, row), current))
-        work.index_fill_(0, row, -1.0)
-        work.index_fill_(1, gt, -1.0)
+        taken = cells.index_select(0, base + best) > 0
+        slot = image * num_gt + gt  # one per image: distinct
+        candidate = columns.gather(1, row[:, None])[:, 0]
+        forced_cells.index_copy_(0, slot, torch.where(taken, candidate, forced_cells.index_select(0, slot)))
+        # switch off the taken candidate's row and the GT's column, in every image; the only
+        # position listed twice (the taken cell) is filled with the same value
+        fill = torch.cat(
+            [
+                ((base + row * num_gt)[:, None] + along_row[None, :]).reshape(-1),
+                ((base + gt)[:, None] + along_column[None, :]).reshape(-1),
+            ]
+        )
+        cells.index_fill_(0, fill, -1.0)
     return forced
 
 
@@ -135,17 +171,37 @@ def match_boxes_ssd(iou: Tensor, threshold: float) -> Tensor:
     a duplicate index, whose winner is not defined on CUDA (the losing GT gets nothing).
     With no GT: all :data:`BELOW_LOW`.
     """
-    matched = match_boxes(iou, threshold, threshold, allow_low_quality=False)
-    num_gt, num_candidates = iou.shape
+    if iou.dim() != 2:
+        raise ValueError(f"iou must be (G, A), got shape {tuple(iou.shape)}")
+    return match_boxes_ssd_batched(iou[None], threshold)[0]
+
+
+def match_boxes_ssd_batched(iou: Tensor, threshold: float, gt_valid: Tensor | None = None) -> Tensor:
+    """:func:`match_boxes_ssd` for B images at once: ``(B, G, A)`` -> ``(B, A)`` int64.
+
+    ``gt_valid`` (B, G) bool marks the real GTs of each image when images are padded to the
+    same G; padded rows never match (their IoU is not read). Row ``i`` of the result equals
+    ``match_boxes_ssd(iou[i][gt_valid[i]], threshold)`` with GT indices into the padded rows.
+    """
+    if iou.dim() != 3:
+        raise ValueError(f"iou must be (B, G, A), got shape {tuple(iou.shape)}")
+    batch, num_gt, num_candidates = iou.shape
+    device = iou.device
     if num_gt == 0 or num_candidates == 0:
-        return matched
-    forced = bipartite_match(iou)  # (G,), distinct candidates or -1
-    # owner[a]: the GT forced onto candidate a, or -1. Every index written is distinct: a GT
+        return torch.full((batch, num_candidates), BELOW_LOW, dtype=torch.int64, device=device)
+    if gt_valid is not None:
+        if gt_valid.shape != (batch, num_gt):
+            raise ValueError(f"gt_valid must be {(batch, num_gt)}, got {tuple(gt_valid.shape)}")
+        iou = torch.where(gt_valid[..., None], iou, torch.full_like(iou, -1.0))
+    best_iou, best_gt = iou.max(dim=1)  # (B, A); the first maximum, as match_boxes
+    matched = torch.where(best_iou >= threshold, best_gt, torch.full_like(best_gt, BELOW_LOW))
+    forced = bipartite_match_batched(iou)  # (B, G): distinct candidates per image, or -1
+    # owner[b, a]: the GT forced onto candidate a, or -1. Every index written is distinct: a GT
     # without a candidate writes to a slot of its own past the A candidates, dropped after.
-    gt_index = torch.arange(num_gt, dtype=torch.int64, device=iou.device)
+    gt_index = torch.arange(num_gt, dtype=torch.int64, device=device).expand(batch, num_gt)
     slot = torch.where(forced >= 0, forced, num_candidates + gt_index)
-    owner = torch.full((num_candidates + num_gt,), -1, dtype=torch.int64, device=iou.device)
-    owner = owner.scatter(0, slot, gt_index)[:num_candidates]
+    owner = torch.full((batch, num_candidates + num_gt), -1, dtype=torch.int64, device=device)
+    owner = owner.scatter(1, slot, gt_index)[:, :num_candidates]
     return torch.where(owner >= 0, owner, matched)
 
 
