@@ -15,6 +15,16 @@ Specs ``open_dataset(spec, split)`` accepts:
     root), ``<json folder>/images``, ``<json folder>/data``, ``<json folder>``.
 ``DIR`` with ``DIR/Annotations/``, ``DIR/JPEGImages/`` and ``DIR/ImageSets/Main/<split>.txt``
     A Pascal VOC root such as ``VOCdevkit/VOC2007``.
+``DIR`` with ``DIR/<split>.json`` (one COCO JSON file per split)
+    Images found as for a lone COCO JSON file (``DIR/<split>/``, ``DIR/images/``, ...): a folder
+    holding ``images/``, ``train.json`` and ``val.json`` works as it is.
+``FILE.yaml`` (a dataset file naming one COCO JSON file per split)
+    ``train: {annotations: train.json, images: images}`` and ``val: {...}``; a top-level
+    ``images:`` serves every split that names none; relative paths are relative to the file.
+    What detectron2's ``register_coco_instances(name, {}, json, image_root)`` takes per split.
+``splits:train=TRAIN.json&val=VAL.json&images=DIR``
+    The same without a file (``--data TRAIN.json --val-data VAL.json --images DIR`` on the
+    command line writes it; :func:`split_files_spec`); ``<split>_images=DIR`` per split.
 
 Anything else is a ``DatasetError`` that says what was looked for.
 """
@@ -29,10 +39,13 @@ from workbench.data.dataset import DetectionDataset, Transform
 from workbench.errors import ConfigError, DatasetError
 
 BUILTIN_PREFIX = "builtin:"
+SPLITS_PREFIX = "splits:"
+DATASET_FILE_SUFFIXES = (".yaml", ".yml")
 SHAPES_OPTIONS = {"train": "num_train", "val": "num_val", "size": "image_size", "seed": "seed"}
 EXPECTED = (
     "expected builtin:shapes, a COCO JSON file, a COCO root (annotations/instances_<split>.json "
-    "and <split>/) or a VOC root (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)"
+    "and <split>/), a VOC root (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt) or a "
+    "dataset file (.yaml: one COCO JSON file and image folder per split)"
 )
 
 
@@ -90,6 +103,14 @@ def builtin_root(spec: str, progress: bool = True) -> Path:
 
 def _is_coco_root(path: Path) -> bool:
     return path.is_dir() and any((path / "annotations").glob("instances_*.json"))
+
+
+def _json_splits(path: Path) -> list[str]:
+    """Splits of a folder of per-split COCO JSON files (``train.json``, ``val.json``, ...)."""
+    if not path.is_dir():
+        return []
+    names = sorted(p.stem for p in path.glob("*.json"))
+    return sorted(names, key=lambda s: (0 if s.startswith("train") else 1 if s.startswith("val") else 2, s))
 
 
 def _is_voc_root(path: Path) -> bool:
@@ -152,16 +173,102 @@ def find_image_dir(ann_file: Path, split: str, data: object) -> Path:
     )
 
 
+def split_files_spec(files: dict[str, str | Path], images: str | Path | None = None) -> str:
+    """The ``splits:`` spec of one COCO JSON file per split (``{"train": ..., "val": ...}``) and
+    an optional image folder for all of them; paths are made absolute."""
+    parts = [f"{split}={Path(path).expanduser().resolve()}" for split, path in files.items()]
+    if images is not None:
+        parts.append(f"images={Path(images).expanduser().resolve()}")
+    return SPLITS_PREFIX + "&".join(parts)
+
+
+def split_files(spec: str) -> tuple[dict[str, dict[str, Path | None]], Path | None]:
+    """``split -> {"annotations": JSON path, "images": folder or None}`` of a dataset file or a
+    ``splits:`` spec, and where it was read from (``None`` for a spec string)."""
+    if spec.startswith(SPLITS_PREFIX):
+        entries: dict[str, dict[str, object]] = {}
+        shared = None
+        for key, value in parse_qsl(spec[len(SPLITS_PREFIX):], keep_blank_values=True):
+            if key == "images":
+                shared = value
+            elif key.endswith("_images"):
+                entries.setdefault(key[: -len("_images")], {})["images"] = value
+            else:
+                entries.setdefault(key, {})["annotations"] = value
+        return _split_entries(entries, shared, Path.cwd(), spec), None
+    path = Path(spec).expanduser()
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DatasetError(f"cannot read the dataset file ({type(exc).__name__}: {exc})", path=path) from None
+    if not isinstance(data, dict):
+        raise DatasetError("a dataset file maps split names to {annotations: FILE.json, images: DIR}", path=path)
+    data = dict(data)
+    shared = data.pop("images", None)
+    entries = {}
+    for split, entry in data.items():
+        if isinstance(entry, str):
+            entry = {"annotations": entry}
+        if not isinstance(entry, dict):
+            raise DatasetError(f"split '{split}': expected {{annotations: FILE.json, images: DIR}}", path=path)
+        entries[str(split)] = entry
+    return _split_entries(entries, shared, path.parent, path), path
+
+
+def _split_entries(entries: dict, shared: object, base: Path, where: object) -> dict[str, dict[str, Path | None]]:
+    out = {}
+    for split, entry in entries.items():
+        unknown = set(entry) - {"annotations", "images"}
+        if unknown or "annotations" not in entry:
+            raise DatasetError(
+                f"split '{split}' needs 'annotations' (a COCO JSON file) and may have 'images'"
+                + (f"; unknown keys: {', '.join(sorted(unknown))}" if unknown else ""),
+                path=Path(str(where)),
+            )
+        images = entry.get("images", shared)
+        out[split] = {
+            "annotations": base / Path(str(entry["annotations"])).expanduser(),
+            "images": None if images is None else base / Path(str(images)).expanduser(),
+        }
+    if not out:
+        raise DatasetError("names no split", path=Path(str(where)))
+    return out
+
+
+def _is_split_files(spec: str) -> bool:
+    return spec.startswith(SPLITS_PREFIX) or Path(spec).suffix.lower() in DATASET_FILE_SUFFIXES
+
+
+def _split_file_source(spec: str, split: str) -> DataSource:
+    entries, origin = split_files(spec)
+    if split not in entries:
+        raise DatasetError(
+            f"no split '{split}' (splits: {', '.join(entries)})", path=origin or Path(spec[len(SPLITS_PREFIX):])
+        )
+    ann_file, image_dir = entries[split]["annotations"], entries[split]["images"]
+    if not ann_file.is_file():
+        raise DatasetError(f"split '{split}': no such annotation file", path=ann_file)
+    if image_dir is not None and not image_dir.is_dir():
+        raise DatasetError(f"split '{split}': no such image folder", path=image_dir)
+    return DataSource("coco", split, ann_file=ann_file, image_dir=image_dir)
+
+
 def resolve_source(spec: str, split: str, image_dir: str | Path | None = None, progress: bool = True) -> DataSource:
     """Where split ``split`` of ``spec`` lives (see the module doc for the spec formats).
 
     ``progress`` shows a progress bar when a built-in dataset is generated."""
     if spec.startswith(BUILTIN_PREFIX):
         return _coco_root_source(builtin_root(spec, progress), split)
+    if spec.startswith(SPLITS_PREFIX):
+        return _split_file_source(spec, split)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DatasetError(f"no such file or folder; {EXPECTED}", path=path)
     if path.is_file():
+        if path.suffix.lower() in DATASET_FILE_SUFFIXES:
+            return _split_file_source(spec, split)
         if path.suffix.lower() != ".json":
             raise DatasetError(f"not a JSON file; {EXPECTED}", path=path)
         return DataSource("coco", split, ann_file=path, image_dir=Path(image_dir) if image_dir else None)
@@ -169,6 +276,12 @@ def resolve_source(spec: str, split: str, image_dir: str | Path | None = None, p
         return _coco_root_source(path, split)
     if _is_voc_root(path):
         return DataSource("voc", split, root=path)
+    if _json_splits(path):
+        ann_file = path / f"{split}.json"
+        if not ann_file.is_file():
+            raise DatasetError(f"no annotations for split '{split}' (splits found: {', '.join(_json_splits(path))})",
+                               path=ann_file)
+        return DataSource("coco", split, ann_file=ann_file, image_dir=Path(image_dir) if image_dir else None)
     raise DatasetError(f"not a dataset folder; {EXPECTED}", path=path)
 
 
@@ -178,6 +291,9 @@ def list_sources(spec: str, image_dir: str | Path | None = None, progress: bool 
     if spec.startswith(BUILTIN_PREFIX):
         root = builtin_root(spec, progress)
         return [_coco_root_source(root, s) for s in coco_root_splits(root)]
+    if _is_split_files(spec):
+        entries, _ = split_files(spec)
+        return [_split_file_source(spec, s) for s in entries]
     path = Path(spec).expanduser()
     if path.is_dir() and _is_coco_root(path):
         return [_coco_root_source(path, s) for s in coco_root_splits(path)]
@@ -186,6 +302,8 @@ def list_sources(spec: str, image_dir: str | Path | None = None, progress: bool 
         if not splits:
             raise DatasetError("no split files (<split>.txt)", path=path / "ImageSets" / "Main")
         return [DataSource("voc", s, root=path) for s in splits]
+    if _json_splits(path):
+        return [resolve_source(spec, s, image_dir) for s in _json_splits(path)]
     stem = path.stem
     split = stem[len("instances_") :] if stem.startswith("instances_") else stem
     return [resolve_source(spec, split, image_dir)]

@@ -12,7 +12,8 @@ Conventions:
 
 Weights: ``weights=None`` builds a randomly initialised network. A string is either the name of a
 member of the torchvision weights enum of that network (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...;
-torchvision downloads the file or finds it in ``$TORCH_HOME/hub/checkpoints/``) or the path of a
+found in torchvision's cache, in a registry package that ships the same file, or downloaded:
+:mod:`workbench.modeling.weights`) or the path of a
 local ``.pth`` file holding the classification network's state dict (optionally wrapped in
 ``{"state_dict": ...}`` or ``{"model": ...}``).
 """
@@ -34,6 +35,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from workbench.errors import ConfigError
+from workbench.modeling.weights import load_weights_state_dict
 
 BACKBONES = ("resnet50_fpn", "resnet18_fpn", "mobilenet_v2_fpn", "vgg16")
 
@@ -151,11 +153,12 @@ def _classification_network(name: str, weights: str | None, norm: str = "frozen_
         raise ConfigError(f"unknown backbone norm {norm!r}; choose one of {', '.join(NORM_LAYERS)}")
     kwargs = {"norm_layer": NORM_LAYERS[norm]} if spec.uses_batch_norm else {}
     resolved = _resolve_weights(name, weights)
+    network = spec.constructor(weights=None, **kwargs)
     if isinstance(resolved, Path):
-        network = spec.constructor(weights=None, **kwargs)
         _load_file(network, resolved)
-        return network
-    return spec.constructor(weights=resolved, **kwargs)
+    elif resolved is not None:
+        network.load_state_dict(load_weights_state_dict(resolved))
+    return network
 
 
 def _vgg16_features(weights: str | None) -> nn.Sequential:
@@ -170,7 +173,7 @@ def _vgg16_features(weights: str | None) -> nn.Sequential:
     elif isinstance(resolved, Path):
         _load_file(features, resolved, prefix="features.")
     else:
-        state = resolved.get_state_dict(progress=True)
+        state = load_weights_state_dict(resolved)
         features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
     return features
 
@@ -202,16 +205,14 @@ def _resnet_fpn(
     """ResNet stages ``returned_layers`` (1..4, strides 4..32) + FPN + a max-pooled extra level.
 
     Levels are named ``"0", "1", ...`` in order, then ``"pool"`` (torchvision's naming)."""
-    if not returned_layers or any(k not in (1, 2, 3, 4) for k in returned_layers) or list(returned_layers) != sorted(set(returned_layers)):
-        raise ConfigError(f"returned_layers must be increasing stage numbers in 1..4, got {returned_layers}")
+    _check_returned_layers(returned_layers)
     network = _classification_network(name, weights, norm)
     _freeze_resnet(network, trainable_layers)
     stage_channels = [_block_out(getattr(network, f"layer{k}")) for k in returned_layers]
     return_layers = {f"layer{k}": str(i) for i, k in enumerate(returned_layers)}
     body = IntermediateLayerGetter(network, return_layers=return_layers)
     neck = FeaturePyramidNetwork(stage_channels, out_channels, extra_blocks=LastLevelMaxPool())
-    names = tuple(str(i) for i in range(len(returned_layers))) + ("pool",)
-    strides = tuple(2 ** (k + 1) for k in returned_layers) + (2 ** (returned_layers[-1] + 2),)
+    names, strides = _fpn_levels(returned_layers)
     return FeatureExtractor(body, neck, out_channels, names, strides)
 
 
@@ -226,7 +227,26 @@ def _block_out(layer: nn.Sequential) -> int:
 _MOBILENET_V2_RETURN = ("3", "6", "13", "18")
 
 
-def _mobilenet_v2_fpn(weights: str | None, trainable_layers: int, out_channels: int, norm: str = "frozen_bn") -> FeatureExtractor:
+def _check_returned_layers(returned_layers: tuple[int, ...]) -> None:
+    if not returned_layers or any(k not in (1, 2, 3, 4) for k in returned_layers) or list(returned_layers) != sorted(set(returned_layers)):
+        raise ConfigError(f"returned_layers must be increasing stage numbers in 1..4, got {returned_layers}")
+
+
+def _fpn_levels(returned_layers: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Names and strides of the FPN levels over stages ``returned_layers`` plus the pooled level."""
+    names = tuple(str(i) for i in range(len(returned_layers))) + ("pool",)
+    strides = tuple(2 ** (k + 1) for k in returned_layers) + (2 ** (returned_layers[-1] + 2),)
+    return names, strides
+
+
+def _mobilenet_v2_fpn(
+    weights: str | None,
+    trainable_layers: int,
+    out_channels: int,
+    norm: str = "frozen_bn",
+    returned_layers: tuple[int, ...] = (1, 2, 3, 4),
+) -> FeatureExtractor:
+    _check_returned_layers(returned_layers)
     features = _classification_network("mobilenet_v2_fpn", weights, norm).features
     # Stage starts: the stem, every strided block, and the last 1x1 conv (as torchvision counts).
     starts = [0] + [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)] + [len(features) - 1]
@@ -234,10 +254,15 @@ def _mobilenet_v2_fpn(weights: str | None, trainable_layers: int, out_channels: 
     for block in features[:freeze_before]:
         for parameter in block.parameters():
             parameter.requires_grad_(False)
-    channels = [_last_out_channels(features[int(i)]) for i in _MOBILENET_V2_RETURN]
-    body = IntermediateLayerGetter(features, return_layers={k: str(i) for i, k in enumerate(_MOBILENET_V2_RETURN)})
+    blocks = [_MOBILENET_V2_RETURN[k - 1] for k in returned_layers]
+    channels = [_last_out_channels(features[int(i)]) for i in blocks]
+    # Blocks after the last returned one never reach an output: leave them out of the body.
+    body = IntermediateLayerGetter(
+        features[: int(blocks[-1]) + 1], return_layers={k: str(i) for i, k in enumerate(blocks)}
+    )
     neck = FeaturePyramidNetwork(channels, out_channels, extra_blocks=LastLevelMaxPool())
-    return FeatureExtractor(body, neck, out_channels, ("0", "1", "2", "3", "pool"), (4, 8, 16, 32, 64))
+    names, strides = _fpn_levels(returned_layers)
+    return FeatureExtractor(body, neck, out_channels, names, strides)
 
 
 def _last_out_channels(module: nn.Module) -> int:
@@ -281,7 +306,8 @@ def build_backbone(
     - ``norm`` (batch-norm backbones): ``frozen_bn`` (with pretrained weights) or ``bn``
       (trainable batch norm, for training from scratch);
     - ``mobilenet_v2_fpn``: MobileNetV2 blocks 3, 6, 13, 18 (strides 4..32) + FPN + P6, same
-      levels as the ResNet FPNs; ``trainable_layers`` in [0, 6] (stages as torchvision counts them);
+      levels as the ResNet FPNs (``returned_layers`` picks among them the same way);
+      ``trainable_layers`` in [0, 6] (stages as torchvision counts them);
     - ``vgg16``: VGG-16 up to conv5_3 (+ ReLU), one level ``0`` at stride 16 with 512 channels;
       ``trainable_layers`` in [0, 5] conv blocks counted from conv5 (3 freezes conv1 and conv2).
     """
@@ -291,5 +317,5 @@ def build_backbone(
     if name in ("resnet50_fpn", "resnet18_fpn"):
         return _resnet_fpn(name, weights, trainable_layers, fpn_channels, norm, returned_layers)
     if name == "mobilenet_v2_fpn":
-        return _mobilenet_v2_fpn(weights, trainable_layers, fpn_channels, norm)
+        return _mobilenet_v2_fpn(weights, trainable_layers, fpn_channels, norm, returned_layers)
     return _vgg16(weights, trainable_layers)
