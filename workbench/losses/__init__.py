@@ -4,6 +4,7 @@ Each loss returns an unreduced tensor; :func:`reduce_loss` weights and normalise
 """
 
 from workbench.losses.basic import binary_cross_entropy_with_logits, cross_entropy, l1, smooth_l1
+from workbench.losses.focal import sigmoid_focal_loss
 from workbench.losses.kl import kl_rpn_loss
 from workbench.losses.reduction import reduce_loss
 
@@ -13,5 +14,6 @@ __all__ = [
     "kl_rpn_loss",
     "l1",
     "reduce_loss",
+    "sigmoid_focal_loss",
     "smooth_l1",
 ]

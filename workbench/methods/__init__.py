@@ -20,6 +20,8 @@ from workbench.errors import ConfigError
 METHODS: dict[str, str] = {
     "faster_rcnn": "workbench.methods.faster_rcnn",
     "kl_rpn": "workbench.methods.kl_rpn",
+    "retinanet": "workbench.methods.retinanet",
+    "ssd": "workbench.methods.ssd",
 }
 
 

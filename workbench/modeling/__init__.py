@@ -54,10 +54,48 @@ from workbench.modeling.torchvision_compat import (
     convert_torchvision_state_dict,
     load_torchvision_faster_rcnn,
 )
+from workbench.modeling.dense import (
+    AllAnchors,
+    DenseDetector,
+    DenseTargets,
+    FocalLoss,
+    SigmoidPostprocess,
+    SoftmaxLoss,
+    SoftmaxPostprocess,
+)
+from workbench.modeling.retinanet import RetinaNetConfig, RetinaNetHead, build_retinanet
+from workbench.modeling.ssd import DefaultBoxes, FixedSizeTransform, L2Norm, SSDConfig, SSDHead, SSDVGG, build_ssd
+from workbench.modeling.torchvision_dense import (
+    load_torchvision_retinanet,
+    load_torchvision_ssd,
+    retinanet_config_from_torchvision,
+    ssd_config_from_torchvision,
+)
 from workbench.modeling.trace import TraceRecorder, grouped_nms
 from workbench.modeling.transform import ImageBatch, ImageTransform
 
 __all__ = [
+    "AllAnchors",
+    "DenseDetector",
+    "DenseTargets",
+    "FocalLoss",
+    "SigmoidPostprocess",
+    "SoftmaxLoss",
+    "SoftmaxPostprocess",
+    "RetinaNetConfig",
+    "RetinaNetHead",
+    "build_retinanet",
+    "DefaultBoxes",
+    "FixedSizeTransform",
+    "L2Norm",
+    "SSDConfig",
+    "SSDHead",
+    "SSDVGG",
+    "build_ssd",
+    "load_torchvision_retinanet",
+    "load_torchvision_ssd",
+    "retinanet_config_from_torchvision",
+    "ssd_config_from_torchvision",
     "AnchorGenerator",
     "Assignment",
     "BACKBONES",

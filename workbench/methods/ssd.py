@@ -1,0 +1,123 @@
+"""SSD, the single-stage baseline of RefineDet (Liu et al., ECCV 2016).
+
+Presets:
+- ``ssd300_voc`` / ``ssd512_voc``: VGG-16 (torchvision's ``IMAGENET1K_FEATURES`` weights, the
+  Caffe-normalised VGG that torchvision's SSD starts from), the authors' VOC default boxes
+  (Caffe ``ssd_pascal.py`` / ``ssd_pascal_512.py``), the SSD training augmentation, and the
+  paper's schedule: SGD, lr 1e-3 for a batch of 32, momentum 0.9, weight decay 5e-4, 120k
+  iterations with lr x0.1 at 80k and 100k. Expressed in epochs of VOC07+12 trainval (16,551
+  images): 120,000 x 32 / 16,551 = 232 epochs, milestones 80,000 x 32 / 16,551 = 154.7 -> 155
+  and 100,000 x 32 / 16,551 = 193.3 -> 193. Judged by VOC07 mAP;
+- ``tiny``: a VGG-16 with a quarter of the channels, from scratch, on 256 px images with five
+  source levels (strides 8..128); runs on the CPU, not tuned for accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
+from workbench.methods import SINGLE_STAGE_VIEWS, Method
+from workbench.modeling.dense import DenseDetector
+from workbench.modeling.ssd import (
+    SSD300_VOC_SCALES,
+    SSD512_EXTRAS,
+    SSD512_RATIOS,
+    SSD512_STEPS,
+    SSD512_VOC_SCALES,
+    SSD_MEAN,
+    SSDConfig,
+    build_ssd,
+)
+
+#: VOC07+12 trainval images, the unit the paper's iteration schedule is converted with.
+VOC0712_TRAIN_IMAGES = 16551
+
+
+def build_model(cfg: SSDConfig, num_classes: int) -> DenseDetector:
+    """``num_classes`` counts the foreground classes of the dataset (the model adds background)."""
+    return build_ssd(dataclasses.replace(cfg, num_classes=num_classes))
+
+
+def train_transforms(cfg: TrainConfig):
+    """The SSD augmentation (photometric distortion, expand onto the mean, min-IoU crop, flip);
+    the model resizes to its fixed input size afterwards."""
+    from workbench.data.transforms import ssd_train_transform
+
+    fill = tuple(255.0 * m for m in cfg.model.image_mean)
+    return ssd_train_transform(None, mean_fill=fill, flip_p=cfg.data.hflip_prob)
+
+
+def _epochs(iterations: int, batch: int = 32) -> int:
+    return round(iterations * batch / VOC0712_TRAIN_IMAGES)
+
+
+def _voc_schedule() -> tuple[OptimizerConfig, ScheduleConfig]:
+    optimizer = OptimizerConfig(name="sgd", lr=1e-3, reference_batch_size=32, momentum=0.9, weight_decay=5e-4)
+    schedule = ScheduleConfig(
+        epochs=_epochs(120_000), warmup_iters=0, decay="step", milestones=(_epochs(80_000), _epochs(100_000)),
+    )
+    return optimizer, schedule
+
+
+def _voc_data() -> DataConfig:
+    """Point ``spec`` at a VOC07+12 trainval dataset; evaluation on VOC2007 test."""
+    return DataConfig(spec="VOCdevkit/VOC2007", train_split="trainval", val_split="test")
+
+
+def ssd300_voc() -> TrainConfig:
+    optimizer, schedule = _voc_schedule()
+    model = SSDConfig(backbone_weights="IMAGENET1K_FEATURES", trainable_backbone_layers=4, num_classes=20,
+                      anchor_scales=SSD300_VOC_SCALES)
+    return TrainConfig(method="ssd", preset="ssd300_voc", model=model, data=_voc_data(), optimizer=optimizer,
+                       schedule=schedule, batch_size=32, metric="voc07")
+
+
+def ssd512_voc() -> TrainConfig:
+    optimizer, schedule = _voc_schedule()
+    model = SSDConfig(
+        backbone_weights="IMAGENET1K_FEATURES", trainable_backbone_layers=4, num_classes=20, size=512,
+        extra_layers=SSD512_EXTRAS, anchor_aspect_ratios=SSD512_RATIOS, anchor_scales=SSD512_VOC_SCALES,
+        anchor_steps=SSD512_STEPS,
+    )
+    return TrainConfig(method="ssd", preset="ssd512_voc", model=model, data=_voc_data(), optimizer=optimizer,
+                       schedule=schedule, batch_size=32, metric="voc07")
+
+
+def tiny_model() -> SSDConfig:
+    """A quarter-width VGG-16 SSD at 256 px: source maps 32, 16, 8, 4, 2 (strides 8..128)."""
+    return SSDConfig(
+        width=0.25,
+        size=256,
+        extra_layers=((256, 512, 3, 2, 1), (128, 256, 3, 2, 1), (128, 256, 3, 2, 1)),
+        anchor_aspect_ratios=((2.0,), (2.0, 3.0), (2.0, 3.0), (2.0,), (2.0,)),
+        anchor_scales=(0.06, 0.12, 0.25, 0.4, 0.6, 0.8),
+        anchor_steps=(8, 16, 32, 64, 128),
+        image_mean=SSD_MEAN,
+        detections_per_img=100,
+    )
+
+
+def tiny() -> TrainConfig:
+    return TrainConfig(
+        method="ssd",
+        preset="tiny",
+        model=tiny_model(),
+        data=DataConfig(spec="builtin:shapes"),
+        optimizer=OptimizerConfig(name="adamw", lr=1e-3, reference_batch_size=4, weight_decay=5e-4,
+                                  grad_clip_norm=10.0),
+        schedule=ScheduleConfig(epochs=3, warmup_iters=50, warmup_factor=1e-2, decay="cosine"),
+        batch_size=4,
+        log_every_steps=20,
+    )
+
+
+METHOD = Method(
+    name="ssd",
+    description="SSD (VGG-16 with L2-normalised conv4_3, extra layers, hard negative mining)",
+    model_config_type=SSDConfig,
+    build_model=build_model,
+    presets={"tiny": tiny, "ssd300_voc": ssd300_voc, "ssd512_voc": ssd512_voc},
+    train_transforms=train_transforms,
+    record_views=SINGLE_STAGE_VIEWS,
+)

@@ -1,0 +1,469 @@
+"""Single-stage ("dense") detectors: one assembly for SSD, RetinaNet and their descendants.
+
+transform -> backbone (+ necks) -> dense head -> anchors -> (with targets) matcher, sampler,
+loss -> (evaluation) post-processing with every NMS through the ledger. Each part is injected;
+the assembly returns the same :class:`DetectorOutput` as the two-stage detector.
+
+Conventions:
+- ``N`` images, level ``l`` of size ``H_l x W_l`` with ``A_l`` anchors per location,
+  ``A = sum_l A_l H_l W_l`` anchors per image, in (level, y, x, anchor) order;
+- the head maps the list of feature maps to ``name -> [per level (N, A_l * C, H_l, W_l)]``;
+  the baselines' names are ``cls_logits`` (C = classes) and ``deltas`` (C = 4, box-coder
+  offsets to the anchor). The RPN's :func:`~workbench.modeling.rpn.flatten_levels` turns each
+  into ``(N, A, C)``;
+- the anchor generator is called ``anchor_generator(padded_size, feature_sizes, dtype=,
+  device=) -> [per level (A_l H_l W_l, 4)]`` (xyxy, network-input pixels) and reports
+  ``num_anchors_per_location()`` (the RPN's :class:`AnchorGenerator`, or SSD's default boxes);
+- training: per image the matcher gives an :class:`Assignment` (labels ``c > 0`` / ``0`` /
+  ``-1``); the loss object's :meth:`DenseLoss.classification` gives each anchor's
+  classification loss (N, A); the sampler sees it (``losses=``, hard negative mining ranks by
+  it) and returns the anchors that enter the loss; the loss object reduces over them and
+  returns ``loss_<stage>_<kind>`` scalars;
+- evaluation: the post-processing object turns the flat outputs into :class:`Detections` in
+  network-input pixels (the detector maps them to original pixels).
+
+Trace records (names from :mod:`workbench.records`, the same as the two-stage detector's):
+``ANCHORS`` (``boxes``, ``levels``); ``FINAL_CANDIDATES`` (``boxes``, ``scores``, ``labels``,
+``levels``, ``anchor_index``: the scored, decoded boxes that enter the final NMS); ``FINAL_NMS``
+(the ledger of the final class-wise NMS); ``DETECTIONS``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workbench import records as R
+from workbench.losses import cross_entropy, l1, reduce_loss, smooth_l1
+from workbench.losses.focal import sigmoid_focal_loss
+from workbench.modeling.assignment import Assignment, Matcher, Sampler
+from workbench.modeling.faster_rcnn import check_targets, to_original
+from workbench.modeling.rpn import flatten_levels
+from workbench.modeling.trace import TraceRecorder, grouped_nms
+from workbench.modeling.transform import ImageBatch
+from workbench.ops import BoxCoder, clip_boxes
+from workbench.structures import Detections, DetectorOutput
+
+
+
+@dataclass
+class DenseTargets:
+    """Training targets of a batch: ``labels`` (N, A) int64 (``c > 0`` / ``0`` / ``-1``),
+    ``box_targets`` (N, A, 4) encoded offsets to the matched GT (zeros where not positive),
+    ``positive`` / ``negative`` (N, A) bool: the anchors the sampler chose, and the
+    per-image :class:`Assignment` they come from."""
+
+    labels: Tensor
+    box_targets: Tensor
+    positive: Tensor
+    negative: Tensor
+    assignments: list[Assignment]
+
+
+class DenseLoss(Protocol):
+    """Loss of a dense head, in two steps so that a sampler can rank anchors by the first."""
+
+    def classification(self, preds: Mapping[str, Tensor], labels: Tensor) -> Tensor:
+        """Flat outputs ``(N, A, C)`` by name and labels (N, A) -> per-anchor loss (N, A)
+        (any value where the label is ``-1``)."""
+        ...
+
+    def __call__(self, preds: Mapping[str, Tensor], cls_loss: Tensor, targets: DenseTargets) -> dict[str, Tensor]:
+        """Reduce over the sampled anchors -> ``loss_<stage>_<kind>`` scalars."""
+        ...
+
+
+class DensePostprocess(Protocol):
+    def __call__(
+        self,
+        preds: Mapping[str, Tensor],
+        anchors: Tensor,
+        level_counts: Sequence[int],
+        image_sizes: Sequence[tuple[int, int]],
+        recorder: TraceRecorder | None = None,
+    ) -> list[Detections]:
+        """Flat outputs (N, A, C) by name, anchors (A, 4), anchors per level -> detections per
+        image in network-input pixels."""
+        ...
+
+
+@dataclass(frozen=True)
+class AllAnchors:
+    """Sampler that keeps every positive and every negative (RetinaNet: the focal loss does the
+    balancing); ignored anchors (``-1``) stay out. ``generator`` and ``losses`` are not used."""
+
+    def __call__(
+        self, assignment: Assignment, generator: torch.Generator | None = None, losses: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return assignment.labels > 0, assignment.labels == 0
+
+
+@dataclass(frozen=True)
+class FocalLoss:
+    """RetinaNet's loss: sigmoid focal loss over every class column of the sampled anchors and
+    ``box_loss`` (L1 in torchvision's RetinaNet) on the positives' offsets, both normalised by
+    the number of positives.
+
+    ``first_label`` is the label of logit column 0: ``1`` (the workbench layout, one column per
+    foreground class) or ``0`` (torchvision's layout, whose column 0 stands for the background
+    and is never a positive's target). ``normalize``: ``"image"`` divides each image's sum by its
+    own positives and averages over the images (torchvision); ``"batch"`` divides the batch sum
+    by the batch's positives.
+    """
+
+    alpha: float = 0.25
+    gamma: float = 2.0
+    box_loss: Callable[[Tensor, Tensor], Tensor] = l1
+    first_label: int = 1
+    normalize: str = "image"
+    stage: str = "dense"
+    cls_weight: float = 1.0
+    box_weight: float = 1.0
+
+    def classification(self, preds: Mapping[str, Tensor], labels: Tensor) -> Tensor:
+        logits = preds["cls_logits"]
+        columns = torch.arange(logits.shape[-1], device=logits.device) + self.first_label
+        labels = labels[..., None]
+        target = ((labels == columns) & (labels > 0)).to(logits.dtype)  # background / ignored: all zeros
+        return sigmoid_focal_loss(logits, target, self.alpha, self.gamma).sum(dim=-1)
+
+    def __call__(self, preds: Mapping[str, Tensor], cls_loss: Tensor, targets: DenseTargets) -> dict[str, Tensor]:
+        return _reduce_dense(preds, cls_loss, targets, self.box_loss, self.normalize, self.stage,
+                             self.cls_weight, self.box_weight)
+
+
+@dataclass(frozen=True)
+class SoftmaxLoss:
+    """SSD's loss: softmax cross-entropy (column 0 the background) over the sampled anchors
+    (every positive and the mined negatives) and ``box_loss`` (smooth L1, beta 1) on the
+    positives' offsets, both divided by the number of positives (``normalize="batch"``, as
+    SSD: Liu et al., ECCV 2016, eq. 1, and torchvision's ``SSD.compute_loss``)."""
+
+    box_loss: Callable[[Tensor, Tensor], Tensor] = functools.partial(smooth_l1, beta=1.0)
+    normalize: str = "batch"
+    stage: str = "dense"
+    cls_weight: float = 1.0
+    box_weight: float = 1.0
+
+    def classification(self, preds: Mapping[str, Tensor], labels: Tensor) -> Tensor:
+        logits = preds["cls_logits"]
+        flat = logits.reshape(-1, logits.shape[-1])
+        return cross_entropy(flat, labels.clamp(min=0).reshape(-1)).view(labels.shape)
+
+    def __call__(self, preds: Mapping[str, Tensor], cls_loss: Tensor, targets: DenseTargets) -> dict[str, Tensor]:
+        return _reduce_dense(preds, cls_loss, targets, self.box_loss, self.normalize, self.stage,
+                             self.cls_weight, self.box_weight)
+
+
+def _reduce_dense(
+    preds: Mapping[str, Tensor],
+    cls_loss: Tensor,
+    targets: DenseTargets,
+    box_loss: Callable[[Tensor, Tensor], Tensor],
+    normalize: str,
+    stage: str,
+    cls_weight: float,
+    box_weight: float,
+) -> dict[str, Tensor]:
+    """Classification loss summed over the sampled anchors, ``box_loss`` summed over the
+    positives' offsets (computed on the positives only), both normalised by the positives per
+    image and averaged over the images (``"image"``) or by the batch's positives (``"batch"``).
+    Unsampled anchors are masked with ``torch.where``, so their values (even non-finite) never
+    reach the loss or its gradient."""
+    positive = targets.positive
+    sampled = positive | targets.negative
+    cls_loss = torch.where(sampled, cls_loss, torch.zeros_like(cls_loss))
+    image, anchor = torch.where(positive)
+    box = box_loss(preds["deltas"][image, anchor], targets.box_targets[image, anchor]).sum(dim=-1)
+    if normalize == "image":
+        num_images = positive.shape[0]
+        num_pos = positive.sum(dim=1).clamp(min=1).to(cls_loss.dtype)
+        box_per_image = torch.zeros(num_images, dtype=box.dtype, device=box.device).index_add(0, image, box)
+        cls = (cls_loss.sum(dim=1) / num_pos).mean()
+        box_total = (box_per_image / num_pos).mean()
+    elif normalize == "batch":
+        num_pos = max(int(positive.sum()), 1)
+        cls = reduce_loss(cls_loss, reduction="mean", avg_factor=num_pos)
+        box_total = reduce_loss(box, reduction="mean", avg_factor=num_pos)
+    else:
+        raise ValueError(f"normalize must be 'image' or 'batch', got {normalize!r}")
+    return {f"loss_{stage}_cls": cls * cls_weight, f"loss_{stage}_box": box_total * box_weight}
+
+
+def _record_candidates(
+    recorder: TraceRecorder | None,
+    image_index: int,
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    levels: Tensor,
+    anchor_index: Tensor,
+) -> None:
+    if recorder is not None:
+        recorder.put(
+            image_index, R.FINAL_CANDIDATES, boxes=boxes, scores=scores, labels=labels, levels=levels,
+            anchor_index=anchor_index,
+        )
+
+
+def _finish(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    anchor_index: Tensor,
+    nms_thresh: float,
+    detections_per_image: int,
+    with_anchor_index: bool,
+    recorder: TraceRecorder | None,
+    image_index: int,
+) -> Detections:
+    """Class-wise NMS through the ledger and the top-``detections_per_image`` cut."""
+    keep = grouped_nms(boxes, scores, labels, nms_thresh, recorder, image_index, R.FINAL_NMS)
+    keep = keep[:detections_per_image]
+    extras = {"anchor_index": anchor_index[keep]} if with_anchor_index else {}
+    return Detections(boxes[keep], scores[keep], labels[keep], extras)
+
+
+@dataclass(frozen=True)
+class SigmoidPostprocess:
+    """RetinaNet's post-processing (torchvision ``RetinaNet.postprocess_detections``): per image
+    and level, sigmoid scores of every (anchor, class) pair, those above ``score_thresh``
+    (strict), the ``topk_candidates`` best of them, decoded and clipped; then class-wise NMS over
+    the levels together and the ``detections_per_image`` best. ``first_label``: see
+    :class:`FocalLoss`. ``with_anchor_index`` adds ``extras["anchor_index"]`` (the anchor each
+    detection came from)."""
+
+    box_coder: BoxCoder
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000
+    nms_thresh: float = 0.5
+    detections_per_image: int = 300
+    first_label: int = 1
+    with_anchor_index: bool = False
+
+    def __call__(
+        self,
+        preds: Mapping[str, Tensor],
+        anchors: Tensor,
+        level_counts: Sequence[int],
+        image_sizes: Sequence[tuple[int, int]],
+        recorder: TraceRecorder | None = None,
+    ) -> list[Detections]:
+        logits, deltas = preds["cls_logits"], preds["deltas"]
+        num_classes = logits.shape[-1]
+        out = []
+        for i, image_size in enumerate(image_sizes):
+            boxes_l, scores_l, labels_l, levels_l, index_l = [], [], [], [], []
+            offset = 0
+            for level, count in enumerate(level_counts):
+                scores = torch.sigmoid(logits[i, offset:offset + count]).flatten()
+                keep = scores > self.score_thresh
+                scores = scores[keep]
+                flat_index = torch.where(keep)[0]
+                scores, order = scores.topk(min(self.topk_candidates, int(flat_index.shape[0])))
+                flat_index = flat_index[order]
+                anchor_index = torch.div(flat_index, num_classes, rounding_mode="floor") + offset
+                boxes = self.box_coder.decode(deltas[i, anchor_index], anchors[anchor_index])
+                boxes_l.append(clip_boxes(boxes, image_size))
+                scores_l.append(scores)
+                labels_l.append(flat_index % num_classes + self.first_label)
+                levels_l.append(torch.full_like(flat_index, level))
+                index_l.append(anchor_index)
+                offset += count
+            boxes, scores, labels = torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l)
+            anchor_index = torch.cat(index_l)
+            _record_candidates(recorder, i, boxes, scores, labels, torch.cat(levels_l), anchor_index)
+            out.append(_finish(boxes, scores, labels, anchor_index, self.nms_thresh, self.detections_per_image,
+                               self.with_anchor_index, recorder, i))
+        return out
+
+
+@dataclass(frozen=True)
+class SoftmaxPostprocess:
+    """SSD's post-processing (torchvision ``SSD.postprocess_detections``): per image, softmax
+    scores (column 0 the background), every anchor decoded and clipped; per foreground class
+    the anchors scoring above ``score_thresh`` (strict), the ``topk_candidates`` best of them;
+    then class-wise NMS and the ``detections_per_image`` best."""
+
+    box_coder: BoxCoder
+    score_thresh: float = 0.01
+    topk_candidates: int = 400
+    nms_thresh: float = 0.45
+    detections_per_image: int = 200
+    with_anchor_index: bool = False
+
+    def __call__(
+        self,
+        preds: Mapping[str, Tensor],
+        anchors: Tensor,
+        level_counts: Sequence[int],
+        image_sizes: Sequence[tuple[int, int]],
+        recorder: TraceRecorder | None = None,
+    ) -> list[Detections]:
+        probabilities = F.softmax(preds["cls_logits"], dim=-1)
+        deltas = preds["deltas"]
+        num_classes = probabilities.shape[-1]
+        device = anchors.device
+        levels = torch.repeat_interleave(
+            torch.arange(len(level_counts), device=device), torch.tensor(list(level_counts), device=device)
+        )
+        out = []
+        for i, image_size in enumerate(image_sizes):
+            decoded = clip_boxes(self.box_coder.decode(deltas[i], anchors), image_size)
+            index_l, scores_l, labels_l = [], [], []
+            for label in range(1, num_classes):
+                scores = probabilities[i, :, label]
+                index = torch.where(scores > self.score_thresh)[0]
+                scores, order = scores[index].topk(min(self.topk_candidates, int(index.shape[0])))
+                index = index[order]
+                index_l.append(index)
+                scores_l.append(scores)
+                labels_l.append(torch.full_like(index, label))
+            anchor_index = torch.cat(index_l)
+            boxes, scores, labels = decoded[anchor_index], torch.cat(scores_l), torch.cat(labels_l)
+            _record_candidates(recorder, i, boxes, scores, labels, levels[anchor_index], anchor_index)
+            out.append(_finish(boxes, scores, labels, anchor_index, self.nms_thresh, self.detections_per_image,
+                               self.with_anchor_index, recorder, i))
+        return out
+
+
+class DenseDetector(nn.Module):
+    """Transform -> backbone -> dense head -> anchors -> loss / post-processing; every part
+    injected (see the module docstring for each part's contract).
+
+    Args:
+        transform: images (and targets) -> (:class:`ImageBatch`, targets in network pixels).
+        backbone: padded batch (N, 3, H, W) -> ordered dict of feature maps.
+        head: list of feature maps -> ``name -> [per level (N, A_l * C, H_l, W_l)]``.
+        anchor_generator: anchors per level for the padded batch.
+        box_coder: encodes GT offsets for the loss (the post-processing holds its own).
+        matcher: ``matcher(anchors, gt_boxes, gt_labels, gt_ignore) -> Assignment``.
+        sampler: ``sampler(assignment, generator, losses=) -> (pos_mask, neg_mask)``.
+        loss: a :class:`DenseLoss`.
+        postprocess: a :class:`DensePostprocess`.
+    """
+
+    def __init__(
+        self,
+        transform: nn.Module,
+        backbone: nn.Module,
+        head: nn.Module,
+        anchor_generator: nn.Module,
+        *,
+        box_coder: BoxCoder,
+        matcher: Matcher,
+        sampler: Sampler,
+        loss: DenseLoss,
+        postprocess: DensePostprocess,
+    ) -> None:
+        super().__init__()
+        self.transform = transform
+        self.backbone = backbone
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.box_coder = box_coder
+        self.matcher = matcher
+        self.sampler = sampler
+        self.loss = loss
+        self.postprocess = postprocess
+
+    def forward(
+        self,
+        images: Sequence[Tensor],
+        targets: Sequence[Mapping[str, Tensor]] | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        recorder: TraceRecorder | None = None,
+    ) -> DetectorOutput:
+        """Images (list of (3, H_i, W_i) in [0, 1]) and optional targets -> :class:`DetectorOutput`.
+
+        Losses whenever targets are given; detections (original pixels) in evaluation mode;
+        ``raw``: the head outputs per level under their names, ``anchors`` (per level),
+        ``image_sizes``, ``original_sizes``, ``padded_size``.
+        """
+        if targets is not None:
+            check_targets(targets, len(images))
+        elif self.training:
+            raise ValueError("a detector in training mode needs targets")
+        batch, net_targets = self.transform(images, targets, generator)
+        if recorder is not None:
+            recorder.start(len(batch))
+        features = self.backbone(batch.tensor)
+        levels = list(features.values()) if isinstance(features, Mapping) else list(features)
+        head_out = self.head(levels)
+        anchors_per_level = self.anchor_generator(
+            batch.padded_size, [tuple(f.shape[-2:]) for f in levels], dtype=levels[0].dtype, device=levels[0].device
+        )
+        per_location = self.anchor_generator.num_anchors_per_location()
+        flat = {name: flatten_levels(outs, per_location) for name, outs in head_out.items()}
+        anchors = torch.cat(anchors_per_level, dim=0)
+        level_counts = [int(a.shape[0]) for a in anchors_per_level]
+
+        raw: dict[str, object] = dict(head_out)
+        raw.update(anchors=anchors_per_level, image_sizes=batch.image_sizes, original_sizes=batch.original_sizes,
+                   padded_size=batch.padded_size)
+        losses = {} if net_targets is None else self._losses(flat, anchors, net_targets, generator)
+        detections: list[Detections] = []
+        if not self.training:
+            if recorder is not None:
+                level_ids = torch.repeat_interleave(
+                    torch.arange(len(level_counts), device=anchors.device),
+                    torch.tensor(level_counts, device=anchors.device),
+                )
+                for i in range(len(batch)):
+                    recorder.put(i, R.ANCHORS, boxes=anchors, levels=level_ids)
+            with torch.no_grad():
+                detached = {name: value.detach() for name, value in flat.items()}
+                in_network = self.postprocess(detached, anchors, level_counts, batch.image_sizes, recorder)
+            detections = self._to_original(in_network, batch, recorder)
+        return DetectorOutput(raw=raw, losses=losses, detections=detections)
+
+    def _to_original(
+        self, detections: Sequence[Detections], batch: ImageBatch, recorder: TraceRecorder | None
+    ) -> list[Detections]:
+        out = [
+            to_original(det, size, original)
+            for det, size, original in zip(detections, batch.image_sizes, batch.original_sizes)
+        ]
+        if recorder is not None:
+            for i, (size, original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
+                recorder.rescale_boxes(i, original[1] / size[1], original[0] / size[0])
+            for i, det in enumerate(out):
+                recorder.put(i, R.DETECTIONS, boxes=det.boxes, scores=det.scores, labels=det.labels)
+        return out
+
+    def assign(self, anchors: Tensor, targets: Sequence[Mapping[str, Tensor]]) -> tuple[list[Assignment], Tensor, Tensor]:
+        """Match the anchors to each image's GT: assignments, labels (N, A) and encoded box
+        targets (N, A, 4) (zeros where the anchor is not positive)."""
+        assignments, box_targets = [], []
+        for target in targets:
+            gt_boxes = target["boxes"].to(anchors.dtype)
+            assignment = self.matcher(anchors, gt_boxes, target["labels"], target.get("ignore"))
+            assignments.append(assignment)
+            encoded = torch.zeros_like(anchors)
+            positive = torch.where(assignment.labels > 0)[0]
+            if positive.numel() > 0:
+                encoded[positive] = self.box_coder.encode(gt_boxes[assignment.matched_gt[positive]], anchors[positive])
+            box_targets.append(encoded)
+        labels = torch.stack([a.labels for a in assignments])
+        return assignments, labels, torch.stack(box_targets)
+
+    def _losses(
+        self,
+        flat: Mapping[str, Tensor],
+        anchors: Tensor,
+        targets: Sequence[Mapping[str, Tensor]],
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor]:
+        assignments, labels, box_targets = self.assign(anchors, targets)
+        cls_loss = self.loss.classification(flat, labels)
+        detached = cls_loss.detach()
+        masks = [self.sampler(a, generator, losses=detached[i]) for i, a in enumerate(assignments)]
+        positive = torch.stack([pos for pos, _ in masks])
+        negative = torch.stack([neg for _, neg in masks])
+        return self.loss(flat, cls_loss, DenseTargets(labels, box_targets, positive, negative, assignments))
