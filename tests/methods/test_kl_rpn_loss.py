@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workbench.losses import kl_rpn_loss
-from workbench.methods.kl_rpn.model import KLRPNLoss, WeightedLosses
+from workbench.methods.kl_rpn.model import KLRPNLoss
 
 
 def _pos(mu: float, beta: float, mu_gt: float, gamma: float = 0.5) -> float:
@@ -118,6 +118,19 @@ def test_rpn_loss_object_averages_over_sampled_anchors():
 
 
 def test_second_stage_losses_are_weighted_by_lambda():
-    inner = lambda a, b: {"loss_rcnn_cls": a, "loss_rcnn_box": b}  # noqa: E731
-    out = WeightedLosses(inner, 10.0)(torch.tensor(0.5), torch.tensor(0.25))
+    from torch import nn
+
+    from workbench.modeling import BoxStage, MatcherSettings, RandomSampler
+    from workbench.modeling.box_stages import SampledRoIs
+    from workbench.ops import BoxCoder
+
+    class _Fixed:
+        def losses(self, outputs, sampled):
+            return {"loss_rcnn_cls": torch.tensor(0.5), "loss_rcnn_box": torch.tensor(0.25)}
+
+    stage = BoxStage(
+        nn.Identity(), nn.Identity(), nn.Identity(), BoxCoder(), MatcherSettings(0.5, 0.5, False),
+        RandomSampler(4, 0.25), _Fixed(), loss_weight=10.0,
+    )
+    out = stage.losses({}, SampledRoIs([], [], [], []))
     assert {k: float(v) for k, v in out.items()} == {"loss_rcnn_cls": 5.0, "loss_rcnn_box": 2.5}

@@ -2,7 +2,9 @@
 
 Everything is built by injection: the builders in ``faster_rcnn`` read a
 :class:`FasterRCNNConfig` and pass plain objects (heads, box coders, matcher settings, samplers,
-losses, scoring, post-processing) into the modules; no module reads a global config.
+losses, scoring, post-processing) into the modules; no module reads a global config. A method
+passes the parts it replaces to :func:`build_faster_rcnn`; the box branch is a sequence of
+:class:`BoxStage` (:mod:`workbench.modeling.box_stages`).
 """
 
 from workbench.modeling.anchor_generator import AnchorGenerator
@@ -18,10 +20,14 @@ from workbench.modeling.assignment import (
     assign_to_gt,
 )
 from workbench.modeling.backbones import BACKBONES, FeatureExtractor, SingleLevel, build_backbone
+from workbench.modeling.box_stages import AllCandidates, BoxSource, BoxStage, StageLoss, StageOutput
 from workbench.modeling.faster_rcnn import (
     FasterRCNN,
     FasterRCNNConfig,
     build_anchor_generator,
+    build_box_pooler,
+    build_box_postprocess,
+    build_box_stage,
     build_faster_rcnn,
     build_roi_heads,
     build_rpn,
@@ -96,9 +102,12 @@ __all__ = [
     "load_torchvision_ssd",
     "retinanet_config_from_torchvision",
     "ssd_config_from_torchvision",
+    "AllCandidates",
     "AnchorGenerator",
     "Assignment",
     "BACKBONES",
+    "BoxSource",
+    "BoxStage",
     "ExtraHeadOutput",
     "FastRCNNLoss",
     "FastRCNNPostprocess",
@@ -127,11 +136,16 @@ __all__ = [
     "Sampler",
     "SigmoidObjectness",
     "SingleLevel",
+    "StageLoss",
+    "StageOutput",
     "TraceRecorder",
     "TwoMLPHead",
     "assign_to_gt",
     "build_anchor_generator",
     "build_backbone",
+    "build_box_pooler",
+    "build_box_postprocess",
+    "build_box_stage",
     "build_faster_rcnn",
     "build_roi_heads",
     "build_rpn",

@@ -4,16 +4,22 @@ Conventions:
 - ``R`` RoIs over the batch (``R_i`` per image), ``K = num_classes + 1`` classes with column 0 the
   background; ``class_logits`` (R, K), ``box_regression`` (R, 4K) (or (R, 4) class-agnostic),
   offsets encoded by the box coder (baseline weights 10, 10, 5, 5);
-- training RoIs are the proposals plus the (non-ignored) GT boxes, matched at IoU 0.5 and
-  sampled by the injected sampler; labels ``1..C`` foreground, ``0`` background;
-- the loss object takes the sampled RoIs' ``class_logits``, ``box_regression``, ``labels`` (M,)
-  and ``targets`` (M, 4) and returns ``loss_rcnn_<kind>`` scalars; its ``box_loss`` is any
-  element-wise loss (smooth L1 by default);
+- the box branch is a sequence of :class:`~workbench.modeling.box_stages.BoxStage` (one for
+  Faster R-CNN, three for Cascade R-CNN), run as :mod:`workbench.modeling.box_stages` describes;
+  the modules of the first stage are registered as ``box_pooler``, ``box_head`` and
+  ``box_predictor``, those of stage ``k >= 1`` as ``box_pooler_k``, ``box_head_k`` and
+  ``box_predictor_k`` (a module shared with an earlier stage is registered once);
+- training RoIs of the baseline stage are the proposals plus the (non-ignored) GT boxes, matched
+  at IoU 0.5 and sampled by the injected sampler; labels ``1..C`` foreground, ``0`` background;
+- :class:`FastRCNNLoss` takes the sampled RoIs' ``class_logits``, ``box_regression``, ``labels``
+  (M,) and ``targets`` (M, 4) and returns ``loss_<stage>_cls`` / ``loss_<stage>_box`` scalars
+  (``loss_rcnn_*`` by default); its ``box_loss`` is any element-wise loss (smooth L1 by default);
 - extra heads (``extra_heads``, name -> module) are called with a :class:`RoIContext` and return
   an :class:`ExtraHeadOutput`; their raw outputs land in ``raw["<name>"]`` and their losses are
   merged, so a method can add a head without copying this one;
-- the post-processing object turns the box head's outputs into :class:`Detections` in
-  network-input pixels (the detector maps them to original pixels).
+- the post-processing object turns the stages' outputs into :class:`Detections` in
+  network-input pixels (the detector maps them to original pixels), and gathers every per-RoI
+  field (the RPN's per-proposal fields, each stage's ``fields``) into ``Detections.extras``.
 """
 
 from __future__ import annotations
@@ -27,10 +33,38 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workbench.losses import cross_entropy, reduce_loss, smooth_l1
-from workbench.modeling.assignment import Assignment, MatcherSettings, Sampler, assign_to_gt
+from workbench.modeling.box_stages import (
+    BOX_REGRESSION,
+    CLASS_LOGITS,
+    BoxStage,
+    SampledRoIs,
+    StageOutput,
+    append_gt,
+    class_box_offsets,
+    roi_fields_per_image,
+    run_inference_stages,
+    run_training_stages,
+    stage_losses,
+)
 from workbench.modeling.trace import TraceRecorder, grouped_nms
-from workbench.ops import BoxCoder, clip_boxes, size_at_least
+from workbench.ops import clip_boxes, size_at_least
 from workbench.structures import Detections
+
+__all__ = [
+    "ExtraHeadOutput",
+    "FastRCNNLoss",
+    "FastRCNNPostprocess",
+    "FastRCNNPredictor",
+    "Postprocess",
+    "RoIContext",
+    "RoIHeads",
+    "RoIHeadsOutput",
+    "SampledRoIs",
+    "TwoMLPHead",
+    "append_gt",
+    "class_box_offsets",
+    "select_detections",
+]
 
 
 class TwoMLPHead(nn.Module):
@@ -47,32 +81,27 @@ class TwoMLPHead(nn.Module):
 
 
 class FastRCNNPredictor(nn.Module):
-    """Linear class scores (R, K) and per-class box offsets (R, 4K) from box features (R, D)."""
+    """Linear class scores (R, K) and per-class box offsets (R, 4K) from box features (R, D);
+    ``class_agnostic``: one set of offsets (R, 4) for every class."""
 
-    def __init__(self, in_features: int, num_classes_with_background: int) -> None:
+    def __init__(self, in_features: int, num_classes_with_background: int, *, class_agnostic: bool = False) -> None:
         super().__init__()
         self.cls_score = nn.Linear(in_features, num_classes_with_background)
-        self.bbox_pred = nn.Linear(in_features, num_classes_with_background * 4)
+        self.bbox_pred = nn.Linear(in_features, 4 if class_agnostic else num_classes_with_background * 4)
 
     def forward(self, box_features: Tensor) -> tuple[Tensor, Tensor]:
         flat = box_features.flatten(start_dim=1)
         return self.cls_score(flat), self.bbox_pred(flat)
 
 
-def class_box_offsets(box_regression: Tensor, labels: Tensor) -> Tensor:
-    """Pick each RoI's offsets for its label: (R, 4K) or (R, 4), labels (R,) -> (R, 4)."""
-    if box_regression.shape[1] == 4:
-        return box_regression
-    rows = torch.arange(box_regression.shape[0], device=box_regression.device)
-    return box_regression.view(box_regression.shape[0], box_regression.shape[1] // 4, 4)[rows, labels]
-
-
 @dataclass(frozen=True)
 class FastRCNNLoss:
     """Softmax cross-entropy (mean over the M sampled RoIs) and ``box_loss`` on the positives'
-    offsets for their class (sum over positives / M)."""
+    offsets for their class (sum over positives / M), named ``loss_<stage>_cls`` and
+    ``loss_<stage>_box``. Called on tensors, or as a stage's loss through :meth:`losses`."""
 
     box_loss: Callable[[Tensor, Tensor], Tensor] = functools.partial(smooth_l1, beta=1.0 / 9.0)
+    stage: str = "rcnn"
 
     def __call__(
         self, class_logits: Tensor, box_regression: Tensor, labels: Tensor, targets: Tensor
@@ -82,9 +111,16 @@ class FastRCNNLoss:
         pred = class_box_offsets(box_regression[positive], labels[positive])
         box = self.box_loss(pred, targets[positive])
         return {
-            "loss_rcnn_cls": reduce_loss(cross_entropy(class_logits, labels), reduction="mean"),
-            "loss_rcnn_box": reduce_loss(box, reduction="mean", avg_factor=num_sampled),
+            f"loss_{self.stage}_cls": reduce_loss(cross_entropy(class_logits, labels), reduction="mean"),
+            f"loss_{self.stage}_box": reduce_loss(box, reduction="mean", avg_factor=num_sampled),
         }
+
+    def losses(self, outputs: Mapping[str, Tensor], sampled: SampledRoIs) -> dict[str, Tensor]:
+        """The :class:`~workbench.modeling.box_stages.StageLoss` form: outputs over the batch's
+        sampled RoIs and the sampled labels and targets."""
+        return self(
+            outputs[CLASS_LOGITS], outputs[BOX_REGRESSION], torch.cat(sampled.labels), torch.cat(sampled.targets)
+        )
 
 
 def select_detections(
@@ -122,55 +158,58 @@ def select_detections(
     return Detections(boxes[keep], scores[keep], labels[keep], extras)
 
 
+def gather_fields(det: Detections, fields: Mapping[str, Tensor]) -> Detections:
+    """Replace ``extras["roi_index"]`` (N,) by every per-RoI field (R_i, ...) at those rows."""
+    roi_index = det.extras.pop("roi_index")
+    det.extras.update({name: value[roi_index] for name, value in fields.items()})
+    return det
+
+
 @dataclass(frozen=True)
 class FastRCNNPostprocess:
-    """Softmax scores, decoded per-class boxes, then :func:`select_detections` per image
-    (``with_roi_index``: see there)."""
+    """Softmax scores and decoded per-class boxes of the stages' inference passes, then
+    :func:`select_detections` per image; each detection's ``extras`` hold every per-RoI field at
+    its RoI.
 
-    box_coder: BoxCoder
+    The scores are the softmax of the ``class_logits`` of the passes in ``score_stages``
+    (indices into the inference passes; averaged when more than one, as Cascade R-CNN averages
+    its stages' scores), the boxes those the last pass decodes on its RoIs with its stage's
+    coder (class-agnostic offsets serve every class).
+    """
+
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100
     min_size: float = 1e-2
-    with_roi_index: bool = False
+    score_stages: tuple[int, ...] = (-1,)
 
     def __call__(
         self,
-        class_logits: Tensor,
-        box_regression: Tensor,
-        proposals: Sequence[Tensor],
+        stages: Sequence[StageOutput],
         image_sizes: Sequence[tuple[int, int]],
-        extras: Mapping[str, Any] | None = None,
+        roi_fields: Sequence[Mapping[str, Tensor]],
         recorder: TraceRecorder | None = None,
     ) -> list[Detections]:
-        counts = [int(p.shape[0]) for p in proposals]
-        num_classes = class_logits.shape[1]
-        reference = torch.cat(list(proposals), dim=0)
+        last = stages[-1]
+        counts = [int(r.shape[0]) for r in last.rois]
+        probabilities = [F.softmax(stages[k].outputs[CLASS_LOGITS], dim=-1) for k in self.score_stages]
+        scores = probabilities[0] if len(probabilities) == 1 else sum(probabilities) / len(probabilities)
+        num_classes = scores.shape[1]
+        reference = torch.cat(list(last.rois), dim=0)
+        box_regression = last.outputs[BOX_REGRESSION]
         groups = box_regression.shape[1] // 4
-        boxes = self.box_coder.decode(box_regression, reference).reshape(reference.shape[0], groups, 4)
+        boxes = last.stage.coder.decode(box_regression, reference).reshape(reference.shape[0], groups, 4)
         if boxes.shape[1] == 1:
             boxes = boxes.expand(-1, num_classes, 4)
-        scores = F.softmax(class_logits, dim=-1)
         out = []
-        for i, (b, s, size) in enumerate(zip(boxes.split(counts), scores.split(counts), image_sizes)):
-            out.append(
-                select_detections(
-                    b, s, size, self.score_thresh, self.nms_thresh, self.detections_per_image,
-                    self.min_size, recorder, i, self.with_roi_index,
-                )
+        per_image = zip(boxes.split(counts), scores.split(counts), image_sizes, roi_fields)
+        for i, (b, s, size, fields) in enumerate(per_image):
+            det = select_detections(
+                b, s, size, self.score_thresh, self.nms_thresh, self.detections_per_image,
+                self.min_size, recorder, i, with_roi_index=bool(fields),
             )
+            out.append(gather_fields(det, fields) if fields else det)
         return out
-
-
-@dataclass
-class SampledRoIs:
-    """Training RoIs per image: ``rois`` (M_i, 4), ``labels`` (M_i,), ``targets`` (M_i, 4) encoded
-    offsets to the matched GT, and the :class:`Assignment` restricted to them."""
-
-    rois: list[Tensor]
-    labels: list[Tensor]
-    targets: list[Tensor]
-    assignments: list[Assignment]
 
 
 @dataclass
@@ -196,13 +235,14 @@ class ExtraHeadOutput:
 
 
 class Postprocess(Protocol):
+    """Inference passes of the stages, image sizes and per-RoI fields per image (R_i, ...) ->
+    detections per image (network-input pixels)."""
+
     def __call__(
         self,
-        class_logits: Tensor,
-        box_regression: Tensor,
-        proposals: Sequence[Tensor],
+        stages: Sequence[StageOutput],
         image_sizes: Sequence[tuple[int, int]],
-        extras: Mapping[str, Any] | None = None,
+        roi_fields: Sequence[Mapping[str, Tensor]],
         recorder: TraceRecorder | None = None,
     ) -> list[Detections]:
         ...
@@ -215,92 +255,42 @@ class RoIHeadsOutput:
     detections: list[Detections] = field(default_factory=list)
 
 
-def append_gt(proposals: Tensor, target: Mapping[str, Tensor]) -> Tensor:
-    """Proposals (P, 4) followed by the target's non-ignored GT boxes."""
-    gt_boxes = target["boxes"].to(proposals.dtype)
-    ignore = target.get("ignore")
-    if ignore is not None:
-        gt_boxes = gt_boxes[~ignore.to(torch.bool)]
-    return torch.cat([proposals, gt_boxes], dim=0)
-
-
 class RoIHeads(nn.Module):
-    """Box branch of a two-stage detector; every part is injected.
+    """Box branch of a two-stage detector: a sequence of box stages and a post-processing.
 
     Args:
-        box_pooler: ``(features, rois per image, image_sizes) -> (R, C, S, S)``
-            (e.g. ``torchvision.ops.MultiScaleRoIAlign``).
-        box_head: pooled features -> (R, D).
-        box_predictor: (R, D) -> ``(class_logits, box_regression)``.
-        box_coder: offsets of RoIs to GT (baseline weights 10, 10, 5, 5).
-        matcher: IoU thresholds for RoI labels (baseline 0.5 / 0.5, no low-quality matches).
-        sampler: ``sampler(assignment, generator) -> (pos_mask, neg_mask)``.
-        loss: :class:`FastRCNNLoss` or any callable with its signature.
-        postprocess: :class:`FastRCNNPostprocess` or any callable with its signature.
-        add_gt_to_proposals: append the GT boxes to the proposals in training.
+        stages: :class:`~workbench.modeling.box_stages.BoxStage` in order (at least one).
+        postprocess: :class:`FastRCNNPostprocess` or any :class:`Postprocess`.
         extra_heads: name -> module called with a :class:`RoIContext`.
+
+    ``raw`` keys: ``box_stages`` (one dict per pass: ``name``, ``rois``, the named outputs and,
+    with targets, ``sampled_labels``); the first pass's ``class_logits`` / ``box_regression``
+    with ``rois`` (inference) or ``sampled_rois`` / ``sampled_labels`` (with targets). In
+    evaluation mode with targets the flat keys and ``box_stages`` are those of the detection
+    pass.
     """
 
     def __init__(
         self,
-        box_pooler: nn.Module,
-        box_head: nn.Module,
-        box_predictor: nn.Module,
-        *,
-        box_coder: BoxCoder,
-        matcher: MatcherSettings,
-        sampler: Sampler,
-        loss: Callable[[Tensor, Tensor, Tensor, Tensor], dict[str, Tensor]],
+        stages: Sequence[BoxStage],
         postprocess: Postprocess,
-        add_gt_to_proposals: bool = True,
+        *,
         extra_heads: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        self.box_pooler = box_pooler
-        self.box_head = box_head
-        self.box_predictor = box_predictor
-        self.box_coder = box_coder
-        self.matcher = matcher
-        self.sampler = sampler
-        self.loss = loss
+        if not any(s.in_training for s in stages) or not any(s.in_inference for s in stages):
+            raise ValueError("RoIHeads needs at least one box stage that trains and one that runs at inference")
+        registered: set[int] = set()
+        for k, stage in enumerate(stages):
+            suffix = "" if k == 0 else f"_{k}"
+            parts = (("box_pooler", stage.pooler), ("box_head", stage.head), ("box_predictor", stage.predictor))
+            for prefix, module in parts:
+                if id(module) not in registered:
+                    self.add_module(prefix + suffix, module)
+                    registered.add(id(module))
+        self.stages: tuple[BoxStage, ...] = tuple(stages)
         self.postprocess = postprocess
-        self.add_gt_to_proposals = add_gt_to_proposals
         self.extra_heads = nn.ModuleDict(dict(extra_heads or {}))
-
-    def sample(
-        self,
-        proposals: Sequence[Tensor],
-        targets: Sequence[Mapping[str, Tensor]],
-        generator: torch.Generator | None = None,
-    ) -> SampledRoIs:
-        """Match proposals (plus GT) to the targets and sample the training RoIs of each image."""
-        rois, labels, regression, assignments = [], [], [], []
-        for proposals_i, target in zip(proposals, targets):
-            candidates = append_gt(proposals_i, target) if self.add_gt_to_proposals else proposals_i
-            gt_boxes = target["boxes"].to(candidates.dtype)
-            assignment = assign_to_gt(
-                candidates, gt_boxes, self.matcher, gt_labels=target["labels"], gt_ignore=target.get("ignore")
-            )
-            pos, neg = self.sampler(assignment, generator)
-            idx = torch.where(pos | neg)[0]
-            picked = Assignment(assignment.labels[idx], assignment.matched_gt[idx], assignment.max_iou[idx])
-            rois_i = candidates[idx]
-            if gt_boxes.shape[0] == 0:
-                targets_i = torch.zeros_like(rois_i)
-            else:
-                targets_i = self.box_coder.encode(gt_boxes[picked.matched_gt], rois_i)
-            rois.append(rois_i)
-            labels.append(picked.labels)
-            regression.append(targets_i)
-            assignments.append(picked)
-        return SampledRoIs(rois, labels, regression, assignments)
-
-    def predict(
-        self, features: Mapping[str, Tensor], rois: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
-    ) -> tuple[Tensor, Tensor]:
-        """RoIs per image -> ``class_logits`` (R, K), ``box_regression`` (R, 4K)."""
-        pooled = self.box_pooler(features, list(rois), list(image_sizes))
-        return self.box_predictor(self.box_head(pooled))
 
     def forward(
         self,
@@ -310,29 +300,47 @@ class RoIHeads(nn.Module):
         targets: Sequence[Mapping[str, Tensor]] | None = None,
         generator: torch.Generator | None = None,
         recorder: TraceRecorder | None = None,
+        proposal_fields: Sequence[Mapping[str, Tensor]] | None = None,
     ) -> RoIHeadsOutput:
-        """Losses on sampled RoIs when ``targets`` are given; detections in evaluation mode."""
+        """Losses of every stage when ``targets`` are given; detections in evaluation mode.
+
+        ``proposal_fields``: per image, per-proposal values (P_i, ...) gathered into the
+        detections' ``extras`` (e.g. KL-RPN's ``sigma``).
+        """
         out = RoIHeadsOutput()
         sampled = None
         if targets is not None:
-            sampled = self.sample(proposals, targets, generator)
-            class_logits, box_regression = self.predict(features, sampled.rois, image_sizes)
-            out.losses.update(
-                self.loss(class_logits, box_regression, torch.cat(sampled.labels), torch.cat(sampled.targets))
-            )
+            passes = run_training_stages(self.stages, features, proposals, image_sizes, targets, generator)
+            out.losses.update(stage_losses(passes))
+            sampled = passes[0].sampled
             out.raw.update(
-                sampled_rois=sampled.rois, sampled_labels=sampled.labels,
-                class_logits=class_logits, box_regression=box_regression,
+                sampled_rois=passes[0].rois,
+                sampled_labels=sampled.labels,
+                class_logits=passes[0].outputs.get(CLASS_LOGITS),
+                box_regression=passes[0].outputs.get(BOX_REGRESSION),
+                box_stages=[_describe(p) for p in passes],
             )
         context = RoIContext(features, image_sizes, proposals, sampled, targets, generator, self.training)
-        extras: dict[str, Any] = {}
         for name, head in self.extra_heads.items():
             head_out = head(context)
-            extras[name] = head_out.raw
+            out.raw[name] = head_out.raw
             out.losses.update(head_out.losses)
-        out.raw.update(extras)
         if not self.training:
-            class_logits, box_regression = self.predict(features, proposals, image_sizes)
-            out.raw.update(rois=list(proposals), class_logits=class_logits, box_regression=box_regression)
-            out.detections = self.postprocess(class_logits, box_regression, proposals, image_sizes, extras, recorder)
+            passes = run_inference_stages(self.stages, features, proposals, image_sizes)
+            out.raw.update(
+                rois=list(proposals),
+                class_logits=passes[0].outputs.get(CLASS_LOGITS),
+                box_regression=passes[0].outputs.get(BOX_REGRESSION),
+                box_stages=[_describe(p) for p in passes],
+            )
+            fields = roi_fields_per_image(passes, proposal_fields, [int(p.shape[0]) for p in proposals])
+            out.detections = self.postprocess(passes, image_sizes, fields, recorder)
         return out
+
+
+def _describe(result: StageOutput) -> dict[str, Any]:
+    """A stage pass for ``raw["box_stages"]``."""
+    described: dict[str, Any] = {"name": result.stage.name, "rois": result.rois, **result.outputs}
+    if result.sampled is not None:
+        described["sampled_labels"] = result.sampled.labels
+    return described

@@ -12,7 +12,7 @@ Conventions:
   by any monotone quantity (e.g. KL-RPN's ``-0.5 * sum(beta)``, without a sigmoid);
 - a *loss* object receives the sampled anchors of the whole batch: ``preds`` name -> (M, C),
   ``labels`` (M,) float 1/0, ``targets`` (M, 4) encoded GT offsets (meaningful where label 1) and
-  returns ``loss_rpn_<kind>`` scalars;
+  returns ``loss_rpn_<kind>`` scalars, which the RPN multiplies by its ``loss_weight``;
 - proposals are detached ``(P_i, 4)`` xyxy in network-input pixels, sorted by decreasing score.
 """
 
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from workbench.losses import binary_cross_entropy_with_logits, reduce_loss, smooth_l1
 from workbench.modeling.anchor_generator import AnchorGenerator
-from workbench.modeling.assignment import MatcherSettings, Sampler, assign_to_gt
+from workbench.modeling.assignment import Matcher, Sampler
 from workbench.modeling.trace import TraceRecorder, grouped_nms
 from workbench.ops import BoxCoder, clip_boxes, size_at_least
 
@@ -133,12 +133,14 @@ class ProposalSettings:
 
 @dataclass
 class RPNOutput:
-    """Proposals per image (P_i, 4) with scores (P_i,), raw head outputs, losses."""
+    """Proposals per image (P_i, 4) with scores (P_i,), raw head outputs, losses, and per image
+    the per-proposal ``fields`` (name -> (P_i, C_f); empty without ``proposal_fields``)."""
 
     proposals: list[Tensor]
     scores: list[Tensor]
     raw: dict[str, object] = field(default_factory=dict)
     losses: dict[str, Tensor] = field(default_factory=dict)
+    fields: list[dict[str, Tensor]] = field(default_factory=list)
 
 
 def top_n_per_level(rank: Tensor, level_counts: Sequence[int], top_n: int) -> Tensor:
@@ -187,7 +189,8 @@ class RegionProposalNetwork(nn.Module):
         head: features list -> dict of per-level outputs (must include ``deltas``).
         anchor_generator: :class:`AnchorGenerator` whose levels match the features.
         box_coder: encodes GT offsets / decodes deltas against anchors.
-        matcher: IoU thresholds for anchor labels (baseline 0.7 / 0.3 with low-quality matches).
+        matcher: :class:`~workbench.modeling.assignment.Matcher` labelling the anchors (baseline
+            ``IoUMatcher(0.7, 0.3)`` with low-quality matches).
         sampler: ``sampler(assignment, generator) -> (pos_mask, neg_mask)``.
         scoring: :class:`ProposalScoring`.
         loss: callable on the sampled anchors (see the module docstring).
@@ -195,7 +198,10 @@ class RegionProposalNetwork(nn.Module):
         proposal_fields: optional ``flat outputs (N, A, C) by name -> {field: (N, A, C_f)}``;
             each field is carried with the proposals: recorded beside ``boxes`` and ``scores`` in
             the ``rpn_proposals_pre_nms`` and ``rpn_proposals`` trace records and returned per
-            image in ``raw["proposal_fields"]`` (e.g. KL-RPN's per-proposal ``sigma`` (P_i, 4)).
+            image in ``raw["proposal_fields"]`` and ``RPNOutput.fields`` (e.g. KL-RPN's
+            per-proposal ``sigma`` (P_i, 4)); the RoI heads carry them to the detections.
+        loss_weight: multiplies every loss the ``loss`` returns (a weight of 1 leaves them as
+            they are).
     """
 
     def __init__(
@@ -204,14 +210,17 @@ class RegionProposalNetwork(nn.Module):
         anchor_generator: AnchorGenerator,
         *,
         box_coder: BoxCoder,
-        matcher: MatcherSettings,
+        matcher: Matcher,
         sampler: Sampler,
         scoring: ProposalScoring,
         loss: Callable[[Mapping[str, Tensor], Tensor, Tensor], dict[str, Tensor]],
         settings: ProposalSettings,
         proposal_fields: Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]] | None = None,
+        loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if loss_weight < 0:
+            raise ValueError(f"the RPN loss_weight must be >= 0, got {loss_weight}")
         self.head = head
         self.anchor_generator = anchor_generator
         self.box_coder = box_coder
@@ -221,6 +230,7 @@ class RegionProposalNetwork(nn.Module):
         self.loss = loss
         self.settings = settings
         self.proposal_fields = proposal_fields
+        self.loss_weight = loss_weight
 
     def forward(
         self,
@@ -254,7 +264,9 @@ class RegionProposalNetwork(nn.Module):
         if self.proposal_fields is not None:
             raw["proposal_fields"] = fields
         losses = {} if targets is None else self._losses(flat, anchors, targets, generator)
-        return RPNOutput(proposals, scores, raw, losses)
+        if self.loss_weight != 1.0:
+            losses = {name: self.loss_weight * value for name, value in losses.items()}
+        return RPNOutput(proposals, scores, raw, losses, fields)
 
     def _propose(
         self,
@@ -305,7 +317,7 @@ class RegionProposalNetwork(nn.Module):
         picked, labels, regression = [], [], []
         for i, target in enumerate(targets):
             gt_boxes = target["boxes"]
-            assignment = assign_to_gt(anchors, gt_boxes, self.matcher, gt_ignore=target.get("ignore"))
+            assignment = self.matcher(anchors, gt_boxes, gt_ignore=target.get("ignore"))
             pos, neg = self.sampler(assignment, generator)
             idx = torch.where(pos | neg)[0]
             picked.append(idx + i * num_anchors)

@@ -3,8 +3,10 @@ what differs from the baseline Faster R-CNN.
 
 Only the RPN head, its proposal scoring and its loss change, plus the weight of the second
 stage's losses; backbone, anchors, matcher (0.7 / 0.3 with the best anchor of each GT
-positive), sampler, proposal selection and RoI heads are the baseline's, built by
-:func:`workbench.modeling.build_faster_rcnn` from ``KLRPNConfig.base``.
+positive), sampler, proposal selection and RoI heads are the baseline's:
+:func:`build_kl_rpn_faster_rcnn` passes KL-RPN's parts to
+:func:`workbench.modeling.build_faster_rcnn` with ``KLRPNConfig.base``. Each proposal carries its
+``sigma`` as a per-proposal field, which the RoI heads gather into the detections.
 
 Conventions (shapes as in :mod:`workbench.modeling.rpn`): the head returns per level
 ``deltas`` (N, 4A, H_l, W_l), the Gaussian means ``mu`` of the 4 box-coder offsets, and
@@ -19,8 +21,9 @@ passes through a sigmoid.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +33,7 @@ from workbench.errors import ConfigError
 from workbench.losses import kl_rpn_loss, reduce_loss
 from workbench.losses.kl import NEGATIVE_TARGET_VARIANCE
 from workbench.methods.kl_rpn.uncertainty import uncertainty_maps
-from workbench.modeling import FasterRCNN, FasterRCNNConfig, RegionProposalNetwork, TraceRecorder, build_faster_rcnn
+from workbench.modeling import FasterRCNN, FasterRCNNConfig, TraceRecorder, build_faster_rcnn
 from workbench.structures import DetectorOutput
 
 #: Head output names.
@@ -52,7 +55,8 @@ class KLRPNConfig:
     - ``log_var_init_std``: the ``log_var`` convolution's weights start from N(0, std) with zero
       bias (paper section 3.1: "N(0, 0.00001)"; the KL-Loss ports use std 1e-5);
     - ``rcnn_loss_weight``: lambda of ``L = L_KL + lambda * (L_cls + L_reg)`` (paper equation
-      (9), where it is called beta; 10);
+      (9), where it is called beta; 10): the box stage's loss weight. ``base.rcnn_loss_weight``
+      must stay 1 (one place for the weight);
     - ``uncertainty_maps``: in evaluation mode, add ``raw["uncertainty_maps"]`` (see
       :mod:`workbench.methods.kl_rpn.uncertainty`).
 
@@ -74,6 +78,11 @@ class KLRPNConfig:
             raise ConfigError(f"log_var_min must be below log_var_max, got {self.log_var_min}, {self.log_var_max}")
         if not (self.gamma > 0 and self.negative_variance > 0 and self.rcnn_loss_weight >= 0):
             raise ConfigError("gamma and negative_variance must be positive and rcnn_loss_weight >= 0")
+        if self.base.rcnn_loss_weight != 1.0:
+            raise ConfigError(
+                "KL-RPN weights the second stage by its own rcnn_loss_weight (lambda); "
+                f"leave base.rcnn_loss_weight at 1.0, got {self.base.rcnn_loss_weight}"
+            )
 
 
 class KLRPNHead(nn.Module):
@@ -146,7 +155,8 @@ class KLObjectness:
 
 def proposal_sigma(outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Per-anchor ``sigma`` (N, A, 4) from the flat head outputs: what each proposal carries into
-    the trace (``rpn_proposals``) and ``raw["proposal_fields"]``."""
+    the trace (``rpn_proposals``), ``raw["proposal_fields"]`` and, through the RoI heads, each
+    detection's ``extras["sigma"]``."""
     return {"sigma": torch.exp(0.5 * outputs[LOG_VAR])}
 
 
@@ -165,23 +175,11 @@ class KLRPNLoss:
         return {"loss_rpn_kl": reduce_loss(per_anchor, reduction="mean", avg_factor=max(int(labels.numel()), 1))}
 
 
-@dataclass(frozen=True)
-class WeightedLosses:
-    """Wraps a loss callable and multiplies every loss it returns by ``weight``."""
-
-    loss: Callable[..., dict[str, Tensor]]
-    weight: float
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        return {name: self.weight * value for name, value in self.loss(*args, **kwargs).items()}
-
-
 class KLRPNFasterRCNN(FasterRCNN):
-    """The baseline detector; in evaluation mode each detection also carries the ``sigma`` (4,)
-    of the proposal it was refined from (``Detections.extras["sigma"]`` (N, 4), offset units),
-    and the per-image uncertainty maps come in ``raw["uncertainty_maps"]`` (recorded as
-    ``uncertainty_map`` with a recorder). The RoI post-processing must be built with
-    ``with_roi_index=True`` (:func:`build_kl_rpn_faster_rcnn` does)."""
+    """The baseline detector that, in evaluation mode, adds the per-image uncertainty maps in
+    ``raw["uncertainty_maps"]`` (recorded as ``uncertainty_map`` with a recorder). Each
+    detection's ``extras["sigma"]`` (N, 4), the sigma of the proposal it was refined from (offset
+    units), comes from the RPN's per-proposal field through the RoI heads."""
 
     def __init__(self, *args: Any, uncertainty_maps: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -198,8 +196,6 @@ class KLRPNFasterRCNN(FasterRCNN):
         out = super().forward(images, targets, generator=generator, recorder=recorder)
         if self.training:
             return out
-        for det, fields in zip(out.detections, out.raw["proposal_fields"]):
-            det.extras["sigma"] = fields["sigma"][det.extras.pop("roi_index")]
         if self.uncertainty_maps:
             maps = uncertainty_maps(
                 out.raw[f"rpn_{LOG_VAR}"],
@@ -215,51 +211,31 @@ class KLRPNFasterRCNN(FasterRCNN):
         return out
 
 
-def build_kl_rpn(cfg: KLRPNConfig, baseline: RegionProposalNetwork, in_channels: int) -> RegionProposalNetwork:
-    """The baseline RPN ``baseline`` with KL-RPN's head, scoring and loss swapped in; anchors,
-    box coder, matcher, sampler and proposal settings are the baseline's objects."""
-    per_location = baseline.anchor_generator.num_anchors_per_location()
-    head = KLRPNHead(
-        in_channels,
-        per_location[0],
-        log_var_min=cfg.log_var_min,
-        log_var_max=cfg.log_var_max,
-        log_var_init_std=cfg.log_var_init_std,
-    )
-    return RegionProposalNetwork(
-        head,
-        baseline.anchor_generator,
-        box_coder=baseline.box_coder,
-        matcher=baseline.matcher,
-        sampler=baseline.sampler,
-        scoring=KLObjectness(),
-        loss=KLRPNLoss(cfg.gamma, cfg.negative_variance),
-        settings=baseline.settings,
-        proposal_fields=proposal_sigma,
-    )
-
-
 def build_kl_rpn_faster_rcnn(cfg: KLRPNConfig) -> KLRPNFasterRCNN:
-    """Faster R-CNN of ``cfg.base`` with the RPN of :func:`build_kl_rpn`, the second stage's
-    losses weighted by ``cfg.rcnn_loss_weight`` and detections that keep their RoI index (to
-    carry their proposal's sigma)."""
-    baseline = build_faster_rcnn(cfg.base)
-    in_channels = baseline.backbone.out_channels
-    roi_heads = baseline.roi_heads
-    roi_heads.loss = WeightedLosses(roi_heads.loss, cfg.rcnn_loss_weight)
-    roi_heads.postprocess = dataclasses.replace(roi_heads.postprocess, with_roi_index=True)
-    return KLRPNFasterRCNN(
-        baseline.transform,
-        baseline.backbone,
-        build_kl_rpn(cfg, baseline.rpn, in_channels),
-        roi_heads,
-        uncertainty_maps=cfg.uncertainty_maps,
-    )
+    """Faster R-CNN of ``cfg.base`` with KL-RPN's RPN head (:class:`KLRPNHead`), scoring
+    (:class:`KLObjectness`), loss (:class:`KLRPNLoss`) and per-proposal ``sigma``
+    (:func:`proposal_sigma`), and the second stage's losses weighted by
+    ``cfg.rcnn_loss_weight``."""
+    return build_faster_rcnn(
+        cfg.base,
+        rpn_head=functools.partial(
+            KLRPNHead,
+            log_var_min=cfg.log_var_min,
+            log_var_max=cfg.log_var_max,
+            log_var_init_std=cfg.log_var_init_std,
+        ),
+        rpn_scoring=KLObjectness(),
+        rpn_loss=KLRPNLoss(cfg.gamma, cfg.negative_variance),
+        rpn_proposal_fields=proposal_sigma,
+        rcnn_loss_weight=cfg.rcnn_loss_weight,
+        detector=functools.partial(KLRPNFasterRCNN, uncertainty_maps=cfg.uncertainty_maps),
+    )  # type: ignore[return-value]
 
 
 def build_model(cfg: KLRPNConfig, num_classes: int) -> KLRPNFasterRCNN:
     """``num_classes`` counts the foreground classes of the dataset (the model adds background)."""
-    return build_kl_rpn_faster_rcnn(dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, num_classes=num_classes)))
+    base = dataclasses.replace(cfg.base, num_classes=num_classes)
+    return build_kl_rpn_faster_rcnn(dataclasses.replace(cfg, base=base))
 
 
 
@@ -269,8 +245,6 @@ __all__ = [
     "KLRPNFasterRCNN",
     "KLRPNHead",
     "KLRPNLoss",
-    "WeightedLosses",
-    "build_kl_rpn",
     "build_kl_rpn_faster_rcnn",
     "build_model",
     "log_objectness",
