@@ -39,13 +39,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from workbench.engine.predict import evaluate_run
 
         metrics = evaluate_run(Path(args.run), which=args.checkpoint, data=args.data, split=args.split,
-                               device=args.device, progress=not args.quiet)
+                               device=args.device, progress=not args.quiet, metric=args.metric)
     else:
-        from workbench.evaluation.coco import evaluate_coco_files
+        from workbench.evaluation.detection import evaluate_files
 
         if args.gt is None or args.pred is None:
             raise WorkbenchError("evaluate needs --gt GT.json and --pred PRED.json (or --run RUN_DIR)")
-        metrics = evaluate_coco_files(Path(args.gt), Path(args.pred))
+        metrics = evaluate_files(Path(args.gt), Path(args.pred), args.metric or "coco")
     text = json.dumps(metrics, indent=2)
     if args.out:
         out = Path(args.out)
@@ -78,7 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         state = "interrupted" if result.interrupted else "finished"
         best = "n/a" if result.best_ap is None else f"{result.best_ap:.4f}"
         print(f"training {state} after {result.epochs_completed} epoch(s), {result.global_step} steps; "
-              f"best AP {best}; run directory {result.run_dir}")
+              f"best {result.best_metric} {best}; run directory {result.run_dir}")
     distributed.shutdown()
     return 0
 
@@ -182,11 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     check.set_defaults(func=_cmd_data_check)
 
-    evaluate = sub.add_parser("evaluate", help="COCO metrics of a results file, or of a run's checkpoint")
+    evaluate = sub.add_parser(
+        "evaluate", help="COCO metrics and AP at IoU 0.5..0.9 (with --metric voc07 also VOC07 mAP) of a results "
+        "file, or of a run's checkpoint")
     evaluate.add_argument("--gt", help="COCO ground-truth JSON")
     evaluate.add_argument("--pred", help="COCO results JSON (image_id, category_id, bbox xywh, score)")
     evaluate.add_argument("--run", help="a run directory: evaluate its checkpoint on its validation split")
     evaluate.add_argument("--out", help="also write the metrics JSON here")
+    evaluate.add_argument("--metric", choices=["coco", "voc07"],
+                          help="coco, or voc07 to add VOC07 11-point and all-point mAP (default: the run's own "
+                               "metric, coco for files)")
     _add_run_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 

@@ -63,6 +63,7 @@ class TrainConfig:
     eval_every_epochs: int = 1
     log_every_steps: int = 20
     deterministic: bool = True  # deterministic algorithms where torch has them
+    metric: str = "coco"  # coco | voc07: what per-epoch evaluation reports and `best` is chosen by
 
     def effective_lr(self, world_size: int = 1) -> float:
         total_batch = self.batch_size * world_size

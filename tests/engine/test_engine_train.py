@@ -46,7 +46,8 @@ def test_run_directory_holds_config_metrics_eval_and_checkpoints(straight_run):
         assert key in train_records[0]
     evals = _records(run, "eval")
     assert [e["epoch"] for e in evals] == [1, 2]
-    assert set(json.loads((run / "eval" / "epoch_2.json").read_text())) >= {"AP", "AP50", "AP75", "AR100"}
+    assert set(json.loads((run / "eval" / "epoch_2.json").read_text())) >= {
+        "AP", "AP50", "AP75", "AR100", "AP60", "AP70", "AP80", "AP90"}
     assert (run / "checkpoints" / "last.pt").exists() and (run / "checkpoints" / "best.pt").exists()
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     assert best["best_ap"] == max(e["AP"] for e in evals)

@@ -12,6 +12,7 @@ from coco_synthetic import pycocotools_stats, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+PER_IOU = ["AP60", "AP70", "AP80", "AP90"]
 
 
 def _workbench(*args: str) -> subprocess.CompletedProcess:
@@ -30,7 +31,7 @@ def test_prints_one_json_object_equal_to_pycocotools_and_writes_out(tmp_path, co
     done = _workbench("evaluate", "--gt", str(gt_file), "--pred", str(pred_file), "--out", str(out))
     assert done.returncode == 0, done.stderr
     metrics = json.loads(done.stdout)  # nothing but the JSON object on stdout
-    assert list(metrics) == KEYS
+    assert list(metrics) == KEYS + PER_IOU  # the COCO numbers first, then AP at more IoUs
     assert [metrics[k] for k in KEYS] == [float(s) for s in pycocotools_stats(gt_file, pred_file)]
     assert json.loads(out.read_text()) == metrics
 
@@ -41,7 +42,17 @@ def test_empty_results_file_gives_zeros(tmp_path, coco_files):
         "evaluate", "--gt", str(gt_file), "--pred", str(write_json(tmp_path / "none.json", []))
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {k: 0.0 for k in KEYS}
+    assert json.loads(done.stdout) == {k: 0.0 for k in KEYS + PER_IOU}
+
+
+def test_metric_voc07_adds_voc_map_to_the_coco_numbers(coco_files):
+    gt_file, pred_file = coco_files
+    done = _workbench("evaluate", "--gt", str(gt_file), "--pred", str(pred_file), "--metric", "voc07")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)
+    assert list(metrics)[: len(KEYS) + len(PER_IOU)] == KEYS + PER_IOU
+    assert 0 < metrics["voc07_mAP"] <= 1 and 0 < metrics["voc_allpoint_mAP"] <= 1
+    assert {k for k in metrics if k.startswith("voc07_AP/")} == {"voc07_AP/class1", "voc07_AP/class2", "voc07_AP/class5"}
 
 
 GOOD = {"image_id": 10, "category_id": 1, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-from pipeline_notebooks import log_lines
+from pipeline_notebooks import log_lines, write_notebook
 
 from workbench.cli import main
 from workbench.pipelines import PipelineError, load_pipeline, run_pipeline
@@ -102,3 +103,41 @@ def test_changed_parameters_rerun_that_step_and_the_ones_after(tmp_path, noteboo
     assert [o.status for o in outcomes] == ["skipped", "ran", "ran"]
     steps = [line.split()[0] for line in log_lines(out / "log.txt")]
     assert steps == ["first", "second", "third", "second_v2", "third"]
+
+
+TRAIN_BODY = """
+import sys
+from pathlib import Path
+sys.path.insert(0, support_dir)
+from engine_support import small_config
+from workbench.pipelines.runs import train_or_resume
+print("training starts", flush=True)
+train_or_resume(small_config(Path(data_root), epochs=1, log_every_steps=2), out_dir)
+"""
+
+
+@pytest.fixture
+def train_notebook(tmp_path) -> Path:
+    from workbench.data.shapes import ShapesConfig, generate_shapes
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    data = generate_shapes(tmp_path / "shapes", ShapesConfig(num_train=8, num_val=2, image_size=96, seed=3),
+                           progress=False)
+    support = Path(__file__).resolve().parents[1] / "engine"
+    params = f'support_dir = "{support}"\ndata_root = "{data}"\nout_dir = "run"'
+    return write_notebook(folder / "train.ipynb", params, TRAIN_BODY)
+
+
+def test_pipeline_run_streams_the_training_progress_of_its_notebooks(tmp_path, train_notebook, capsys):
+    text = 'steps:\n  - name: train\n    notebook: ../notebooks/train.ipynb\n    parameters: {out_dir: "{out}/run"}\n'
+    out = tmp_path / "out"
+    assert main(["pipeline", "run", str(write_pipeline(tmp_path, text)), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "training starts" in captured.out  # the cell's stdout, while the step runs
+    assert captured.out.index("[1/1] train:") < captured.out.index("training starts")
+    progress = [line for line in captured.err.splitlines()
+                if re.match(r"^epoch 1/1 step [24]/4 loss \d+\.\d{4} lr \S+ \d+\.\d\d s/step ETA \S+$", line)]
+    assert len(progress) == 2, captured.err[-2000:]
+    assert "Executing Cell" not in captured.err + captured.out  # papermill's own markers only with --log-output
+    assert (out / "run" / "checkpoints" / "last.pt").exists()

@@ -1,9 +1,19 @@
-"""Inference over a dataset, split across ranks, and its COCO evaluation."""
+"""The prediction loop, and the COCO / VOC evaluation of its detections.
+
+:func:`iter_model_outputs` is the one loop that runs a detector over a dataset in evaluation
+mode: evaluation (:func:`predict_dataset`), tracing
+(:func:`workbench.inspection.collect.iter_traced_predictions`), the FiftyOne export (through
+tracing) and the proposal analyses (:mod:`workbench.evaluation.proposals`) all call it. It
+batches the dataset items, feeds ``[0, 1]`` float images to the model under ``no_grad``, and
+yields each batch with the model's ``DetectorOutput`` (and the recorder the model filled, when
+one was asked for). The model's train / eval mode is restored afterwards.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +30,16 @@ class ImagePrediction:
     detections: Detections
 
 
+@dataclass
+class BatchOutput:
+    """One batch of the prediction loop: the collated ``batch`` (image ids, file names, original
+    sizes), the model's ``output`` and the ``recorder`` passed to the model (``None`` without)."""
+
+    batch: Any
+    output: Any
+    recorder: Any = None
+
+
 def images_to_model_input(images: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """uint8 ``(3, H, W)`` images -> float ``[0, 1]`` on ``device`` (the detectors normalise)."""
     return [img.to(device, non_blocking=True).float().div_(255.0) for img in images]
@@ -34,6 +54,47 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
+def iter_model_outputs(
+    model: nn.Module,
+    dataset,
+    device: torch.device | str,
+    *,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 2,
+    progress: bool = False,
+    desc: str = "predict",
+    recorder_factory: Callable[[], Any] | None = None,
+) -> Iterator[BatchOutput]:
+    """Run ``model`` (unwrapped from DDP, in evaluation mode) over ``dataset[i]`` for ``i`` in
+    ``indices`` (default all), ``batch_size`` items at a time, in that order.
+
+    With ``recorder_factory`` each batch gets a fresh recorder, passed as
+    ``model(images, recorder=...)``. ``progress`` shows a tqdm bar of images.
+    """
+    from workbench.data.collate import collate_samples
+
+    device = torch.device(device)
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not progress)
+    try:
+        for start in range(0, len(indices), batch_size):
+            batch = collate_samples([dataset[i] for i in indices[start : start + batch_size]])
+            images = images_to_model_input(batch.images, device)
+            if recorder_factory is None:
+                recorder, output = None, net(images)
+            else:
+                recorder = recorder_factory()
+                output = net(images, recorder=recorder)
+            yield BatchOutput(batch, output, recorder)
+            bar.update(len(batch.image_ids))
+    finally:
+        bar.close()
+        net.train(was_training)
+
+
 def predict_dataset(
     model: nn.Module,
     dataset,
@@ -49,26 +110,14 @@ def predict_dataset(
     Under torchrun each rank predicts its share and, with ``gather``, every rank receives all
     predictions sorted by image id.
     """
-    from workbench.data.collate import collate_samples
-
     if indices is None:
         indices = range(len(dataset))
     mine = [indices[i] for i in shard_indices(len(indices), distributed.rank(), distributed.world_size())]
-    net = unwrap(model)
-    was_training = net.training
-    net.eval()
     out: list[ImagePrediction] = []
-    bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not progress or not distributed.is_main_process())
-    try:
-        for start in range(0, len(mine), batch_size):
-            batch = collate_samples([dataset[i] for i in mine[start : start + batch_size]])
-            result = net(images_to_model_input(batch.images, device))
-            for image_id, det in zip(batch.image_ids, result.detections):
-                out.append(ImagePrediction(int(image_id), det.to("cpu")))
-            bar.update(len(batch.image_ids))
-    finally:
-        bar.close()
-        net.train(was_training)
+    for item in iter_model_outputs(model, dataset, device, indices=mine, batch_size=batch_size,
+                                   progress=progress and distributed.is_main_process()):
+        for image_id, det in zip(item.batch.image_ids, item.output.detections):
+            out.append(ImagePrediction(int(image_id), det.to("cpu")))
     if gather and distributed.is_distributed():
         out = [p for part in distributed.all_gather_objects(out) for p in part]
     return sorted(out, key=lambda p: p.image_id)
@@ -82,17 +131,33 @@ def predictions_to_coco_results(predictions: Sequence[ImagePrediction], label_to
     )
 
 
-def evaluate_predictions(dataset, predictions: Sequence[ImagePrediction], *, indices=None) -> dict[str, float]:
-    """COCO metrics of ``predictions`` against the dataset's ground truth (restricted to the
-    predicted images when ``indices`` selected a subset)."""
-    from workbench.evaluation.coco import coco_metrics
+def dataset_coco_gt(dataset, image_ids: Sequence[int] | None = None):
+    """The dataset's ground truth as a pycocotools ``COCO``, restricted to ``image_ids``."""
     from workbench.evaluation.coco_files import coco_gt_from_dict
 
     gt = dataset.to_coco_dict()
-    predicted = {p.image_id for p in predictions}
-    if indices is not None:
-        gt = dict(gt)
-        gt["images"] = [im for im in gt["images"] if im["id"] in predicted]
-        gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in predicted]
-    coco_gt = coco_gt_from_dict(gt, source=getattr(dataset, "source", "dataset"))
-    return coco_metrics(coco_gt, predictions_to_coco_results(predictions, dataset.label_to_category_id))
+    if image_ids is not None:
+        keep = {int(i) for i in image_ids}
+        gt = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
+              "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    return coco_gt_from_dict(gt, source=getattr(dataset, "source", "dataset"))
+
+
+def evaluate_predictions(
+    dataset, predictions: Sequence[ImagePrediction], *, indices=None, metric: str = "coco"
+) -> dict[str, Any]:
+    """The metrics ``metric`` reports (:mod:`workbench.evaluation.detection`: the COCO numbers,
+    AP at IoU 0.5 .. 0.9 and, for ``voc07``, VOC mAP) of ``predictions`` against the dataset's
+    ground truth (restricted to the predicted images when ``indices`` selected a subset)."""
+    from workbench.evaluation.detection import evaluate_detections
+
+    coco_gt = dataset_coco_gt(dataset, None if indices is None else [p.image_id for p in predictions])
+    results = predictions_to_coco_results(predictions, dataset.label_to_category_id)
+    _, metrics = evaluate_detections(coco_gt, results, metric, source=getattr(dataset, "source", "predictions"))
+    return metrics
+
+
+__all__ = [
+    "BatchOutput", "ImagePrediction", "dataset_coco_gt", "evaluate_predictions", "images_to_model_input",
+    "iter_model_outputs", "predict_dataset", "predictions_to_coco_results", "targets_to_device", "unwrap",
+]

@@ -1,23 +1,26 @@
-"""The training loop: one process or many (torchrun), CPU or CUDA.
+"""Training: a small loop of (model, data loader, optimizer, hooks), and the function that builds
+them from a ``TrainConfig``. One process or many (torchrun), CPU or CUDA.
 
-A small loop: per step, the lr from a pure schedule, forward, a finiteness check of every loss
-part, backward, optional clipping, an optimiser step, and a log record. Per epoch: evaluation on
-the validation split, ``last`` and ``best`` checkpoints (atomic). SIGINT / SIGTERM save a
-checkpoint at the current step and stop cleanly; ``resume=True`` continues from it.
+- :class:`SimpleTrainer` (as detectron2's): per step, the hooks' ``before_step`` (the lr),
+  forward, a finiteness check of every loss part (all ranks agree), backward through the AMP
+  scaler, optional gradient clipping, the optimiser step, then ``after_step`` (metrics lines,
+  progress, a stop request). Per epoch, ``after_epoch`` (evaluation, checkpoints). Everything
+  but the step is a hook (:mod:`workbench.engine.hooks`).
+- :class:`Trainer` / :func:`train`: set up device, process group, seed, data, model and
+  optimizer from a config, register the standard hooks, and train into a run directory:
+  ``last`` and ``best`` checkpoints (atomic; ``best`` by the metric the config is judged by),
+  per-epoch evaluation, ``metrics.jsonl``, SIGINT / SIGTERM saving a checkpoint at the current
+  step, ``resume=True`` continuing from it with the same result as an uninterrupted run (CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
-import resource
-import signal
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +28,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from workbench import distributed
-from workbench.config import TrainConfig, train_config_from_dict
+from workbench.config import TrainConfig
 from workbench.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from workbench.engine.hooks import (
+    Checkpointer,
+    Evaluation,
+    HookBase,
+    LRSchedule,
+    MetricsWriter,
+    Progress,
+    StepCallback,
+    StepRecord,
+    StopOnSignal,
+    agree_max,
+    peak_memory_mb,
+)
 from workbench.engine.inference import (
     evaluate_predictions,
     images_to_model_input,
@@ -38,9 +52,10 @@ from workbench.engine.inference import (
     targets_to_device,
     unwrap,
 )
+from workbench.engine.loading import load_run_config, load_trained_model, resolve_device
 from workbench.engine.run_dir import RunDir
-from workbench.engine.sampler import TrainSampler
 from workbench.engine.schedule import lr_factor
+from workbench.engine.train_loader import TrainLoader
 from workbench.errors import ConfigError, WorkbenchError
 
 log = logging.getLogger(__name__)
@@ -51,32 +66,14 @@ class NonFiniteLossError(WorkbenchError):
 
 
 @dataclass
-class StepRecord:
-    """What hooks receive after every optimiser step."""
-
-    epoch: int
-    step: int  # global step, 1-based after the update
-    lr: float
-    losses: dict[str, float]
-
-
-@dataclass
 class TrainResult:
     run_dir: Path
     epochs_completed: int
     global_step: int
-    best_ap: float | None
+    best_ap: float | None  # the best value of `best_metric` (AP for runs judged by COCO AP)
     last_eval: dict[str, float] | None
     interrupted: bool = False
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch sees no CUDA device")
-    return device
+    best_metric: str = "AP"
 
 
 def seed_everything(seed: int) -> None:
@@ -97,40 +94,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.opti
     raise ConfigError(f"unknown optimizer {o.name!r}: use sgd, adam or adamw")
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is in kilobytes on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class StopRequest:
-    """SIGINT / SIGTERM set a flag the loop reads after each step; a second SIGINT aborts."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        log.warning("%s received: saving a checkpoint after this step", self.signal_name)
-
-    def __enter__(self) -> "StopRequest":
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _autocast(device: torch.device, amp: str | None):
+def autocast(device: torch.device, amp: str | None):
+    """The autocast context of ``amp`` (``None``, ``bf16``, ``fp16``; CUDA only)."""
     if amp is None:
         return contextlib.nullcontext()
     if device.type != "cuda":
@@ -138,13 +103,160 @@ def _autocast(device: torch.device, amp: str | None):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _agree(flags: list[float], device: torch.device) -> list[float]:
-    """Max over ranks, so every rank stops at the same step."""
-    if not distributed.is_distributed():
-        return flags
-    t = torch.tensor(flags, dtype=torch.float32, device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return t.tolist()
+class SimpleTrainer:
+    """Trains ``model`` for ``epochs`` over ``loader`` with ``optimizer``; hooks do the rest.
+
+    ``loader`` is iterable once per epoch and has ``len()`` (batches per epoch); when it has
+    ``set_epoch(epoch, start_batch)`` (:class:`~workbench.engine.train_loader.TrainLoader`), it
+    is called before each epoch so a resumed run continues mid-epoch. A batch is a
+    ``workbench.data.collate.Batch``; the model is called as ``model(images, targets)`` and
+    returns a ``DetectorOutput`` whose ``losses`` are summed.
+
+    State read by hooks: ``epoch`` (finished epochs), ``batch_in_epoch``, ``global_step``,
+    ``steps_per_epoch``, ``epochs``, ``step_values`` (float loss parts, ``loss``, ``lr`` of the
+    last step), ``step_time``, ``data_time``, ``stop_requested``, ``failed``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loader: Iterable,
+        optimizer: torch.optim.Optimizer,
+        *,
+        epochs: int,
+        device: torch.device | str = "cpu",
+        hooks: Sequence[HookBase] = (),
+        amp: str | None = None,
+        grad_clip_norm: float | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        self.model = model
+        self.loader = loader
+        self.optimizer = optimizer
+        self.epochs = int(epochs)
+        self.device = torch.device(device)
+        self.amp = amp
+        self.grad_clip_norm = grad_clip_norm
+        self.scaler = scaler if scaler is not None else torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        self.steps_per_epoch = len(loader)
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.global_step = 0
+        self.step_values: dict[str, float] = {}
+        self.step_time = 0.0
+        self.data_time = 0.0
+        self.stop_requested = False
+        self.failed = False
+        self.hooks: list[HookBase] = []
+        self.register_hooks(hooks)
+
+    def register_hooks(self, hooks: Iterable[HookBase]) -> None:
+        for hook in hooks:
+            if not isinstance(hook, HookBase):
+                raise TypeError(f"hooks must derive from HookBase, got {type(hook).__name__}")
+            hook.trainer = self
+            self.hooks.append(hook)
+
+    def request_stop(self) -> None:
+        """Stop after the current step (hooks call this; the stop is clean: ``after_train``
+        runs and a checkpoint hook saves)."""
+        self.stop_requested = True
+
+    def _call(self, name: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, name)()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self) -> None:
+        self.failed = False
+        try:
+            self._call("before_train")
+            while self.epoch < self.epochs:
+                self._call("before_epoch")
+                self.run_epoch()
+                if self.stop_requested:
+                    break
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self._call("after_epoch")
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            self._call("after_train")
+
+    def run_epoch(self) -> None:
+        import time
+
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+        t_data = time.perf_counter()
+        for batch in self.loader:
+            self.data_time = time.perf_counter() - t_data
+            self._call("before_step")
+            t0 = time.perf_counter()
+            self.step_values = self.run_step(batch)
+            self.global_step += 1
+            self.batch_in_epoch += 1
+            self.step_time = time.perf_counter() - t0
+            self._call("after_step")
+            if self.stop_requested:
+                return
+            t_data = time.perf_counter()
+
+    def run_step(self, batch) -> dict[str, float]:
+        """One optimiser step; the loss parts, the total ``loss`` and the ``lr`` as floats."""
+        images = images_to_model_input(batch.images, self.device)
+        targets = targets_to_device(batch.targets, self.device)
+        with autocast(self.device, self.amp):
+            out = self.model(images, targets)
+        losses = {k: v.float() for k, v in out.losses.items()}
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        (any_bad,) = agree_max([float(bool(bad))], self.device)
+        if any_bad:
+            what = ", ".join(f"{k} = {values[k]}" for k in bad) or "on another rank"
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.global_step + 1} (epoch {self.epoch + 1}): {what}; training stopped"
+            )
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(unwrap(self.model).parameters(), self.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        values["loss"] = float(total.detach())
+        values["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        return values
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, scaler, counters, random generators, and every hook's state."""
+        state = {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+        }
+        for hook in self.hooks:
+            state.update(hook.state_dict())
+        state["rng"] = rng_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.global_step = state["global_step"]
+        for hook in self.hooks:
+            hook.load_state_dict(state)
+        set_rng_state(state["rng"])
 
 
 def _load_data(cfg: TrainConfig):
@@ -160,8 +272,26 @@ def _subset(n: int, limit: int | None) -> list[int]:
     return list(range(n if limit is None else min(n, limit)))
 
 
+def progress_mode(progress: bool | str | None) -> str:
+    """``None``: a bar on a terminal, plain lines otherwise; ``True``: ``bar``; ``False``:
+    ``lines``; or ``bar`` / ``lines`` / ``off``."""
+    if progress is None or progress == "auto":
+        return "bar" if sys.stderr.isatty() else "lines"
+    if progress is True:
+        return "bar"
+    if progress is False:
+        return "lines"
+    return str(progress)
+
+
 class Trainer:
-    """Trains ``cfg`` into ``run_dir``. ``hooks`` are called with a ``StepRecord`` after each step."""
+    """Trains ``cfg`` into ``run_dir``: builds a :class:`SimpleTrainer` with the standard hooks.
+
+    ``hooks`` are extra :class:`~workbench.engine.hooks.HookBase` instances or functions of a
+    :class:`~workbench.engine.hooks.StepRecord` called after every step (before the run's own
+    logging). ``progress``: see :func:`progress_mode`. After :meth:`fit` (or :meth:`build`),
+    ``model``, ``engine`` (the ``SimpleTrainer``), ``train_set`` and ``val_set`` are set.
+    """
 
     def __init__(
         self,
@@ -169,9 +299,11 @@ class Trainer:
         run_dir: Path,
         *,
         resume: bool = False,
-        progress: bool | None = None,
-        hooks: Sequence[Callable[[StepRecord], None]] = (),
+        progress: bool | str | None = None,
+        hooks: Sequence[HookBase | Callable[[StepRecord], None]] = (),
     ) -> None:
+        from workbench.evaluation.detection import check_metric
+
         self.run = RunDir(Path(run_dir))
         if resume:
             if not self.run.last_checkpoint.exists():
@@ -180,13 +312,16 @@ class Trainer:
             raise WorkbenchError(
                 f"{self.run.root} already holds a trained run; pass --resume to continue it or choose another --out"
             )
+        check_metric(cfg.metric)
         self.cfg = cfg
         self.resume = resume
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = progress_mode(progress)
         self.hooks = list(hooks)
 
-    # -- set-up -----------------------------------------------------------------------------
-    def _setup(self) -> None:
+    def build(self) -> SimpleTrainer:
+        """Device, process group, seed, data, model, optimizer, loader and hooks; the run
+        directory is created (or, resuming, the checkpoint loaded)."""
+        from workbench.evaluation.detection import judged_key
         from workbench.methods import get_method
 
         cfg = self.cfg
@@ -203,233 +338,94 @@ class Trainer:
         self.val_indices = _subset(len(self.val_set), cfg.data.max_val_images)
         num_classes = len(self.train_set.categories)
 
-        method = get_method(cfg.method)
-        model = method.build_model(cfg.model, num_classes).to(self.device)
+        model = get_method(cfg.method).build_model(cfg.model, num_classes).to(self.device)
         self.model: nn.Module = model
+        wrapped: nn.Module = model
         if distributed.is_distributed():
-            self.model = nn.parallel.DistributedDataParallel(
+            wrapped = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.base_lr = cfg.effective_lr(distributed.world_size())
-        self.optimizer = build_optimizer(model, cfg, self.base_lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-        self.sampler = TrainSampler(
-            len(self.train_indices), cfg.batch_size, cfg.seed, distributed.rank(), distributed.world_size()
+        base_lr = cfg.effective_lr(distributed.world_size())
+        optimizer = build_optimizer(model, cfg, base_lr)
+        loader = TrainLoader(self.train_set, self.train_indices, cfg.batch_size, cfg.seed,
+                             num_workers=cfg.data.num_workers, rank=distributed.rank(),
+                             world_size=distributed.world_size())
+
+        self.progress_hook = Progress(self.progress, every=cfg.log_every_steps)
+        self.evaluation = Evaluation(self._evaluate, self.run, every=cfg.eval_every_epochs,
+                                     key=judged_key(cfg.metric), note=self.progress_hook.note)
+        user = [h if isinstance(h, HookBase) else StepCallback(h) for h in self.hooks]
+        hooks = [
+            LRSchedule(base_lr, lambda step, per_epoch: lr_factor(step, per_epoch, cfg.schedule)),
+            *user,
+            MetricsWriter(self.run, cfg.log_every_steps, self.device),
+            self.progress_hook,
+            self.evaluation,
+            Checkpointer(self._save, self.evaluation, note=self.progress_hook.note, where=str(self.run.last_checkpoint)),
+            StopOnSignal(self.device),
+        ]
+        self.engine = SimpleTrainer(
+            wrapped, loader, optimizer, epochs=cfg.schedule.epochs, device=self.device, hooks=hooks,
+            amp=cfg.amp, grad_clip_norm=cfg.optimizer.grad_clip_norm,
         )
-        self.steps_per_epoch = self.sampler.batches_per_epoch()
-        self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
-        self.best_ap: float | None = None
-        self.last_eval: dict[str, float] | None = None
 
         if distributed.is_main_process():
             self.run.create()
             if not self.resume:
-                self.run.config.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+                self.run.write_config(cfg.to_dict())
         if self.resume:
-            self._load_state(load_checkpoint(self.run.last_checkpoint, map_location=self.device))
+            self.engine.load_state_dict(load_checkpoint(self.run.last_checkpoint, map_location=self.device))
+            log.info("resumed from %s at epoch %d, step %d", self.run.last_checkpoint, self.engine.epoch,
+                     self.engine.global_step)
             if distributed.is_main_process():
-                self.run.truncate_metrics_after(self.global_step)
+                self.run.truncate_metrics_after(self.engine.global_step)
         distributed.barrier()
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "model": unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "global_step": self.global_step,
-            "best_ap": self.best_ap,
-            "last_eval": self.last_eval,
-            "rng": rng_state(),
-            "config": self.cfg.to_dict(),
-            "label_to_category_id": dict(self.train_set.label_to_category_id),
-            "categories": list(self.train_set.categories),
-        }
-
-    def _load_state(self, state: dict[str, Any]) -> None:
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch = state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]
-        self.global_step = state["global_step"]
-        self.best_ap = state["best_ap"]
-        self.last_eval = state["last_eval"]
-        set_rng_state(state["rng"])
-        log.info("resumed from %s at epoch %d, step %d", self.run.last_checkpoint, self.epoch, self.global_step)
+        return self.engine
 
     def _save(self, which: str) -> None:
         if distributed.is_main_process():
-            save_atomic(self._state(), self.run.checkpoint(which))
+            state = {
+                **self.engine.state_dict(),
+                "config": self.cfg.to_dict(),
+                "label_to_category_id": dict(self.train_set.label_to_category_id),
+                "categories": list(self.train_set.categories),
+            }
+            save_atomic(state, self.run.checkpoint(which))
         distributed.barrier()
 
-    # -- loop -------------------------------------------------------------------------------
-    def _loader(self, epoch: int) -> DataLoader:
-        from workbench.data.collate import collate_samples
-
-        self.sampler.set_epoch(epoch, self.batch_in_epoch)
-        subset = torch.utils.data.Subset(self.train_set, self.train_indices)
-        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch * 104729 + distributed.rank())
-        return DataLoader(
-            subset,
-            batch_size=self.cfg.batch_size,
-            sampler=self.sampler,
-            num_workers=self.cfg.data.num_workers,
-            collate_fn=collate_samples,
-            generator=g,
-            persistent_workers=False,
-        )
-
-    def _step(self, batch) -> dict[str, float] | None:
-        """One optimiser step; the loss parts as floats, or None when a stop was requested."""
-        lr = self.base_lr * lr_factor(self.global_step, self.steps_per_epoch, self.cfg.schedule)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        images = images_to_model_input(batch.images, self.device)
-        targets = targets_to_device(batch.targets, self.device)
-        with _autocast(self.device, self.cfg.amp):
-            out = self.model(images, targets)
-        losses = {k: v.float() for k, v in out.losses.items()}
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
-        (any_bad,) = _agree([float(bool(bad))], self.device)
-        if any_bad:
-            what = ", ".join(f"{k} = {values[k]}" for k in bad) or "on another rank"
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.global_step + 1} (epoch {self.epoch + 1}): {what}; "
-                f"training stopped, the last good checkpoint is kept in {self.run.root / 'checkpoints'}"
-            )
-        total = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        if self.cfg.optimizer.grad_clip_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(unwrap(self.model).parameters(), self.cfg.optimizer.grad_clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        values["loss"] = float(total.detach())
-        values["lr"] = lr
-        return values
-
-    def _evaluate(self) -> dict[str, float]:
+    def _evaluate(self) -> dict[str, Any]:
+        engine = self.engine
+        self.progress_hook.note(f"epoch {engine.epoch}/{engine.epochs}: evaluating on {len(self.val_indices)} "
+                                f"{self.cfg.data.val_split} images")
         preds = predict_dataset(
-            self.model, self.val_set, self.device, batch_size=self.cfg.batch_size,
-            indices=self.val_indices, progress=self.progress,
+            engine.model, self.val_set, self.device, batch_size=self.cfg.batch_size,
+            indices=self.val_indices, progress=self.progress == "bar",
         )
-        metrics = {}
+        metrics: dict[str, Any] = {}
         if distributed.is_main_process():
-            metrics = evaluate_predictions(self.val_set, preds, indices=self.val_indices)
+            metrics = evaluate_predictions(self.val_set, preds, indices=self.val_indices, metric=self.cfg.metric)
         return distributed.broadcast_object(metrics)
 
     def fit(self) -> TrainResult:
-        self._setup()
-        cfg = self.cfg
-        main = distributed.is_main_process()
-        interrupted = False
-        with StopRequest() as stop:
-            while self.epoch < cfg.schedule.epochs:
-                loader = self._loader(self.epoch)
-                bar = tqdm(
-                    total=self.steps_per_epoch, initial=self.batch_in_epoch, unit="step",
-                    desc=f"epoch {self.epoch + 1}/{cfg.schedule.epochs}",
-                    disable=not (self.progress and main), dynamic_ncols=True,
-                )
-                window: dict[str, list[float]] = {}
-                t_data = time.perf_counter()
-                for batch in loader:
-                    data_time = time.perf_counter() - t_data
-                    t0 = time.perf_counter()
-                    values = self._step(batch)
-                    self.global_step += 1
-                    self.batch_in_epoch += 1
-                    step_time = time.perf_counter() - t0
-                    for k, v in values.items():
-                        window.setdefault(k, []).append(v)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}")
-                    record = StepRecord(self.epoch, self.global_step, values["lr"], values)
-                    for hook in self.hooks:
-                        hook(record)
-                    if self.global_step % cfg.log_every_steps == 0 or self.batch_in_epoch == self.steps_per_epoch:
-                        self._log_train(window, step_time, data_time)
-                        window = {}
-                    (stop_now,) = _agree([float(stop.signal_name is not None)], self.device)
-                    if stop_now:
-                        interrupted = True
-                        break
-                    t_data = time.perf_counter()
-                bar.close()
-                if interrupted:
-                    self._save("last")
-                    if main:
-                        log.warning("stopped at epoch %d, step %d; checkpoint saved to %s (resume with --resume)",
-                                    self.epoch + 1, self.global_step, self.run.last_checkpoint)
-                    break
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                self._end_of_epoch()
+        engine = self.build()
+        try:
+            engine.train()
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(
+                f"{exc}, the last good checkpoint is kept in {self.run.root / 'checkpoints'}"
+            ) from None
         distributed.barrier()
-        return TrainResult(self.run.root, self.epoch, self.global_step, self.best_ap, self.last_eval, interrupted)
-
-    def _log_train(self, window: dict[str, list[float]], step_time: float, data_time: float) -> None:
-        means = {k: sum(v) / len(v) for k, v in window.items()}
-        means = distributed.all_reduce_mean(means, self.device)
-        if not distributed.is_main_process():
-            return
-        record = {"kind": "train", "epoch": self.epoch + 1, "step": self.global_step,
-                  "step_time": step_time, "data_time": data_time,
-                  "peak_memory_mb": peak_memory_mb(self.device), **means}
-        self.run.append_metrics(record)
-        if not self.progress:
-            parts = " ".join(f"{k}={v:.4f}" for k, v in sorted(means.items()) if k.startswith("loss"))
-            log.info("epoch %d step %d/%d lr=%.2e %s (%.2fs/step)", self.epoch + 1, self.batch_in_epoch,
-                     self.steps_per_epoch, means["lr"], parts, step_time)
-
-    def _end_of_epoch(self) -> None:
-        cfg = self.cfg
-        due = self.epoch % cfg.eval_every_epochs == 0 or self.epoch == cfg.schedule.epochs
-        if due:
-            metrics = self._evaluate()
-            self.last_eval = metrics
-            improved = self.best_ap is None or metrics["AP"] > self.best_ap
-            if improved:
-                self.best_ap = metrics["AP"]
-            if distributed.is_main_process():
-                self.run.eval_file(self.epoch).write_text(json.dumps(metrics, indent=2) + "\n")
-                self.run.append_metrics({"kind": "eval", "epoch": self.epoch, "step": self.global_step, **metrics})
-                log.info("epoch %d: AP %.4f AP50 %.4f AP75 %.4f", self.epoch, metrics["AP"], metrics["AP50"], metrics["AP75"])
-            if improved:
-                self._save("best")
-        self._save("last")
+        return TrainResult(self.run.root, engine.epoch, engine.global_step, self.evaluation.best,
+                           self.evaluation.last, engine.stop_requested, self.evaluation.key)
 
 
-def train(cfg: TrainConfig, out_dir: Path | str, *, resume: bool = False, progress: bool | None = None,
-          hooks: Sequence[Callable[[StepRecord], None]] = ()) -> TrainResult:
-    """Train ``cfg`` into ``out_dir`` (see ``Trainer``)."""
+def train(cfg: TrainConfig, out_dir: Path | str, *, resume: bool = False, progress: bool | str | None = None,
+          hooks: Sequence[HookBase | Callable[[StepRecord], None]] = ()) -> TrainResult:
+    """Train ``cfg`` into ``out_dir`` (see :class:`Trainer`)."""
     return Trainer(cfg, Path(out_dir), resume=resume, progress=progress, hooks=hooks).fit()
 
 
-def load_run_config(run_dir: Path | str) -> TrainConfig:
-    return train_config_from_dict(RunDir(Path(run_dir)).read_config())
-
-
-def load_trained_model(run_dir: Path | str, which: str = "best", device: str | torch.device = "cpu"):
-    """(model in eval mode, config, checkpoint) of a finished or interrupted run."""
-    from workbench.methods import get_method
-
-    run = RunDir(Path(run_dir))
-    cfg = train_config_from_dict(run.read_config())
-    path = run.checkpoint(which)
-    if which == "best" and not path.exists():
-        path = run.last_checkpoint
-    state = load_checkpoint(path, map_location=device)
-    model = get_method(cfg.method).build_model(cfg.model, len(state["categories"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg, state
-
-
 __all__ = [
-    "NonFiniteLossError", "StepRecord", "TrainResult", "Trainer", "train", "load_run_config",
-    "load_trained_model", "resolve_device"
+    "NonFiniteLossError", "SimpleTrainer", "StepRecord", "TrainResult", "Trainer", "autocast", "build_optimizer",
+    "load_run_config", "load_trained_model", "peak_memory_mb", "resolve_device", "seed_everything", "train",
 ]

@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from workbench import distributed
-from workbench.engine.inference import ImagePrediction, images_to_model_input, unwrap
+from workbench.engine.inference import ImagePrediction, iter_model_outputs
 from workbench.errors import WorkbenchError
 from workbench.inspection.traces import DEFAULT_SHARD_SIZE, ImageTrace, TraceWriter
 from workbench.modeling.trace import TraceRecorder
@@ -46,7 +45,6 @@ def complete_records(
     return out
 
 
-@torch.no_grad()
 def iter_traced_predictions(
     model: nn.Module,
     dataset,
@@ -57,30 +55,17 @@ def iter_traced_predictions(
     progress: bool = False,
 ) -> Iterator[tuple[ImagePrediction, ImageTrace]]:
     """``(prediction, trace)`` of each image of ``dataset`` (or of ``indices``), in dataset
-    order; detections in original-image coordinates on the CPU, as ``predict_dataset`` gives."""
-    from workbench.data.collate import collate_samples
-
+    order; detections in original-image coordinates on the CPU, as ``predict_dataset`` gives.
+    The model runs in the engine's prediction loop with a fresh ``TraceRecorder`` per batch."""
     if distributed.is_distributed():
         raise WorkbenchError("tracing runs in one process; run `workbench predict --trace` without torchrun")
-    if indices is None:
-        indices = range(len(dataset))
-    net = unwrap(model)
-    was_training = net.training
-    net.eval()
-    bar = tqdm(total=len(indices), desc="predict+trace", unit="img", disable=not progress)
-    try:
-        for start in range(0, len(indices), batch_size):
-            batch = collate_samples([dataset[i] for i in indices[start : start + batch_size]])
-            recorder = TraceRecorder()
-            result = net(images_to_model_input(batch.images, device), recorder=recorder)
-            for i, det in enumerate(result.detections):
-                records = complete_records(recorder.images[i], det, result.raw, i)
-                trace = ImageTrace(int(batch.image_ids[i]), batch.file_names[i], tuple(batch.orig_sizes[i]), records)
-                yield ImagePrediction(int(batch.image_ids[i]), det.to("cpu")), trace
-            bar.update(len(batch))
-    finally:
-        bar.close()
-        net.train(was_training)
+    for item in iter_model_outputs(model, dataset, device, indices=indices, batch_size=batch_size,
+                                   progress=progress, desc="predict+trace", recorder_factory=TraceRecorder):
+        batch, result = item.batch, item.output
+        for i, det in enumerate(result.detections):
+            records = complete_records(item.recorder.images[i], det, result.raw, i)
+            trace = ImageTrace(int(batch.image_ids[i]), batch.file_names[i], tuple(batch.orig_sizes[i]), records)
+            yield ImagePrediction(int(batch.image_ids[i]), det.to("cpu")), trace
 
 
 def dataset_meta(dataset, data_spec: str | None, checkpoint: str | None) -> dict[str, Any]:

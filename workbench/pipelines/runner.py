@@ -81,17 +81,28 @@ def command_argv(command: tuple[str, ...]) -> list[str]:
     return list(command)
 
 
-def run_notebook(step: Step, *, kernel_name: str = KERNEL_NAME, log_output: bool = False) -> None:
-    """Execute the step's notebook with papermill into ``step.output``."""
+def run_notebook(step: Step, *, kernel_name: str = KERNEL_NAME, log_output: bool = False,
+                 stream_output: bool = True) -> None:
+    """Execute the step's notebook with papermill into ``step.output``.
+
+    With ``stream_output`` what the notebook's cells print (stdout and stderr: the training's
+    progress lines, for one) is copied to this process's stdout and stderr while the cell
+    runs, as ``papermill --log-output`` would show it but without papermill's own cell
+    markers. ``log_output`` streams everything through papermill's logger instead (cell
+    markers and results included).
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     step.output.parent.mkdir(parents=True, exist_ok=True)
+    streams = {}
+    if stream_output and not log_output:
+        streams = {"stdout_file": sys.stdout, "stderr_file": sys.stderr}
     try:
         with _papermill_logging(log_output):
             papermill.execute_notebook(
                 str(step.notebook), str(step.output), parameters=step.parameters, kernel_name=kernel_name,
-                progress_bar=False, log_output=log_output, extra_arguments=KERNEL_ARGUMENTS,
+                progress_bar=False, log_output=log_output, extra_arguments=KERNEL_ARGUMENTS, **streams,
             )
     except PapermillExecutionError as exc:
         raise PipelineError(
@@ -132,10 +143,11 @@ def run_command(step: Step, logs: Path) -> None:
         )
 
 
-def run_step(step: Step, pipeline: Pipeline, *, kernel_name: str = KERNEL_NAME, log_output: bool = False) -> None:
+def run_step(step: Step, pipeline: Pipeline, *, kernel_name: str = KERNEL_NAME, log_output: bool = False,
+             stream_output: bool = True) -> None:
     """Run one step (a notebook or a command)."""
     if step.kind == "notebook":
-        run_notebook(step, kernel_name=kernel_name, log_output=log_output)
+        run_notebook(step, kernel_name=kernel_name, log_output=log_output, stream_output=stream_output)
     else:
         run_command(step, pipeline.out / "logs")
 
@@ -152,9 +164,12 @@ def run_pipeline(
     fresh: bool = False,
     kernel_name: str = KERNEL_NAME,
     log_output: bool = False,
-    echo: Callable[[str], None] = print,
+    stream_output: bool = True,
+    echo: Callable[[str], None] | None = None,
 ) -> list[StepOutcome]:
-    """Run the pipeline's steps in order (see the module docstring for resuming)."""
+    """Run the pipeline's steps in order (see the module docstring for resuming). What the
+    notebooks print is streamed while they run (``stream_output``, see :func:`run_notebook`)."""
+    echo = echo or _print_flushed
     pipeline.out.mkdir(parents=True, exist_ok=True)
     state = {"steps": {}} if fresh else read_state(pipeline)
     state.update(pipeline=pipeline.name, source=str(pipeline.source))
@@ -171,7 +186,7 @@ def run_pipeline(
         write_state(pipeline, state)
         echo(f"[{number}/{total}] {step.name}: {_describe(step)}")
         start = time.perf_counter()
-        run_step(step, pipeline, kernel_name=kernel_name, log_output=log_output)
+        run_step(step, pipeline, kernel_name=kernel_name, log_output=log_output, stream_output=stream_output)
         seconds = time.perf_counter() - start
         state["steps"][step.name] = {
             "fingerprint": step.fingerprint(),
@@ -183,6 +198,11 @@ def run_pipeline(
         echo(f"[{number}/{total}] {step.name}: done in {seconds:.1f} s")
         outcomes.append(StepOutcome(step.name, "ran", seconds, step.output))
     return outcomes
+
+
+def _print_flushed(line: str) -> None:
+    """Print a step line at once, so it comes before what the step's notebook streams."""
+    print(line, flush=True)
 
 
 def _describe(step: Step) -> str:

@@ -64,15 +64,17 @@ def evaluate_run_detailed(
     results in ``RUN/predictions/<split>.json``, with ``trace`` also ``RUN/traces/<split>``;
     tracing does not change the detections), and the metrics go to
     ``RUN/eval/<which>_<split>.json`` as ``workbench evaluate --run`` writes them."""
-    from workbench.engine.predict import predict_run
+    from workbench.atomic import write_text_atomic
+    from workbench.engine.predict import eval_result_path, predict_run
     from workbench.engine.trainer import load_run_config
+    from workbench.evaluation.detection import metrics_of_evaluation
 
-    split = split or load_run_config(run_dir).data.val_split
+    cfg = load_run_config(run_dir)
+    split = split or cfg.data.val_split
     predict_run(Path(run_dir), which=which, split=split, device=device, progress=False, trace=trace)
     evaluation = evaluation_from_predictions(run_dir, split)
-    out = RunDir(Path(run_dir)).root / "eval" / f"{Path(which).stem}_{split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(evaluation.metrics, indent=2) + "\n")
+    metrics = metrics_of_evaluation(evaluation, cfg.metric)  # COCO, AP per IoU, VOC for voc07 runs
+    write_text_atomic(eval_result_path(run_dir, which, split), json.dumps(metrics, indent=2) + "\n")
     return evaluation
 
 
