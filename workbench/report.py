@@ -2,10 +2,14 @@
 self-contained file (plotly.js is inside it; it opens offline, from disk or an e-mail).
 
 Sections, in order: final metrics; training loss and AP of every run; per run, its training
-curves and per-class precision-recall curves; proposal recall AR@100/300/1000; the KL-RPN
-objectness-offsets figure (paper Fig. 3) when a KL-RPN run is among them; per run, its proposal
-score histogram, one image with detections and suppressed boxes, the NMS slider of that image
-and, where recorded, its uncertainty map.
+curves and per-class precision-recall curves; for the runs with proposals, proposal recall
+AR@100/300/1000 and the offsets of their highest- and lowest-objectness proposals to the ground
+truth (the figure of the KL-RPN paper, Fig. 3); per run, its proposal score histogram, one image
+with detections and suppressed boxes, the NMS slider of that image and one figure per map its
+method declares.
+
+What a run shows comes from its method's declaration (``Method.record_views``, see
+:mod:`workbench.methods`): this module names no method and no method's record.
 
 ```python
 from workbench.report import build_report
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from workbench import records as R
 from workbench.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -88,28 +93,51 @@ def run_curve_sections(run) -> list[Section]:
     return sections
 
 
+def _views(run):
+    from workbench.methods import record_views
+
+    return record_views(run.method)
+
+
+def _has_proposals(run) -> bool:
+    return any(v.kind == "boxes" and v.record == R.PROPOSALS for v in _views(run))
+
+
+def runs_with_proposals(runs) -> list:
+    """The runs whose method declares proposals (a boxes view of
+    :data:`workbench.records.PROPOSALS`), in order: those that proposal recall and the
+    objectness-offsets figure apply to."""
+    return [r for r in runs if _has_proposals(r)]
+
+
 def proposal_sections(runs, *, max_images: int, top_n: int, device: str) -> list[Section]:
-    """Proposal recall of every run, and KL-RPN's Fig. 3 when a KL-RPN run is among them."""
+    """Proposal recall of every run with proposals and their offsets to the ground truth by
+    objectness (none without such runs)."""
     from workbench.pipelines.runs import objectness_offsets_of_runs, run_proposal_recall
     from workbench.viz.proposals import objectness_offsets_figure
     from workbench.viz.tables import metrics_table_figure
 
-    recall = {r.name: run_proposal_recall(r.path, max_images=max_images, top_n=top_n, device=device) for r in runs}
+    with_proposals = runs_with_proposals(runs)
+    if not with_proposals:
+        return []
+    recall = {r.name: run_proposal_recall(r.path, max_images=max_images, top_n=top_n, device=device)
+              for r in with_proposals}
     columns = ["AR@100", "AR@300", "AR@1000", "R50@1000", "R70@1000"]
-    sections = [Section(f"Proposal recall (top {top_n} per image, first {max_images} validation images at most)",
-                        metrics_table_figure(recall, columns=columns, title=""))]
-    if any(r.method == "kl_rpn" for r in runs):
-        figure = objectness_offsets_figure(objectness_offsets_of_runs(runs, max_images=max_images, device=device))
-        sections.append(Section("Offsets to ground truth of the highest / lowest objectness proposals (KL-RPN Fig. 3)",
-                                figure))
-    return sections
+    figure = objectness_offsets_figure(objectness_offsets_of_runs(with_proposals, max_images=max_images, device=device))
+    return [
+        Section(f"Proposal recall (top {top_n} per image, first {max_images} validation images at most)",
+                metrics_table_figure(recall, columns=columns, title="")),
+        Section("Offsets to ground truth of the highest / lowest objectness proposals (KL-RPN paper, Fig. 3)", figure),
+    ]
 
 
 def trace_sections(run, *, score_threshold: float = 0.3, top_k: int = 100) -> list[Section]:
     """From the run's saved traces: proposal score histograms, the first image with detections
-    and suppressed boxes, its NMS slider and uncertainty map (none without traces)."""
+    and suppressed boxes, its NMS slider and one figure per declared heatmap (none without
+    traces)."""
     from workbench.engine.trainer import load_run_config
     from workbench.inspection import load_traces, trace_dir
+    from workbench.inspection.maps import cell_size
     from workbench.pipelines.runs import run_dataset
     from workbench.viz.explorer import explorer_images
     from workbench.viz.images import trace_image_figure
@@ -121,24 +149,33 @@ def trace_sections(run, *, score_threshold: float = 0.3, top_k: int = 100) -> li
     if not (trace_dir(run.path, split) / "manifest.json").is_file():
         return [Section(f"{run.name}: inside the detector", note="no traces; run `workbench predict --trace`")]
     traces = load_traces(run.path, split)
+    views = _views(run)
     dataset = run_dataset(run.path, traces.split)
     records = [t.records for t in traces]
     (item,) = explorer_images([traces[0]], dataset)
-    sections = [Section(f"{run.name}: RPN proposal scores ({len(records)} images)", score_histogram_figure(
-        {"before NMS": pooled_scores(records, "rpn_proposals_pre_nms"), "after NMS": pooled_scores(records, "rpn_proposals")},
-        density=True, title=""))]
+    sections = []
+    for view in (v for v in views if v.kind == "boxes" and v.record == R.PROPOSALS):
+        sections.append(Section(f"{run.name}: scores of the {view.field} before and after NMS ({len(records)} images)",
+                                score_histogram_figure({"before NMS": pooled_scores(records, R.PROPOSALS_PRE_NMS),
+                                                        "after NMS": pooled_scores(records, view.record)},
+                                                       density=True, title="")))
     sections.append(Section(f"{run.name}: detections (score >= {score_threshold}) and suppressed boxes, {item.label}",
-                            trace_image_figure(item.records, image=item.image, gt=item.gt, score_threshold=score_threshold,
-                                               class_names=dataset.class_names,
+                            trace_image_figure(item.records, views=views, image=item.image, gt=item.gt,
+                                               score_threshold=score_threshold, class_names=dataset.class_names,
                                                layers=("gt", "detections", "suppressed"))))
-    chosen = nms_input(item.records["rcnn_nms"], top_k=top_k)
-    sections.append(Section(f"{run.name}: final NMS at other IoU thresholds (top {top_k} candidates), {item.label}",
-                            nms_slider_figure(chosen["boxes"], chosen["scores"], chosen.get("idxs"), image=item.image,
-                                              class_names=dataset.class_names, title="NMS")))
-    if "uncertainty_map" in item.records:
-        sections.append(Section(f"{run.name}: uncertainty map (log objectness, higher is more certain), {item.label}",
-                                map_overlay_figure(item.records["uncertainty_map"]["log_objectness"], image=item.image,
-                                                   boxes=item.gt["boxes"], name="log objectness", title="")))
+    for view in (v for v in views if v.kind == "suppressed" and v.record in item.records):
+        chosen = nms_input(item.records[view.record], top_k=top_k)
+        sections.append(Section(f"{run.name}: final NMS at other IoU thresholds (top {top_k} candidates), {item.label}",
+                                nms_slider_figure(chosen["boxes"], chosen["scores"], chosen.get("idxs"), image=item.image,
+                                                  class_names=dataset.class_names, title="NMS")))
+    for view in (v for v in views if v.kind == "heatmap" and v.shown):
+        record = item.records.get(view.record)
+        if record is None or view.value_field not in record:
+            continue
+        sections.append(Section(f"{run.name}: {view.title}, {item.label}",
+                                map_overlay_figure(record[view.value_field], cell=cell_size(record), image=item.image,
+                                                   boxes=item.gt["boxes"], name=view.layer_name,
+                                                   colorbar_title=view.layer_name, title="")))
     return sections
 
 

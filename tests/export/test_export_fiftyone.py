@@ -12,14 +12,20 @@ from PIL import Image
 from workbench.data.sources import open_dataset
 from workbench.export.fiftyone import default_dataset_name, export_run
 from workbench.inspection import load_traces
+from workbench.inspection.maps import record_map_pixels
+from workbench.methods import get_method
+from workbench.methods.kl_rpn.uncertainty import RECORD_VIEWS
 
 NAME = "wb-export-test"
+#: KL-RPN's declared views (the sigma map and attributes included, whether or not its
+#: ``METHOD`` lists them yet).
+VIEWS = tuple(dict.fromkeys((*get_method("kl_rpn").record_views, *RECORD_VIEWS)))
 
 
 @pytest.fixture(scope="module")
 def exported(fiftyone_db, kl_run):
     """(dataset, summary, traces, val dataset) of the run's export."""
-    dataset, summary = export_run(kl_run, name=NAME)
+    dataset, summary = export_run(kl_run, name=NAME, views=VIEWS)
     traces = load_traces(kl_run, "val")
     data = open_dataset(traces.meta["data"], "val")
     return dataset, summary, traces, data
@@ -114,18 +120,30 @@ def test_suppressed_boxes_name_a_prediction_of_their_sample(exported):
     assert dataset.count("suppressed.detections") == total
 
 
-def test_uncertainty_is_a_heatmap_of_the_image_size(exported):
+def test_offset_sigma_is_a_heatmap_of_the_image_size_that_says_what_it_shows(exported):
     dataset, summary, traces, data = exported
-    assert summary.heatmap_fields == ["uncertainty"]
+    assert summary.heatmap_fields == ["offset_sigma"]  # the per-coordinate maps are figures only
+    description = dataset.get_field("offset_sigma").description
+    assert "sigma" in description and "anchor centres" in description and "more uncertain" in description
+    assert dataset.info["fields"]["offset_sigma"] == description
+    assert "sigma" in dataset.get_field("proposals.detections.sigma").description
     for sample in dataset:
-        heatmap = sample.uncertainty
+        heatmap = sample.offset_sigma
         assert type(heatmap).__name__ == "Heatmap" and list(heatmap.range) == [0.0, 255.0]
+        assert heatmap.value == description
         with Image.open(heatmap.map_path) as png:
             assert png.size == (96, 96) and png.mode == "L"
         low, high = heatmap.value_range
-        assert low < high
-    values = np.stack([-traces[i]["uncertainty_map"]["log_objectness"].double().numpy() for i in range(len(traces))])
+        assert 0 < low < high
+    values = np.stack([record_map_pixels(t["uncertainty_map"], "sigma_mean", t.orig_size) for t in traces])
     assert (low, high) == pytest.approx((values.min(), values.max()))
+    # the PNG is the mean-sigma map on that range
+    first = traces[0]
+    sample = next(s for s in dataset if s.filepath.endswith(Path(first.file_name).name))
+    with Image.open(sample.offset_sigma.map_path) as png:
+        grey = np.asarray(png, dtype=float)
+    expected = (record_map_pixels(first["uncertainty_map"], "sigma_mean", first.orig_size) - low) / (high - low) * 255
+    assert np.abs(grey - expected).max() <= 0.5 + 1e-6
 
 
 def test_evaluation_marks_true_false_positives_and_misses(exported):
@@ -150,13 +168,13 @@ def test_exporting_again_replaces_the_dataset(exported, kl_run):
 
     dataset, summary, _, _ = exported
     old_ids = set(dataset.values("id"))
-    again, summary2 = export_run(kl_run, name=NAME, evaluate=False)
+    again, summary2 = export_run(kl_run, name=NAME, evaluate=False, views=VIEWS)
     assert fo.list_datasets().count(NAME) == 1
     assert len(again) == 4 and len(set(again.values("filepath"))) == 4
     assert not old_ids & set(again.values("id"))
     assert summary2.counts == summary.counts
     assert "eval" not in again.list_evaluations()
-    assert sorted(p.name for p in (kl_run / "fiftyone" / NAME / "uncertainty").iterdir()) == [
+    assert sorted(p.name for p in (kl_run / "fiftyone" / NAME / "offset_sigma").iterdir()) == [
         f"{i}.png" for i in sorted(load_traces(kl_run, "val").image_ids)
     ]
 

@@ -8,19 +8,23 @@ import pytest
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench import records as R
 from workbench.export.fiftyone import (
+    ExportPlan,
     HeatmapRange,
+    box_attributes,
+    box_documents,
     default_dataset_name,
     exported_suppressed_count,
-    heatmap_values,
-    map_records,
+    heatmap_pixels,
+    heatmap_ranges,
     per_box_attributes,
     prediction_positions,
-    proposal_documents,
     relative_xywh,
     suppressed_documents,
 )
 from workbench.inspection import ImageTrace
+from workbench.methods import DETECTIONS_VIEW, PROPOSALS_VIEW, TWO_STAGE_VIEWS, RecordView
 
 
 def test_relative_xywh_divides_by_width_and_height():
@@ -81,25 +85,53 @@ def test_detections_that_are_not_the_kept_boxes_are_refused():
 
 
 def test_proposals_are_cut_to_the_first_k_with_their_extras():
-    docs = proposal_documents(_trace_with_cut(), 4)
+    docs = box_documents(_trace_with_cut(), PROPOSALS_VIEW, ["circle"], max_boxes=4)
     assert len(docs) == 4 and {d["label"] for d in docs} == {"proposal"}
     assert [d["confidence"] for d in docs] == pytest.approx([0.9, 0.8, 0.7, 0.6])
     assert docs[0]["sigma"] == [1.0] * 4 and docs[0]["sigma_mean"] == 1.0
     assert len({d["_id"] for d in docs}) == 4
+    assert len(box_documents(_trace_with_cut(), PROPOSALS_VIEW, ["circle"])) == 6  # no limit: all
 
 
-def test_heatmap_of_kl_rpn_maps_grows_with_uncertainty():
-    log_objectness = torch.tensor([[2.0, -1.0], [0.0, 4.0]])
-    trace = ImageTrace(1, "1.png", (2, 2), {"uncertainty_map": {"log_objectness": log_objectness,
-                                                               "level": torch.zeros(2, 2, dtype=torch.int64)}})
-    assert map_records(trace) == {"uncertainty": "uncertainty_map"}
-    values, description = heatmap_values(trace["uncertainty_map"])
-    np.testing.assert_array_equal(values, [[-2.0, 1.0], [-0.0, -4.0]])
-    assert "sigma" in description
-    value_range = HeatmapRange()
-    value_range.update(values, description)
-    assert (value_range.low, value_range.high) == (-4.0, 1.0)
-    assert value_range.to_uint8(values).tolist() == [[102, 255], [204, 0]]
+def test_boxes_with_labels_take_class_names_and_declared_attributes_their_names():
+    trace = _trace_with_cut()
+    trace["detections"]["spread"] = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
+    trace["detections"]["iou_pred"] = torch.tensor([0.5, 0.25])
+    declared = (RecordView(R.DETECTIONS, "attribute", field="predicted_iou", value="iou_pred", label="predicted IoU"),)
+    docs = box_documents(trace, DETECTIONS_VIEW, ["circle"], declared)
+    assert [d["label"] for d in docs] == ["circle", "circle"]
+    assert [d["predicted_iou"] for d in docs] == [0.5, 0.25] and "iou_pred" not in docs[0]
+    assert [d["spread_mean"] for d in docs] == [2.0, 2.0]  # undeclared extras keep their names
+    assert box_attributes(trace["detections"], 2, declared)["predicted_iou"] == [0.5, 0.25]
+    assert box_documents(ImageTrace(1, "1.png", (5, 5), {}), DETECTIONS_VIEW, ["circle"]) == []
+
+
+def test_export_plan_sorts_views_and_refuses_clashing_fields():
+    heat = RecordView(R.UNCERTAINTY_MAP, "heatmap", field="u", value="v", label="u")
+    figure_only = RecordView(R.UNCERTAINTY_MAP, "heatmap", field="u2", value="v", label="u", app=False)
+    plan = ExportPlan.of((*TWO_STAGE_VIEWS, heat, figure_only))
+    assert plan.kept == DETECTIONS_VIEW and plan.heatmaps == (heat,)
+    assert plan.box_fields() == ["predictions", "proposals", "suppressed"]
+    with pytest.raises(WorkbenchError, match="predictions"):
+        ExportPlan.of((DETECTIONS_VIEW, RecordView(R.PROPOSALS, "boxes", field="predictions", label="x")))
+    with pytest.raises(WorkbenchError, match="ground_truth"):
+        ExportPlan.of((RecordView(R.PROPOSALS, "boxes", field="ground_truth", label="x"),))
+
+
+def test_heatmaps_come_from_the_declared_field_spread_over_the_image():
+    view = RecordView("some_map", "heatmap", field="spread", value="sigma_mean", label="mean sigma",
+                      higher="more uncertain")
+    small = torch.tensor([[2.0, -1.0], [0.0, 4.0]])
+    trace = ImageTrace(1, "1.png", (4, 6), {"some_map": {"sigma_mean": small, "other": torch.zeros(2, 2),
+                                                         R.MAP_CELL_SIZE: torch.tensor([2.0, 3.0])}})
+    values = heatmap_pixels(trace, view)
+    np.testing.assert_array_equal(values, np.repeat(np.repeat(small.numpy(), 2, axis=0), 3, axis=1))
+    assert heatmap_pixels(ImageTrace(2, "2.png", (4, 6), {}), view) is None
+    ranges = heatmap_ranges([trace], [view, DETECTIONS_VIEW])
+    assert list(ranges) == ["spread"]
+    assert (ranges["spread"].low, ranges["spread"].high) == (-1.0, 4.0)
+    assert ranges["spread"].description == "mean sigma (higher: more uncertain)"
+    assert ranges["spread"].to_uint8(small.numpy()).tolist() == [[153, 0], [51, 255]]
 
 
 def test_default_dataset_name_names_run_and_split(tmp_path):

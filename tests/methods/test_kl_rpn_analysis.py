@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from workbench.methods.kl_rpn.analysis import dataset_gt_boxes, objectness_offsets, offsets_by_objectness
-from workbench.viz.proposals import objectness_offsets_figure, uncertainty_map_figure
+from workbench.viz.proposals import objectness_offsets_figure
 
 GT = torch.tensor([[10.0, 10.0, 50.0, 50.0]])  # centre 30, 30; side 40
 
@@ -91,11 +91,23 @@ def test_offsets_figure_has_a_row_per_detector_and_both_ends_per_coordinate():
         objectness_offsets_figure({"bad": (np.zeros((3, 3)), np.zeros((3, 4)))})
 
 
-def test_uncertainty_map_figure_overlays_image_and_boxes():
-    values = np.linspace(-4, 4, 12 * 10).reshape(12, 10)
-    image = np.zeros((12, 10, 3), dtype=np.uint8)
-    fig = uncertainty_map_figure(values, image=image, boxes=np.array([[1, 2, 5, 6]]))
-    assert [type(t).__name__ for t in fig.data] == ["Image", "Heatmap"]
-    assert np.allclose(np.asarray(fig.data[1].z), values) and len(fig.layout.shapes) == 1
-    with pytest.raises(ValueError, match="differ"):
-        uncertainty_map_figure(values, image=np.zeros((5, 5, 3), dtype=np.uint8))
+def test_sigma_map_panels_say_what_they_show_and_place_anchor_cells():
+    from workbench.methods.kl_rpn.uncertainty import RECORD_VIEWS, uncertainty_maps
+    from workbench.viz.maps import map_panels_figure
+
+    log_var = torch.zeros(1, 8, 2, 2)
+    log_var[0, 0:4, 0, 0] = -1.0
+    record = uncertainty_maps([log_var], [2], (8, 8), [(8, 8)], [(12, 12)])[0]  # cells of 3 x 3 px
+    image = np.zeros((12, 12, 3), dtype=np.uint8)
+    fig = map_panels_figure(record, RECORD_VIEWS, image=image, boxes=np.array([[1, 2, 5, 6]]))
+    heatmaps = [t for t in fig.data if type(t).__name__ == "Heatmap"]
+    assert len(heatmaps) == 5  # the mean and one per coordinate
+    titles = [a.text.replace("<br>", " ") for a in fig.layout.annotations]
+    assert titles[0].startswith("mean sigma of the box offsets") and "anchor centres" in titles[0]
+    assert [t.split(" of the ")[0] for t in titles[1:]] == ["sigma"] * 4
+    assert heatmaps[0].colorbar.title.text == "offset sigma"
+    # the first cell (anchor centre 0, cell [0, 3) px) holds the chosen anchor's mean sigma
+    assert heatmaps[0].x0 == 1.5 and heatmaps[0].dx == 3.0 and heatmaps[0].y0 == 1.5
+    assert np.asarray(heatmaps[0].z)[0, 0] == pytest.approx(math.exp(-0.5))
+    with pytest.raises(ValueError, match="none of the heatmap views"):
+        map_panels_figure({"other": torch.zeros(2, 2)}, RECORD_VIEWS)

@@ -44,8 +44,8 @@ def test_training_writes_a_kl_rpn_run(cli_run):
     run, _, train, _ = cli_run
     assert "training finished after 1 epoch(s), 1 steps" in train.stdout
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["method"] == "kl_rpn" and cfg["optimizer"]["name"] == "adam"
-    assert cfg["model"]["rcnn_loss_weight"] == 10.0 and cfg["model"]["base"]["backbone"] == "resnet18_fpn"
+    assert cfg["method"] == "kl_rpn" and cfg["optimizer"]["name"] == "adamw"
+    assert cfg["model"]["rcnn_loss_weight"] == 10.0 and cfg["model"]["base"]["backbone"] == "mobilenet_v2_fpn"
     # the nested config reads back into the same typed config
     assert train_config_from_dict(cfg).model == build_preset("kl_rpn", "tiny").model
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -74,8 +74,10 @@ def test_a_trained_run_gives_uncertainty_maps_and_proposal_offsets(cli_run, monk
     with torch.no_grad():
         out = model([sample.image.float() / 255.0])
     maps = out.raw["uncertainty_maps"][0]
-    assert maps["log_objectness"].shape == sample.image.shape[-2:] == (96, 96)
-    assert bool(torch.isfinite(maps["log_objectness"]).all())
+    from workbench.inspection.maps import record_map_pixels
+
+    assert record_map_pixels(maps, "sigma_mean", (96, 96)).shape == sample.image.shape[-2:] == (96, 96)
+    assert bool(torch.isfinite(maps["sigma_mean"]).all()) and bool((maps["sigma_mean"] > 0).all())
     offsets = run_objectness_offsets(run, max_images=2)
     assert offsets.num_images == 2
     assert offsets.high.shape[1] == 4 and offsets.high.shape == offsets.low.shape

@@ -17,6 +17,7 @@ from workbench.methods.kl_rpn.model import (
     log_objectness,
     paper_objectness,
 )
+from workbench.inspection.maps import record_map_pixels
 from workbench.methods.kl_rpn.uncertainty import uncertainty_maps
 from workbench.modeling import FasterRCNNConfig, TraceRecorder, build_faster_rcnn, flatten_levels
 
@@ -186,39 +187,51 @@ def test_a_few_adam_steps_lower_the_loss_on_a_fixed_batch():
     assert float(out.losses["loss_rpn_kl"].detach()) < losses[0]
 
 
-def test_uncertainty_maps_come_with_eval_outputs_in_original_pixels(model):
+def test_uncertainty_maps_come_with_eval_outputs_and_cover_the_original_image(model):
     images, _ = _batch()
     model.eval()
     recorder = TraceRecorder()
     with torch.no_grad():
         out = model(images, recorder=recorder)
     cfg = _config()
+    sigma_min, sigma_max = math.exp(0.5 * cfg.log_var_min), math.exp(0.5 * cfg.log_var_max)
     for i, image in enumerate(images):
         maps = out.raw["uncertainty_maps"][i]
-        assert maps["log_objectness"].shape == image.shape[-2:]
-        assert maps["sigma_product"].shape == image.shape[-2:] and maps["level"].dtype == torch.int64
-        assert float(maps["log_objectness"].min()) >= -2 * cfg.log_var_max - 1e-5
-        assert float(maps["log_objectness"].max()) <= -2 * cfg.log_var_min + 1e-5
-        assert torch.allclose(maps["sigma_product"], torch.exp(-maps["log_objectness"]))
-        assert bool((maps["sigma_product"] > 0).all()) and int(maps["level"].max()) < 5
-        assert torch.equal(recorder.images[i]["uncertainty_map"]["log_objectness"], maps["log_objectness"])
+        height, width = image.shape[-2:]
+        cell = maps["cell_size"].tolist()
+        rows, cols = maps["sigma_mean"].shape
+        # the grid covers the image and no more than one cell beyond it
+        assert rows * cell[0] >= height - 1e-3 and (rows - 1) * cell[0] < height
+        assert cols * cell[1] >= width - 1e-3 and (cols - 1) * cell[1] < width
+        assert record_map_pixels(maps, "sigma_mean", (height, width)).shape == (height, width)
+        sigma = torch.stack([maps[f"sigma_{c}"] for c in "xywh"])
+        assert bool((sigma >= sigma_min * (1 - 1e-5)).all()) and bool((sigma <= sigma_max * (1 + 1e-5)).all())
+        assert torch.allclose(maps["sigma_mean"], sigma.mean(dim=0))
+        # log objectness of the chosen anchor is -log(prod sigma) of the sigmas shown
+        assert torch.allclose(maps["log_objectness"], -torch.log(sigma).sum(dim=0), atol=1e-4)
+        assert maps["level"].dtype == torch.int64 and int(maps["level"].max()) < 5
+        assert torch.equal(recorder.images[i]["uncertainty_map"]["sigma_mean"], maps["sigma_mean"])
 
 
 def test_uncertainty_map_values_by_hand():
-    # one level, stride 4 on a 8 x 8 padded input, 2 anchors per location
+    # one level, stride 4 on a 8 x 8 padded input, 2 anchors per location; cells of 2 x 2 px
     log_var = torch.zeros(1, 8, 2, 2)
-    log_var[0, 0:4, 0, 0] = -1.0  # anchor 0 at (0, 0): log objectness 2
+    log_var[0, 0:4, 0, 0] = -1.0  # anchor 0 at (0, 0): log objectness 2, sigma e^-0.5
     log_var[0, 4:8, 0, 0] = 1.0  # anchor 1 at (0, 0): -2, not the best one
-    log_var[0, 0:4, 1, 1] = 2.0  # both anchors at (1, 1): -4
+    log_var[0, 0:4, 1, 1] = 2.0  # both anchors at (1, 1), centre (4, 4): -4, sigma e
     log_var[0, 4:8, 1, 1] = 2.0
     maps = uncertainty_maps([log_var], [2], (8, 8), [(8, 8)], [(8, 8)])[0]
-    assert float(maps["log_objectness"][0, 0]) == 2.0 and float(maps["log_objectness"][3, 3]) == 2.0
-    assert float(maps["log_objectness"][7, 7]) == -4.0 and float(maps["log_objectness"][0, 7]) == 0.0
-    assert float(maps["sigma_product"][0, 0]) == pytest.approx(math.exp(-2.0))
+    assert float(maps["log_objectness"][0, 0]) == 2.0 and float(maps["log_objectness"][3, 3]) == -4.0
+    # location (1, 1) owns [2, 6) x [2, 6) and, the last one, everything past it
+    assert float(maps["log_objectness"][1, 1]) == -4.0 and float(maps["log_objectness"][0, 3]) == 0.0
+    assert float(maps["sigma_mean"][0, 0]) == pytest.approx(math.exp(-0.5))
+    assert float(maps["sigma_mean"][1, 1]) == pytest.approx(math.e)
     # the image fills only the top-left 4 x 6 of the padded input; the original is 8 x 12
     maps = uncertainty_maps([log_var], [2], (8, 8), [(4, 6)], [(8, 12)])[0]
-    assert maps["log_objectness"].shape == (8, 12)
-    assert float(maps["log_objectness"][0, 0]) == 2.0 and float(maps["log_objectness"][7, 11]) == 0.0
+    assert maps["sigma_mean"].shape == (2, 3) and maps["cell_size"].tolist() == [4.0, 4.0]
+    pixels = record_map_pixels(maps, "sigma_mean", (8, 12))
+    assert pixels[0, 0] == pytest.approx(math.exp(-0.5)) and pixels[0, 11] == pytest.approx(1.0)
+    assert pixels[4, 4] == pytest.approx(math.e) and pixels[7, 11] == pytest.approx(math.e)
 
 
 def test_uncertainty_maps_are_optional():

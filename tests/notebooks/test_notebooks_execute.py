@@ -9,6 +9,7 @@ import torchvision
 from notebook_runs import errors, execute, figures, layers, title, widget_views
 
 from workbench.inspection import load_traces
+from workbench.methods import get_method
 from workbench.viz.nms import nms_input
 
 pytestmark = pytest.mark.slow
@@ -50,8 +51,11 @@ def test_inspect_proposals_predicts_traces_and_shows_layers(trained, tmp_path):
         assert {"image", "gt", "proposals"} <= set(layers(figure))
     histogram = next(f for f in shown if "RPN proposal scores" in title(f))
     assert [t["meta"]["group"] for t in histogram["data"]] == ["before NMS", "after NMS"]
-    maps = [f for f in shown if title(f).startswith("log objectness")]
-    assert len(maps) == 2 and all(any(t["type"] == "heatmap" for t in f["data"]) for f in maps)
+    # one panel figure per image when the method declares maps, one heatmap per declared map
+    declared = [v for v in get_method("kl_rpn").record_views if v.kind == "heatmap"]
+    maps = [f for f in shown if title(f).startswith("maps:")]
+    assert len(maps) == (2 if declared else 0)
+    assert all(sum(t["type"] == "heatmap" for t in f["data"]) == len(declared) for f in maps)
     assert widget_views(nb), "the explorer widget was not displayed"
 
 

@@ -8,6 +8,7 @@ import pytest
 from plotly.offline import get_plotlyjs_version
 
 from workbench.cli import main
+from workbench.methods import get_method
 from workbench.pipelines.runs import ensure_traces
 
 pytestmark = pytest.mark.slow
@@ -33,16 +34,18 @@ def test_report_holds_metrics_figures_and_plotlyjs(trained, baseline_run, tmp_pa
         "kl: training curves",
         "kl: precision-recall per class (IoU 0.50, validation)",
         "Proposal recall (top 1000 per image, first 4 validation images at most)",
-        "Offsets to ground truth of the highest / lowest objectness proposals (KL-RPN Fig. 3)",
+        "Offsets to ground truth of the highest / lowest objectness proposals (KL-RPN paper, Fig. 3)",
         "baseline: inside the detector",
     ]
     assert headings[: len(expected)] == expected
     kl_trace_sections = headings[len(expected):]
-    assert [h.split(",")[0] for h in kl_trace_sections] == [
-        "kl: RPN proposal scores (4 images)",
+    # one section per heatmap the method declares as shown, titled by what it shows
+    maps = [v for v in get_method("kl_rpn").record_views if v.kind == "heatmap" and v.shown]
+    assert [h.rsplit(", ", 1)[0] for h in kl_trace_sections] == [
+        "kl: scores of the proposals before and after NMS (4 images)",
         "kl: detections (score &gt;= 0.3) and suppressed boxes",
         "kl: final NMS at other IoU thresholds (top 100 candidates)",
-        "kl: uncertainty map (log objectness",
+        *[f"kl: {v.title}" for v in maps],
     ]
     assert "no traces; run `workbench predict --trace`" in page
-    assert page.count('class="plotly-graph-div"') == 11
+    assert page.count('class="plotly-graph-div"') == 10 + len(maps)

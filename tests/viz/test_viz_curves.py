@@ -103,7 +103,7 @@ def test_map_overlay_checks_sizes():
     fig = map_overlay_figure(np.zeros((4, 6)), image=np.zeros((4, 6, 3), dtype=np.uint8), boxes=[[0, 0, 2, 2]])
     assert [t.type for t in fig.data] == ["image", "heatmap", "scatter"]
     assert fig.data[1].opacity == 0.5
-    assert fig.layout.title.text == "uncertainty map"
+    assert fig.layout.title.text == "map"
     assert map_overlay_figure(np.zeros((4, 6)), title="").layout.title.text == ""
     with pytest.raises(ValueError, match="differ in size"):
         map_overlay_figure(np.zeros((4, 6)), image=np.zeros((5, 6, 3), dtype=np.uint8))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from viz_records import make_gt, make_image, make_records
+from viz_records import MAP_VIEWS, make_gt, make_image, make_records
 
 from workbench.viz.boxes import outline_coordinates, to_image
 from workbench.viz.images import LAYERS, image_figure, layer_traces, trace_image_figure
@@ -30,7 +30,7 @@ def test_images_convert_from_chw_tensors_and_float_arrays():
 
 def test_every_layer_is_drawn_and_only_the_asked_ones_are_visible():
     records = make_records(seed=1)
-    fig = trace_image_figure(records, image=make_image(1), gt=make_gt(1), score_threshold=0.0,
+    fig = trace_image_figure(records, views=MAP_VIEWS, image=make_image(1), gt=make_gt(1), score_threshold=0.0,
                              layers=("gt", "suppressed"))
     for layer in LAYERS:
         traces = layer_traces(fig, layer)
@@ -42,13 +42,15 @@ def test_every_layer_is_drawn_and_only_the_asked_ones_are_visible():
 
 def test_score_thresholds_filter_detections_suppressed_and_proposals():
     records = make_records(seed=2)
-    fig = trace_image_figure(records, score_threshold=0.6, proposal_threshold=0.0, image_size=(64, 64))
+    fig = trace_image_figure(records, views=MAP_VIEWS, score_threshold=0.6, proposal_threshold=0.0,
+                             image_size=(64, 64))
     det = records["detections"]
     (detections,) = layer_traces(fig, "detections")
     assert detections.meta["index"] == torch.nonzero(det["scores"] >= 0.6).flatten().tolist()
     (proposals,) = layer_traces(fig, "proposals")
     assert proposals.meta["count"] == int((records["rpn_proposals"]["scores"] >= 0.0).sum())
-    assert "sigma x=" in proposals.hovertext[0]
+    sigma = records["rpn_proposals"]["sigma"][0]
+    assert proposals.hovertext[0].endswith("<br>sigma " + " ".join(f"{v:.3f}" for v in sigma.tolist()))
     suppressed = layer_traces(fig, "suppressed")[0]
     assert all(records["rcnn_nms"]["scores"][j] >= 0.6 for j in suppressed.meta["index"])
 
@@ -62,14 +64,23 @@ def test_nms_iou_reruns_the_final_nms():
     assert detections.meta["count"] < len(records["detections"]["scores"])
 
 
-def test_uncertainty_is_a_heatmap_under_the_boxes_on_the_pixel_grid():
+def test_a_declared_heatmap_is_drawn_under_the_boxes_on_its_cells():
     records = make_records(seed=4)
-    fig = trace_image_figure(records, image=make_image(4))
+    fig = trace_image_figure(records, views=MAP_VIEWS, image=make_image(4))
     kinds = [t.type for t in fig.data]
     assert kinds.index("heatmap") < kinds.index("scatter")
-    (heatmap,) = layer_traces(fig, "uncertainty")
-    assert np.allclose(heatmap.z, records["uncertainty_map"]["log_objectness"].numpy())
-    assert heatmap.x0 == 0.5 and layer_traces(fig, "image")[0].x0 == 0.5
+    (heatmap,) = layer_traces(fig, "map")
+    assert np.allclose(heatmap.z, records["uncertainty_map"]["sigma_mean"].numpy())
+    assert (heatmap.x0, heatmap.dx, heatmap.y0, heatmap.dy) == (2.0, 4.0, 2.0, 4.0)
+    assert layer_traces(fig, "image")[0].x0 == 0.5
+    assert heatmap.colorbar.title.text == "mean spread" and heatmap.name == "spread"
+    # hover text of proposals lists the declared attribute
+    (proposals,) = layer_traces(fig, "proposals")
+    assert "<br>sigma " in proposals.hovertext[0]
+    # without a heatmap view nothing is drawn: the two-stage views know no map
+    assert layer_traces(trace_image_figure(records, image=make_image(4)), "map") == []
+    with pytest.raises(ValueError, match="no heatmap view 'nope'"):
+        trace_image_figure(records, views=MAP_VIEWS, heatmap="nope")
 
 
 def test_unknown_layers_are_refused():

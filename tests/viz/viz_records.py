@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from workbench.methods import TWO_STAGE_VIEWS, RecordView
 from workbench.ops import nms_with_ledger
 from workbench.viz.nms import kept_detections
+
+
+#: The two-stage views plus a heatmap of the synthetic map and a per-proposal attribute.
+MAP_VIEWS = (
+    *TWO_STAGE_VIEWS,
+    RecordView("uncertainty_map", "heatmap", field="spread", value="sigma_mean", label="mean spread", shown=True),
+    RecordView("rpn_proposals", "attribute", field="sigma", label="spread per coordinate"),
+)
 
 
 def clustered_boxes(generator: torch.Generator, count: int, size: int) -> torch.Tensor:
@@ -25,7 +34,8 @@ def nms_record(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, th
 
 def make_records(seed: int = 0, size: int = 64, candidates: int = 40, proposals: int = 30) -> dict:
     """One image's records: ``rpn_proposals_pre_nms``, ``rpn_nms``, ``rpn_proposals`` (with
-    ``sigma``), ``rcnn_nms``, ``detections`` and an ``uncertainty_map`` of ``size x size``."""
+    ``sigma``), ``rcnn_nms``, ``detections`` and an ``uncertainty_map`` (``sigma_mean`` on 4 x 4
+    pixel cells; :data:`MAP_VIEWS` shows it)."""
     g = torch.Generator().manual_seed(seed)
     pre_boxes = clustered_boxes(g, proposals * 2, size)
     pre_scores = torch.rand(proposals * 2, generator=g) * 10 - 5
@@ -44,7 +54,9 @@ def make_records(seed: int = 0, size: int = 64, candidates: int = 40, proposals:
         "rcnn_candidates": {"boxes": boxes, "scores": scores, "labels": labels},
         "rcnn_nms": rcnn_nms,
         "detections": kept_detections(rcnn_nms),
-        "uncertainty_map": {"log_objectness": torch.randn((size, size), generator=g)},
+        # a map on cells of 4 x 4 pixels, as a method's map record stores it
+        "uncertainty_map": {"sigma_mean": torch.rand((size // 4, size // 4), generator=g),
+                            "cell_size": torch.tensor([4.0, 4.0])},
     }
 
 

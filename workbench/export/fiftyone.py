@@ -1,30 +1,32 @@
 """A run's traces as a persistent FiftyOne dataset, for browsing errors in the FiftyOne App.
 
 One sample per traced image (``RUN/traces/<split>``, see :mod:`workbench.inspection.traces`),
-with image ``metadata`` and these fields:
+with image ``metadata``, ``ground_truth`` (``Detections``: the dataset's boxes; crowd / ignore
+boxes, COCO ``iscrowd`` or VOC ``difficult``, carry ``iscrowd=True`` and the evaluation ignores
+them) and one field per view the traces' method declares (:class:`workbench.methods.RecordView`,
+``Method.record_views``; nothing here knows a method or a method's record):
 
-- ``ground_truth`` (``Detections``): the dataset's boxes; crowd / ignore boxes (COCO
-  ``iscrowd``, VOC ``difficult``) carry ``iscrowd=True`` and the evaluation ignores them;
-- ``predictions`` (``Detections``): the run's detections (``confidence`` = score), plus every
-  per-box method extra of the ``detections`` record as an attribute (e.g. ``sigma``);
-- ``proposals`` (``Detections``, label ``"proposal"``): the first ``max_proposals`` RPN
-  proposals after NMS (highest scores first), ``confidence`` = proposal score, plus per-box
-  extras (KL-RPN ``sigma``);
-- ``suppressed`` (``Detections``): boxes removed by the final per-class NMS (``rcnn_nms``),
-  with ``confidence`` (their score), ``suppressed_by`` (the FiftyOne id of the kept box in
-  ``predictions`` of the same sample that suppressed it) and ``suppressor_iou``. A kept box
-  beyond the detector's top-k cut is not in ``predictions``; the boxes it suppressed are left
-  out, so every ``suppressed_by`` names an exported prediction;
-- one ``Heatmap`` per map record of the trace (a record named ``<field>_map``, e.g. KL-RPN's
-  ``uncertainty_map`` -> ``uncertainty``), see :func:`heatmap_values`; written as 8-bit PNGs
-  under ``RUN/fiftyone/<dataset name>/<field>/`` on one value range for the whole split
-  (the heatmap's ``value_range`` attribute gives it);
-- the evaluation ``eval`` (``evaluate_detections``, COCO style, ``compute_mAP=True``):
-  ``eval_tp`` / ``eval_fp`` / ``eval_fn`` per sample and ``eval`` (``"tp"``, ``"fp"``,
-  ``"fn"``), ``eval_id``, ``eval_iou`` per box.
+- a ``"boxes"`` view -> a ``Detections`` field: the record's boxes (the first ``max_boxes``,
+  i.e. the highest-scored), ``confidence`` = score, label = class name (or the view's
+  ``box_label`` for boxes without labels), and the record's per-box fields as attributes: a
+  declared ``"attribute"`` view names its field, other per-box fields keep their record names;
+  a ``(N,)`` tensor becomes a number per box, a ``(N, K)`` tensor a list of ``K`` numbers plus
+  ``<name>_mean`` (their mean, a number the App can filter on);
+- a ``"suppressed"`` view -> a ``Detections`` field of the boxes the NMS record suppressed, with
+  ``confidence`` (their score), ``suppressed_by`` (the FiftyOne id of the kept box, in the field
+  of the :data:`~workbench.records.DETECTIONS` view of the same sample, that suppressed it) and
+  ``suppressor_iou``. A kept box beyond the detector's top-k cut is not exported; the boxes it
+  suppressed are left out, so every ``suppressed_by`` names an exported box;
+- a ``"heatmap"`` view (with ``app=True``) -> a ``Heatmap`` field: the record's map field spread
+  over the image's pixels (:func:`workbench.inspection.maps.record_map_pixels`), written as
+  8-bit PNGs under ``RUN/fiftyone/<dataset name>/<field>/`` on one value range for the whole
+  split (the heatmap's ``value_range`` attribute gives it, ``value`` says what it shows);
+- the evaluation ``eval`` (``evaluate_detections``, COCO style, ``compute_mAP=True``) of the
+  :data:`~workbench.records.DETECTIONS` view's field: ``eval_tp`` / ``eval_fp`` / ``eval_fn``
+  per sample and ``eval`` (``"tp"``, ``"fp"``, ``"fn"``), ``eval_id``, ``eval_iou`` per box.
 
-Per-box extras: a ``(N,)`` tensor becomes a number per box, a ``(N, K)`` tensor a list of ``K``
-numbers plus ``<name>_mean`` (their mean, a number the App can filter on).
+Each field's and attribute's schema ``description`` is its view's ``label``, and
+``dataset.info["fields"]`` maps every field to it, so the App says what each field shows.
 
 Boxes cross here, and only here, from absolute ``xyxy`` pixels to FiftyOne's relative
 ``[x, y, w, h]`` (:func:`relative_xywh`). Samples are added by file path first, then each field
@@ -37,7 +39,6 @@ from __future__ import annotations
 import logging
 import math
 import mimetypes
-import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,26 +49,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from workbench import records as R
 from workbench.atomic import atomic_output
+from workbench.inspection.maps import record_map_pixels
+from workbench.methods import RecordView, record_views
 from workbench.errors import WorkbenchError
+from workbench.export.database import import_fiftyone
 
 log = logging.getLogger(__name__)
 
+#: The default limit of boxes for views that declare one (``max_boxes``), e.g. proposals.
 DEFAULT_MAX_PROPOSALS = 100
 EVAL_KEY = "eval"
 CHUNK_SIZE = 500
-PROPOSAL_LABEL = "proposal"
-#: Fields drawn in the App's grid when it opens (heatmaps too); the others are a click away.
-SHOWN_FIELDS = ("ground_truth", "predictions")
+GT_FIELD = "ground_truth"
 #: Fields of a box record that are not per-box extras.
-BOX_FIELDS = ("boxes", "scores", "labels")
-#: Map-record fields used as the heatmap value, in order of preference, with how each is turned
-#: into a value that grows with uncertainty. KL-RPN's ``log_objectness`` is
-#: ``-log(sigma_x sigma_y sigma_w sigma_h)``, so its negation is the log of the sigma product.
-HEATMAP_VALUE_FIELDS: tuple[tuple[str, float, str], ...] = (
-    ("uncertainty", 1.0, "uncertainty"),
-    ("log_objectness", -1.0, "log(sigma_x sigma_y sigma_w sigma_h)"),
-)
+BOX_FIELDS = R.BOX_FIELDS
 
 
 def default_dataset_name(run_dir: Path | str, split: str) -> str:
@@ -175,67 +172,88 @@ def ground_truth_documents(record, class_names: Sequence[str]) -> list[dict[str,
     return detection_documents(record.boxes, label_names(record.labels, class_names), size, None, attributes)
 
 
-def prediction_documents(trace, class_names: Sequence[str]) -> list[dict[str, Any]]:
-    """The ``detections`` record: one document per detection, in record order."""
-    det = trace["detections"]
-    n = int(det["scores"].shape[0])
-    return detection_documents(
-        det["boxes"], label_names(det["labels"], class_names), trace.orig_size, det["scores"].tolist(),
-        per_box_attributes(det, n),
-    )
+def box_attributes(
+    fields: Mapping[str, Tensor], num_boxes: int, attribute_views: Sequence[RecordView] = ()
+) -> dict[str, list]:
+    """Per-box attributes of a box record: declared ``"attribute"`` views under their ``field``
+    names, every other per-box field under its own (see :func:`per_box_attributes`)."""
+    renamed = {v.value_field: v.field for v in attribute_views}
+    return per_box_attributes({renamed.get(name, name): value for name, value in fields.items()}, num_boxes)
 
 
-def proposal_documents(trace, max_proposals: int) -> list[dict[str, Any]]:
-    """The first ``max_proposals`` boxes of ``rpn_proposals`` (sorted by decreasing score)."""
-    record = trace.get("rpn_proposals")
-    if record is None or max_proposals <= 0:
+def box_documents(
+    trace,
+    view: RecordView,
+    class_names: Sequence[str],
+    attribute_views: Sequence[RecordView] = (),
+    max_boxes: int | None = None,
+) -> list[dict[str, Any]]:
+    """The boxes of ``view``'s record (a ``"boxes"`` view): the first ``max_boxes`` (``None``:
+    all), in record order, with their per-box attributes."""
+    record = trace.get(view.record)
+    if record is None or R.SCORES not in record:
         return []
-    k = min(int(record["scores"].shape[0]), max_proposals)
-    fields = {name: value[:k] for name, value in record.items() if value.dim() >= 1 and value.shape[0] >= k}
+    n = int(record[R.SCORES].shape[0])
+    k = n if max_boxes is None else max(0, min(n, int(max_boxes)))
+    fields = {name: value[:k] for name, value in record.items() if value.dim() >= 1 and value.shape[0] == n}
+    if R.LABELS in fields:
+        labels = label_names(fields[R.LABELS], class_names)
+    else:
+        labels = [view.box_label or view.field] * k
     return detection_documents(
-        fields["boxes"], [PROPOSAL_LABEL] * k, trace.orig_size, fields["scores"].tolist(), per_box_attributes(fields, k)
+        fields[R.BOXES], labels, trace.orig_size, fields[R.SCORES].tolist(),
+        box_attributes(fields, k, attribute_views),
     )
 
 
-def prediction_positions(nms: Mapping[str, Tensor], detections: Mapping[str, Tensor]) -> Tensor:
+def prediction_positions(
+    nms: Mapping[str, Tensor], detections: Mapping[str, Tensor], nms_record: str = R.FINAL_NMS
+) -> Tensor:
     """For each input box of the final NMS, the position of its detection in ``detections``
     (``-1``: suppressed, or kept but cut by the top-k). Detections are the kept boxes in keep
     order; raises ``WorkbenchError`` when the record says otherwise."""
     n = int(detections["scores"].shape[0])
     keep = nms["keep"][:n]
     if keep.shape[0] != n or not torch.equal(nms["scores"][keep], detections["scores"]):
-        raise WorkbenchError("the trace's detections are not the first kept boxes of its final NMS (rcnn_nms)")
+        raise WorkbenchError(f"the trace's kept boxes are not the first kept boxes of its NMS record {nms_record!r}")
     positions = torch.full((int(nms["scores"].shape[0]),), -1, dtype=torch.int64)
     positions[keep] = torch.arange(n)
     return positions
 
 
-def suppressed_documents(trace, class_names: Sequence[str], prediction_ids: Sequence[Any]) -> list[dict[str, Any]]:
-    """Boxes the final NMS suppressed whose suppressor is an exported prediction."""
-    nms, det = trace.get("rcnn_nms"), trace.get("detections")
+def suppressed_documents(
+    trace,
+    class_names: Sequence[str],
+    prediction_ids: Sequence[Any],
+    nms_record: str = R.FINAL_NMS,
+    kept_record: str = R.DETECTIONS,
+) -> list[dict[str, Any]]:
+    """Boxes the NMS record ``nms_record`` suppressed whose suppressor is an exported box of
+    ``kept_record`` (``prediction_ids``: the FiftyOne ids of those, in record order)."""
+    nms, det = trace.get(nms_record), trace.get(kept_record)
     if nms is None or det is None:
         return []
-    positions = prediction_positions(nms, det)
-    suppressed = torch.where(nms["suppressed_by"] >= 0)[0]
-    suppressor = positions[nms["suppressed_by"][suppressed]]
+    positions = prediction_positions(nms, det, nms_record)
+    suppressed = torch.where(nms[R.NMS_SUPPRESSED_BY] >= 0)[0]
+    suppressor = positions[nms[R.NMS_SUPPRESSED_BY][suppressed]]
     chosen, suppressor = suppressed[suppressor >= 0], suppressor[suppressor >= 0]
     attributes = {
         "suppressed_by": [str(prediction_ids[int(p)]) for p in suppressor],
-        "suppressor_iou": nms["suppressor_iou"][chosen].double().tolist(),
+        "suppressor_iou": nms[R.NMS_SUPPRESSOR_IOU][chosen].double().tolist(),
     }
     return detection_documents(
-        nms["boxes"][chosen], label_names(nms["idxs"][chosen], class_names), trace.orig_size,
-        nms["scores"][chosen].tolist(), attributes,
+        nms[R.BOXES][chosen], label_names(nms[R.NMS_GROUPS][chosen], class_names), trace.orig_size,
+        nms[R.SCORES][chosen].tolist(), attributes,
     )
 
 
-def exported_suppressed_count(trace) -> int:
+def exported_suppressed_count(trace, nms_record: str = R.FINAL_NMS, kept_record: str = R.DETECTIONS) -> int:
     """How many boxes :func:`suppressed_documents` exports for ``trace``."""
-    nms, det = trace.get("rcnn_nms"), trace.get("detections")
+    nms, det = trace.get(nms_record), trace.get(kept_record)
     if nms is None or det is None:
         return 0
-    positions = prediction_positions(nms, det)
-    by = nms["suppressed_by"]
+    positions = prediction_positions(nms, det, nms_record)
+    by = nms[R.NMS_SUPPRESSED_BY]
     return int((positions[by[by >= 0]] >= 0).sum())
 
 
@@ -243,22 +261,13 @@ def exported_suppressed_count(trace) -> int:
 # heatmaps
 
 
-def map_records(trace) -> dict[str, str]:
-    """Heatmap field name -> map record name (records named ``<field>_map``)."""
-    return {name[: -len("_map")]: name for name in trace.records if name.endswith("_map") and len(name) > 4}
-
-
-def heatmap_values(fields: Mapping[str, Tensor]) -> tuple[np.ndarray, str] | None:
-    """The ``(H, W)`` float map of a map record and what it shows: the first field of
-    ``HEATMAP_VALUE_FIELDS`` present, else the first 2-D floating field (``None`` if none)."""
-    for name, sign, description in HEATMAP_VALUE_FIELDS:
-        value = fields.get(name)
-        if value is not None and value.dim() == 2:
-            return (sign * value.double()).numpy(), description
-    for name, value in fields.items():
-        if value.dim() == 2 and value.is_floating_point():
-            return value.double().numpy(), name
-    return None
+def heatmap_pixels(trace, view: RecordView) -> np.ndarray | None:
+    """The map of a ``"heatmap"`` view for one trace, over the original image's pixels
+    (``None`` when the trace lacks the record or its field)."""
+    record = trace.get(view.record)
+    if record is None or view.value_field not in record:
+        return None
+    return record_map_pixels(record, view.value_field, trace.orig_size).astype(np.float64)
 
 
 @dataclass
@@ -282,14 +291,16 @@ class HeatmapRange:
         return np.clip(np.nan_to_num(scaled, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def heatmap_ranges(traces: Iterable) -> dict[str, HeatmapRange]:
-    """Heatmap field -> value range over every trace (first pass of the export)."""
+def heatmap_ranges(traces: Iterable, views: Sequence[RecordView]) -> dict[str, HeatmapRange]:
+    """Heatmap field -> value range over every trace (first pass of the export), for the
+    ``"heatmap"`` views among ``views``."""
     ranges: dict[str, HeatmapRange] = {}
+    heatmaps = [v for v in views if v.kind == "heatmap"]
     for trace in traces:
-        for field_name, record in map_records(trace).items():
-            found = heatmap_values(trace[record])
-            if found is not None:
-                ranges.setdefault(field_name, HeatmapRange()).update(*found)
+        for view in heatmaps:
+            values = heatmap_pixels(trace, view)
+            if values is not None:
+                ranges.setdefault(view.field, HeatmapRange()).update(values, view.title)
     return {k: r for k, r in ranges.items() if math.isfinite(r.low)}
 
 
@@ -317,16 +328,13 @@ class ExportSummary:
 
 
 def _fiftyone():
-    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-    import fiftyone as fo
-
-    return fo
+    return import_fiftyone()
 
 
 _FIELD_TYPES = {"float": "FloatField", "int": "IntField", "bool": "BooleanField", "str": "StringField"}
 
 
-def _declare(dataset, path: str, kind: str, declared: set[str]) -> None:
+def _declare(dataset, path: str, kind: str, declared: set[str], description: str | None = None) -> None:
     """Add the embedded attribute ``path`` of ``kind`` to the schema once."""
     if path in declared:
         return
@@ -336,15 +344,20 @@ def _declare(dataset, path: str, kind: str, declared: set[str]) -> None:
         if base is None:  # lists of lists: left to FiftyOne's dynamic schema
             declared.add(path)
             return
-        dataset.add_sample_field(path, fo.ListField, subfield=getattr(fo, base))
+        dataset.add_sample_field(path, fo.ListField, subfield=getattr(fo, base), description=description)
     else:
-        dataset.add_sample_field(path, getattr(fo, _FIELD_TYPES[kind]))
+        dataset.add_sample_field(path, getattr(fo, _FIELD_TYPES[kind]), description=description)
     declared.add(path)
 
 
-def _declare_attributes(dataset, field_name: str, docs_per_sample: Sequence[list[dict]], declared: set[str]) -> None:
-    """Declare every non-standard attribute found in the documents of one label field."""
+def _declare_attributes(
+    dataset, field_name: str, docs_per_sample: Sequence[list[dict]], declared: set[str],
+    descriptions: Mapping[str, str] | None = None,
+) -> None:
+    """Declare every non-standard attribute found in the documents of one label field
+    (``descriptions``: attribute name -> what it shows)."""
     standard = {"_id", "_cls", "attributes", "tags", "label", "bounding_box", "confidence"}
+    descriptions = descriptions or {}
     for docs in docs_per_sample:
         for doc in docs[:1]:
             for name, value in doc.items():
@@ -353,7 +366,10 @@ def _declare_attributes(dataset, field_name: str, docs_per_sample: Sequence[list
                     continue
                 kind = "str" if isinstance(value, str) else attribute_kind([value])
                 if kind is not None:
-                    _declare(dataset, path, kind, declared)
+                    description = descriptions.get(name)
+                    if description is None and name.endswith("_mean") and name[: -len("_mean")] in descriptions:
+                        description = f"mean of: {descriptions[name[: -len('_mean')]]}"
+                    _declare(dataset, path, kind, declared, description)
 
 
 def _metadata(path: Path, height: int, width: int):
@@ -363,13 +379,47 @@ def _metadata(path: Path, height: int, width: int):
     return fo.ImageMetadata(width=int(width), height=int(height), size_bytes=size, mime_type=mime, num_channels=3)
 
 
+@dataclass(frozen=True)
+class ExportPlan:
+    """The declared views, sorted by what the export does with them."""
+
+    boxes: tuple[RecordView, ...]
+    suppressed: tuple[RecordView, ...]
+    heatmaps: tuple[RecordView, ...]
+    attributes: tuple[RecordView, ...]
+
+    @classmethod
+    def of(cls, views: Sequence[RecordView]) -> "ExportPlan":
+        shown = [v for v in views if v.app]
+        fields = [v.field for v in shown if v.kind != "attribute"]
+        clash = {f for f in fields if fields.count(f) > 1} | ({GT_FIELD} & set(fields))
+        if clash:
+            raise WorkbenchError(f"two views (or a view and the ground truth) export the field(s) {sorted(clash)}")
+        return cls(*(tuple(v for v in shown if v.kind == kind) for kind in ("boxes", "suppressed", "heatmap", "attribute")))
+
+    @property
+    def kept(self) -> RecordView | None:
+        """The boxes view of the detections: evaluated, and what suppressed boxes link to."""
+        return next((v for v in self.boxes if v.record == R.DETECTIONS), None)
+
+    def attributes_of(self, record: str) -> tuple[RecordView, ...]:
+        return tuple(v for v in self.attributes if v.record == record)
+
+    def box_fields(self) -> list[str]:
+        return [v.field for v in (*self.boxes, *self.suppressed)]
+
+    def descriptions(self) -> dict[str, str]:
+        return {v.field: v.title for v in (*self.boxes, *self.suppressed, *self.heatmaps)}
+
+
 def export_traces(
     traces,
     data,
     name: str,
     *,
+    views: Sequence[RecordView] | None = None,
     maps_dir: Path | None = None,
-    max_proposals: int = DEFAULT_MAX_PROPOSALS,
+    max_proposals: int | None = DEFAULT_MAX_PROPOSALS,
     evaluate: bool = True,
     info: Mapping[str, Any] | None = None,
     progress: bool = False,
@@ -377,54 +427,74 @@ def export_traces(
 ):
     """Build (or replace) the persistent FiftyOne dataset ``name`` from ``traces`` (a
     :class:`~workbench.inspection.TraceSet` or a sequence of ``ImageTrace``) and the
-    ``DetectionDataset`` ``data`` they were predicted on. Heatmap PNGs go to ``maps_dir``
-    (required when the traces hold maps). Returns ``(fiftyone.Dataset, ExportSummary)``."""
+    ``DetectionDataset`` ``data`` they were predicted on.
+
+    ``views``: what to export (default: the views the traces' method declares,
+    :func:`workbench.methods.record_views`). ``max_proposals``: the limit of every boxes view
+    that declares one (``max_boxes``; ``None``: the declared limits). Heatmap PNGs go to
+    ``maps_dir`` (required when the traces hold maps). Returns ``(fiftyone.Dataset, ExportSummary)``."""
     fo = _fiftyone()
     class_names = list(data.class_names)
+    if views is None:
+        views = record_views(getattr(traces, "method", None))
+    plan = ExportPlan.of(views)
     traces = list(traces) if not isinstance(traces, Sequence) else traces
     indices = [_dataset_index(data, t.image_id) for t in traces]
-    ranges = heatmap_ranges(traces)
+    ranges = heatmap_ranges(traces, plan.heatmaps)
     if ranges and maps_dir is None:
         raise WorkbenchError("the traces hold maps: give a folder for the heatmap images (maps_dir)")
     if maps_dir is not None and Path(maps_dir).exists():
         shutil.rmtree(maps_dir)
 
+    descriptions = plan.descriptions()
     dataset = fo.Dataset(name, persistent=True, overwrite=True)
     filepaths = [str(data.image_path(i).resolve()) for i in indices]
     sample_ids = dataset.add_samples([fo.Sample(filepath=p) for p in filepaths], progress=progress)
-    for label_field in ("ground_truth", "predictions", "proposals", "suppressed"):
-        dataset.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
-    for field_name in ranges:
-        dataset.add_sample_field(field_name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap)
+    dataset.add_sample_field(GT_FIELD, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections,
+                             description="ground-truth boxes of the dataset")
+    for label_field in plan.box_fields():
+        dataset.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections,
+                                 description=descriptions[label_field])
+    heatmaps = [v for v in plan.heatmaps if v.field in ranges]
+    for view in heatmaps:
+        dataset.add_sample_field(view.field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
+                                 description=view.title)
     declared: set[str] = set()
-    counts = {"ground_truth": 0, "predictions": 0, "proposals": 0, "suppressed": 0}
+    counts = {GT_FIELD: 0, **{f: 0 for f in plan.box_fields()}}
+    limit = None if max_proposals is None else int(max_proposals)
     for start in range(0, len(traces), chunk_size):
         stop = min(start + chunk_size, len(traces))
         chunk = [traces[i] for i in range(start, stop)]
         ids = sample_ids[start:stop]
-        _write_chunk(dataset, ids, chunk, indices[start:stop], data, class_names, max_proposals, declared, counts)
-        _write_heatmaps(dataset, ids, chunk, ranges, maps_dir)
+        _write_chunk(dataset, ids, chunk, indices[start:stop], data, class_names, plan, limit, declared, counts)
+        _write_heatmaps(dataset, ids, chunk, heatmaps, ranges, maps_dir)
     dataset.default_classes = class_names
-    dataset.app_config.active_fields = fo.ActiveFields(paths=list(SHOWN_FIELDS) + sorted(ranges))
-    dataset.info = {**dict(info or {}), "max_proposals": max_proposals,
-                    "heatmaps": {k: {"range": [r.low, r.high], "value": r.description} for k, r in ranges.items()}}
+    shown = [GT_FIELD] + [v.field for v in (*plan.boxes, *plan.suppressed, *heatmaps) if v.shown]
+    dataset.app_config.active_fields = fo.ActiveFields(paths=shown)
+    dataset.info = {
+        **dict(info or {}), "max_proposals": limit,
+        "fields": {GT_FIELD: "ground-truth boxes of the dataset", **{k: v for k, v in descriptions.items()
+                                                                     if k in counts or k in ranges}},
+        "heatmaps": {k: {"range": [r.low, r.high], "value": r.description} for k, r in ranges.items()},
+    }
     dataset.save()
-    evaluated = evaluate and len(dataset) > 0
+    kept = plan.kept
+    evaluated = evaluate and len(dataset) > 0 and kept is not None
     if evaluated:
-        evaluate_dataset(dataset, class_names, progress=progress)
+        evaluate_dataset(dataset, class_names, progress=progress, pred_field=kept.field)
     summary = ExportSummary(name, len(dataset), counts, sorted(ranges), evaluated)
     return dataset, summary
 
 
-def evaluate_dataset(dataset, class_names: Sequence[str], *, progress: bool = False):
-    """COCO-style evaluation ``eval`` of ``predictions`` against ``ground_truth`` of a dataset
+def evaluate_dataset(dataset, class_names: Sequence[str], *, progress: bool = False, pred_field: str = "predictions"):
+    """COCO-style evaluation ``eval`` of ``pred_field`` against ``ground_truth`` of a dataset
     or view (crowd boxes ignored, mAP computed); returns FiftyOne's results object.
 
     FiftyOne saves every evaluated sample through its document layer, whose cost grows faster
     than linearly with the boxes per sample (see ``docs/benchmarks.md``): with 100 predictions
     per image it dominates the export; ``workbench export fiftyone --no-eval`` skips it."""
     return dataset.evaluate_detections(
-        "predictions", gt_field="ground_truth", eval_key=EVAL_KEY, method="coco", iou=0.5,
+        pred_field, gt_field=GT_FIELD, eval_key=EVAL_KEY, method="coco", iou=0.5,
         compute_mAP=True, iscrowd="iscrowd", classes=list(class_names), progress=progress,
     )
 
@@ -436,40 +506,51 @@ def _dataset_index(data, image_id: int) -> int:
         raise WorkbenchError(f"image id {image_id} of the traces is not in the dataset {data.source}") from None
 
 
-def _write_chunk(dataset, ids, chunk, indices, data, class_names, max_proposals, declared, counts) -> None:
-    """Metadata and the four box fields of one chunk of samples, one ``set_values`` per field."""
-    metadata, fields = [], {"ground_truth": [], "predictions": [], "proposals": [], "suppressed": []}
+def _write_chunk(dataset, ids, chunk, indices, data, class_names, plan: ExportPlan, limit, declared, counts) -> None:
+    """Metadata, the ground truth and every box field of one chunk of samples, one
+    ``set_values`` per field."""
+    metadata = []
+    fields: dict[str, list] = {GT_FIELD: [], **{f: [] for f in plan.box_fields()}}
+    kept = plan.kept
     for trace, index in zip(chunk, indices):
         record = data.records[index]
         metadata.append(_metadata(data.image_path(index), record.height, record.width))
-        predictions = prediction_documents(trace, class_names)
-        fields["ground_truth"].append(ground_truth_documents(record, class_names))
-        fields["predictions"].append(predictions)
-        fields["proposals"].append(proposal_documents(trace, max_proposals))
-        fields["suppressed"].append(suppressed_documents(trace, class_names, [d["_id"] for d in predictions]))
+        fields[GT_FIELD].append(ground_truth_documents(record, class_names))
+        for view in plan.boxes:
+            max_boxes = view.max_boxes if view.max_boxes is None or limit is None else limit
+            fields[view.field].append(box_documents(trace, view, class_names, plan.attributes_of(view.record), max_boxes))
+        for view in plan.suppressed:
+            if kept is None:
+                fields[view.field].append([])
+                continue
+            kept_ids = [d["_id"] for d in fields[kept.field][-1]]
+            fields[view.field].append(suppressed_documents(trace, class_names, kept_ids, view.record, kept.record))
     dataset.set_values("metadata", dict(zip(ids, metadata)), key_field="id")
     for field_name, docs_per_sample in fields.items():
-        _declare_attributes(dataset, field_name, docs_per_sample, declared)
+        view = next((v for v in plan.boxes if v.field == field_name), None)
+        attribute_views = plan.attributes_of(view.record) if view is not None else ()
+        _declare_attributes(dataset, field_name, docs_per_sample, declared, {v.field: v.title for v in attribute_views})
         values = {sid: detections_document(docs) for sid, docs in zip(ids, docs_per_sample)}
         dataset.set_values(field_name, values, key_field="id", validate=False, expand_schema=False)
         counts[field_name] += sum(len(d) for d in docs_per_sample)
 
 
-def _write_heatmaps(dataset, ids, chunk, ranges: Mapping[str, HeatmapRange], maps_dir: Path | None) -> None:
+def _write_heatmaps(dataset, ids, chunk, heatmaps: Sequence[RecordView], ranges: Mapping[str, HeatmapRange],
+                    maps_dir: Path | None) -> None:
     fo = _fiftyone()
-    for field_name, value_range in ranges.items():
+    for view in heatmaps:
+        value_range = ranges[view.field]
         values = {}
         for sid, trace in zip(ids, chunk):
-            record = map_records(trace).get(field_name)
-            found = None if record is None else heatmap_values(trace[record])
-            if found is None:
+            pixels = heatmap_pixels(trace, view)
+            if pixels is None:
                 continue
-            path = Path(maps_dir) / field_name / f"{trace.image_id}.png"
-            write_heatmap_png(found[0], value_range, path)
+            path = Path(maps_dir) / view.field / f"{trace.image_id}.png"
+            write_heatmap_png(pixels, value_range, path)
             values[sid] = fo.Heatmap(map_path=str(path.resolve()), range=[0, 255],
-                                     value_range=[value_range.low, value_range.high], value=found[1])
+                                     value_range=[value_range.low, value_range.high], value=view.title)
         if values:
-            dataset.set_values(field_name, values, key_field="id")
+            dataset.set_values(view.field, values, key_field="id")
 
 
 def export_run(
@@ -477,15 +558,17 @@ def export_run(
     *,
     split: str | None = None,
     name: str | None = None,
-    max_proposals: int = DEFAULT_MAX_PROPOSALS,
+    views: Sequence[RecordView] | None = None,
+    max_proposals: int | None = DEFAULT_MAX_PROPOSALS,
     evaluate: bool = True,
     progress: bool = False,
     device: str = "auto",
 ):
     """``workbench export fiftyone``: export the traces of ``split`` (default: the run's
     validation split) of a run as the FiftyOne dataset ``name`` (default
-    :func:`default_dataset_name`), replacing a dataset of that name. Traces that do not exist
-    yet are predicted first (best checkpoint). Returns ``(fiftyone.Dataset, ExportSummary)``."""
+    :func:`default_dataset_name`), replacing a dataset of that name, showing ``views`` (default:
+    those the run's method declares). Traces that do not exist yet are predicted first (best
+    checkpoint). Returns ``(fiftyone.Dataset, ExportSummary)``."""
     from workbench.data.sources import open_dataset
     from workbench.engine.trainer import load_run_config
     from workbench.inspection.traces import load_traces, trace_dir
@@ -503,14 +586,16 @@ def export_run(
     name = name or default_dataset_name(run_dir, split)
     info = {"run": str(run_dir.resolve()), "method": traces.method, "split": split,
             "trace_format_version": traces.version}
-    return export_traces(traces, data, name, maps_dir=run_dir / "fiftyone" / name, max_proposals=max_proposals,
-                         evaluate=evaluate, info=info, progress=progress)
+    return export_traces(traces, data, name, views=views, maps_dir=run_dir / "fiftyone" / name,
+                         max_proposals=max_proposals, evaluate=evaluate, info=info, progress=progress)
 
 
 __all__ = [
     "DEFAULT_MAX_PROPOSALS",
     "EVAL_KEY",
+    "ExportPlan",
     "ExportSummary",
+    "box_documents",
     "default_dataset_name",
     "evaluate_dataset",
     "export_run",

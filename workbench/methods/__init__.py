@@ -1,8 +1,17 @@
 """The methods the workbench trains, each a package that adds only what differs from its
 baseline. ``METHODS`` is the one registry: method name -> module defining ``METHOD``.
 
-A ``Method`` names its model config type, a builder ``build_model(model_cfg, num_classes)`` and
-its presets (plain functions returning a ``TrainConfig``).
+A :class:`Method` declares everything generic code needs to know about it, so that the engine,
+``export/``, ``inspection/``, ``viz/``, the report and the notebooks never name a method:
+
+- its model config type and builder ``build_model(model_cfg, num_classes)``;
+- its presets (plain functions returning a ``TrainConfig``);
+- its data transforms for training and evaluation (``None``: the two-stage defaults, see
+  :meth:`Method.training_transforms` / :meth:`Method.evaluation_transforms`);
+- its trace records and how each is shown (:class:`RecordView`): a box record as a FiftyOne
+  ``Detections`` field and a figure layer, the suppressed boxes of an NMS record, a map record
+  as a heatmap, a per-box field as an attribute of the boxes it belongs to. Record names are
+  the constants of :mod:`workbench.records`.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from workbench import records as R
 from workbench.config import TrainConfig
 from workbench.errors import ConfigError
 
@@ -24,14 +34,133 @@ METHODS: dict[str, str] = {
     "ssd": "workbench.methods.ssd",
 }
 
+#: How a record can be shown (see :class:`RecordView`).
+VIEW_KINDS = ("boxes", "suppressed", "heatmap", "attribute")
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """How one trace record (or one field of it) is shown in figures and in the FiftyOne App.
+
+    - ``record``: the record name (a constant of :mod:`workbench.records`);
+    - ``kind``:
+
+      - ``"boxes"``: a box record (``boxes``, ``scores``, optional ``labels``) drawn as boxes;
+        in FiftyOne a ``Detections`` field named ``field`` (boxes without ``labels`` are
+        labelled ``box_label``), at most ``max_boxes`` of them (the record's first, i.e. its
+        highest-scored; ``None``: all);
+      - ``"suppressed"``: an NMS record whose suppressed boxes are shown, each linked to the
+        box that suppressed it; in FiftyOne a ``Detections`` field ``field`` whose boxes name
+        the detection that suppressed them (``suppressed_by``) and their IoU;
+      - ``"heatmap"``: a map record; its field ``value`` (a 2-D map) is drawn over the image;
+        in FiftyOne a ``Heatmap`` field named ``field``;
+      - ``"attribute"``: the per-box field ``value`` (``(N,)`` or ``(N, K)``) of a box record,
+        shown with its boxes (hover text; a FiftyOne attribute named ``field`` of each box);
+
+    - ``field``: the FiftyOne field (``boxes``, ``suppressed``, ``heatmap``) or attribute name;
+    - ``label``: what it shows, in words (figure legends, colour bars, the App's description);
+    - ``value``: the record field shown (``heatmap``: required; ``attribute``: default
+      ``field``);
+    - ``layer``: the figure layer's name (default: ``field``);
+    - ``shown``: drawn when the App or a figure opens (otherwise a click away);
+    - ``higher``: for heatmaps, what a higher value means (``"more uncertain"``...), for the
+      colour bar;
+    - ``app``: exported to FiftyOne (``False``: figures only, e.g. a map per coordinate).
+    """
+
+    record: str
+    kind: str
+    field: str
+    label: str
+    value: str | None = None
+    layer: str | None = None
+    max_boxes: int | None = None
+    box_label: str | None = None
+    shown: bool = False
+    higher: str | None = None
+    app: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in VIEW_KINDS:
+            raise ValueError(f"unknown view kind {self.kind!r}; known: {', '.join(VIEW_KINDS)}")
+        if self.kind == "heatmap" and not self.value:
+            raise ValueError(f"the heatmap view {self.field!r} must name the map field it shows (value=...)")
+
+    @property
+    def layer_name(self) -> str:
+        return self.layer or self.field
+
+    @property
+    def value_field(self) -> str:
+        """The record field shown (attributes default to ``field``)."""
+        return self.value or self.field
+
+    @property
+    def title(self) -> str:
+        """``label`` with what a higher value means, for a colour bar or a heading."""
+        return f"{self.label} (higher: {self.higher})" if self.higher else self.label
+
+
+#: What every two-stage detector records and how it is shown: its detections, the RPN's
+#: proposals after NMS (the first 100) and the boxes its final NMS suppressed.
+DETECTIONS_VIEW = RecordView(R.DETECTIONS, "boxes", field="predictions", layer="detections",
+                             label="detections", shown=True)
+PROPOSALS_VIEW = RecordView(R.PROPOSALS, "boxes", field="proposals", layer="proposals",
+                            label="RPN proposals after NMS", max_boxes=100, box_label="proposal")
+SUPPRESSED_VIEW = RecordView(R.FINAL_NMS, "suppressed", field="suppressed", layer="suppressed",
+                             label="boxes suppressed by the final NMS")
+TWO_STAGE_VIEWS: tuple[RecordView, ...] = (DETECTIONS_VIEW, PROPOSALS_VIEW, SUPPRESSED_VIEW)
+#: Single-stage detectors: no proposals.
+SINGLE_STAGE_VIEWS: tuple[RecordView, ...] = (DETECTIONS_VIEW, SUPPRESSED_VIEW)
+
 
 @dataclass(frozen=True)
 class Method:
+    """A method's declaration (see the module docstring). The fields after ``presets`` are
+    optional: their defaults describe the two-stage baseline."""
+
     name: str
     description: str
     model_config_type: type
     build_model: Callable[[Any, int], nn.Module]
     presets: Mapping[str, Callable[[], TrainConfig]]
+    #: ``cfg -> transform`` of training samples; ``None``: the two-stage default, a horizontal
+    #: flip (``workbench.data.transforms.train_transforms_rcnn(cfg.data.hflip_prob)``).
+    train_transforms: Callable[[TrainConfig], Any] | None = None
+    #: ``cfg -> transform`` of evaluation samples; ``None``: none (the model resizes).
+    eval_transforms: Callable[[TrainConfig], Any] | None = None
+    #: The records the method's detector writes to a trace and how each is shown.
+    record_views: tuple[RecordView, ...] = TWO_STAGE_VIEWS
+
+    def __post_init__(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for view in self.record_views:
+            key = (view.kind, view.field) if view.kind != "attribute" else (view.record, view.field)
+            if key in seen:
+                raise ValueError(f"method {self.name!r} declares the view {view.field!r} twice")
+            seen.add(key)
+
+    def training_transforms(self, cfg: TrainConfig) -> Any:
+        """The transform of training samples for ``cfg`` (the declared one or the default)."""
+        if self.train_transforms is not None:
+            return self.train_transforms(cfg)
+        from workbench.data.transforms import train_transforms_rcnn
+
+        return train_transforms_rcnn(cfg.data.hflip_prob)
+
+    def evaluation_transforms(self, cfg: TrainConfig) -> Any:
+        """The transform of evaluation samples for ``cfg`` (``None``: none)."""
+        return None if self.eval_transforms is None else self.eval_transforms(cfg)
+
+    def views(self, kind: str | None = None, record: str | None = None) -> tuple[RecordView, ...]:
+        """The declared views, optionally only those of one ``kind`` and / or ``record``."""
+        return tuple(v for v in self.record_views
+                     if (kind is None or v.kind == kind) and (record is None or v.record == record))
+
+    @property
+    def records(self) -> tuple[str, ...]:
+        """The record names the declared views show, in declaration order."""
+        return tuple(dict.fromkeys(v.record for v in self.record_views))
 
 
 def get_method(name: str) -> Method:
@@ -40,8 +169,32 @@ def get_method(name: str) -> Method:
     return importlib.import_module(METHODS[name]).METHOD
 
 
+def record_views(name: str | None) -> tuple[RecordView, ...]:
+    """The views of method ``name`` (e.g. a trace's ``method``); the two-stage views for a
+    name the registry does not know (traces of a method removed since)."""
+    if name is None or name not in METHODS:
+        return TWO_STAGE_VIEWS
+    return get_method(name).record_views
+
+
 def build_preset(method: str, preset: str) -> TrainConfig:
     m = get_method(method)
     if preset not in m.presets:
         raise ConfigError(f"method {method!r} has no preset {preset!r}; available: {', '.join(sorted(m.presets))}")
     return m.presets[preset]()
+
+
+__all__ = [
+    "DETECTIONS_VIEW",
+    "METHODS",
+    "Method",
+    "PROPOSALS_VIEW",
+    "RecordView",
+    "SINGLE_STAGE_VIEWS",
+    "SUPPRESSED_VIEW",
+    "TWO_STAGE_VIEWS",
+    "VIEW_KINDS",
+    "build_preset",
+    "get_method",
+    "record_views",
+]

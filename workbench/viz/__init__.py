@@ -3,12 +3,13 @@
 Plotly is imported by the builder modules, never by ``import workbench``.
 
 - :mod:`~workbench.viz.images`: an image with layers (ground truth, detections, proposals,
-  suppressed boxes linked to their suppressors, uncertainty heatmap);
+  suppressed boxes linked to their suppressors, a map), laid out by a method's record views;
 - :mod:`~workbench.viz.nms`: NMS decisions and a threshold slider re-running NMS;
 - :mod:`~workbench.viz.scores`: score histograms;
-- :mod:`~workbench.viz.maps`: per-pixel maps over the image;
+- :mod:`~workbench.viz.maps`: maps over the image (per pixel or per anchor cell), one or one
+  panel per heatmap view of a record;
 - :mod:`~workbench.viz.curves`: training curves, run comparisons, precision-recall curves;
-- :mod:`~workbench.viz.proposals`: KL-RPN's offsets by objectness (paper Fig. 3) and its map;
+- :mod:`~workbench.viz.proposals`: proposals' offsets to the ground truth by objectness;
 - :mod:`~workbench.viz.tables`: metrics tables;
 - :mod:`~workbench.viz.boxes`: the shared pieces (box outlines, the image layer, axes);
 - :mod:`~workbench.viz.export`: self-contained HTML and PNG files;

@@ -21,14 +21,16 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 
+from workbench import records as R
 from workbench.viz.boxes import to_numpy
-from workbench.viz.images import LAYERS, trace_image_figure
+from workbench.viz.images import LAYERS, default_views, trace_image_figure
+from workbench.viz.maps import MAP_LAYER
 
 #: Layers shown when the explorer opens.
 DEFAULT_LAYERS = ("gt", "detections")
 LAYER_LABELS = {
     "gt": "ground truth", "detections": "detections", "proposals": "proposals",
-    "suppressed": "suppressed", "uncertainty": "uncertainty",
+    "suppressed": "suppressed", MAP_LAYER: "map",
 }
 
 
@@ -60,7 +62,7 @@ def explorer_images(traces: Iterable[Any], dataset: Any, *, limit: int | None = 
     return items
 
 
-def _score_range(records: Mapping[str, Mapping[str, Any]], name: str) -> tuple[float, float]:
+def _score_range(records: Mapping[str, Mapping[str, Any]], name: str | None) -> tuple[float, float]:
     scores = to_numpy(records[name]["scores"]) if name in records else np.zeros(0)
     scores = scores[np.isfinite(scores)]
     if scores.size == 0:
@@ -69,8 +71,8 @@ def _score_range(records: Mapping[str, Mapping[str, Any]], name: str) -> tuple[f
     return low, high if high > low else low + 1.0
 
 
-def _recorded_iou(records: Mapping[str, Mapping[str, Any]]) -> float:
-    nms = records.get("rcnn_nms")
+def _recorded_iou(records: Mapping[str, Mapping[str, Any]], nms_record: str | None) -> float:
+    nms = records.get(nms_record) if nms_record is not None else None
     return float(to_numpy(nms["iou_threshold"])) if nms is not None else 0.5
 
 
@@ -83,6 +85,10 @@ class TraceExplorer:
     - ``proposal_score``: the minimum proposal score (its range follows the image's scores);
     - ``nms_iou``: the IoU threshold of the final NMS, re-run on the recorded candidates
       (at the recorded threshold the recorded detections are shown).
+
+    ``views``: the method's record views (``Method.record_views``; default the two-stage
+    ones), which say where the proposals, the final NMS and the map are; ``heatmap`` picks a
+    heatmap view by field (default: the first shown one).
     """
 
     def __init__(
@@ -90,6 +96,8 @@ class TraceExplorer:
         images: Sequence[ExplorerImage],
         *,
         class_names: Sequence[str] | None = None,
+        views: Sequence[Any] | None = None,
+        heatmap: str | None = None,
         score_threshold: float = 0.5,
         layers: Iterable[str] = DEFAULT_LAYERS,
         max_detections: int = 100,
@@ -100,6 +108,11 @@ class TraceExplorer:
             raise ValueError("the explorer needs at least one image")
         self.images = list(images)
         self.class_names = class_names
+        self.views = tuple(default_views() if views is None else views)
+        self.heatmap = heatmap
+        self._nms_record = next((v.record for v in self.views if v.kind == "suppressed"), None)
+        self._proposal_record = next((v.record for v in self.views if v.kind == "boxes" and v.record != R.DETECTIONS),
+                                     None)
         self.max_detections = max_detections
         self._size = dict(width=width, height=height)
         self._quiet = False
@@ -134,10 +147,10 @@ class TraceExplorer:
     def build_figure(self) -> go.Figure:
         """The pure figure for the current controls."""
         item = self.current
-        recorded = _recorded_iou(item.records)
+        recorded = _recorded_iou(item.records, self._nms_record)
         nms_iou = None if np.isclose(self.nms_iou.value, recorded) else float(self.nms_iou.value)
         fig = trace_image_figure(
-            item.records, image=item.image, gt=item.gt, score_threshold=float(self.score.value),
+            item.records, views=self.views, heatmap=self.heatmap, image=item.image, gt=item.gt, score_threshold=float(self.score.value),
             proposal_threshold=float(self.proposal_score.value), nms_iou=nms_iou,
             max_detections=self.max_detections, class_names=self.class_names, layers=self.visible_layers(),
             title=item.label,
@@ -155,14 +168,14 @@ class TraceExplorer:
 
     def _fit_sliders(self) -> None:
         """Proposal-score range and NMS IoU for the current image (without redrawing)."""
-        low, high = _score_range(self.current.records, "rpn_proposals")
+        low, high = _score_range(self.current.records, self._proposal_record)
         self._quiet = True
         try:
             self.proposal_score.min, self.proposal_score.max = -1e12, 1e12
             self.proposal_score.step = (high - low) / 100
             self.proposal_score.min, self.proposal_score.max = low, high
             self.proposal_score.value = low
-            self.nms_iou.value = round(_recorded_iou(self.current.records), 2)
+            self.nms_iou.value = round(_recorded_iou(self.current.records, self._nms_record), 2)
         finally:
             self._quiet = False
 

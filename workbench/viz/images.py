@@ -1,11 +1,11 @@
-"""One image with its layers: ground truth, detections, proposals, suppressed boxes, uncertainty.
+"""One image with its layers: ground truth, detections, proposals, suppressed boxes, a map.
 
 Each layer is optional and is one or two traces whose ``meta["layer"]`` is one of
 :data:`LAYERS`; ``layers`` says which are visible (hidden layers stay in the figure, so a widget
 can show them again without rebuilding it). Inputs are mappings of tensors or arrays shaped like
-the trace records of :mod:`workbench.modeling.trace` (``detections``, ``rpn_proposals``,
-``rcnn_nms``, ``uncertainty_map``), so one image's records plug in directly
-(:func:`trace_image_figure`).
+trace records (:mod:`workbench.records`), so one image's records plug in directly:
+:func:`trace_image_figure` finds them through the views a method declares
+(:class:`workbench.methods.RecordView`) and knows no method or method-specific record.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from workbench import records as R
 from workbench.viz.boxes import box_layer, class_name, fit_axes, image_layer, to_boxes, to_image, to_numpy
-from workbench.viz.maps import map_layer
+from workbench.viz.maps import MAP_LAYER, map_layer
 from workbench.viz.nms import kept_detections, rerun_nms, suppression_layers
 
 #: The layers of an image figure, bottom to top.
-LAYERS = ("uncertainty", "proposals", "suppressed", "detections", "gt")
+LAYERS = (MAP_LAYER, "proposals", "suppressed", "detections", "gt")
 GT_COLOR = "#00ff7f"
 DETECTION_COLOR = "#ffd700"
 PROPOSAL_COLOR = "#9467bd"
@@ -48,34 +49,49 @@ def detections_layer(
     score_threshold: float | None = None,
     class_names: Sequence[str] | None = None,
     visible: bool = True,
+    attributes: Sequence[Any] = (),
 ) -> go.Scatter:
-    """Detections (``boxes``, ``scores``, ``labels``) with ``score >= score_threshold``."""
+    """Detections (``boxes``, ``scores``, ``labels``) with ``score >= score_threshold``;
+    ``attributes`` (attribute views) add hover lines."""
     rows = _above(detections, score_threshold)
     scores = to_numpy(detections["scores"])
     labels = to_numpy(detections["labels"], dtype=np.int64)
-    hover = [f"{class_name(labels[i], class_names)} {scores[i]:.3f}" for i in rows]
+    hover = [f"{class_name(labels[i], class_names)} {scores[i]:.3f}{attribute_text(detections, attributes, i)}"
+             for i in rows]
     return box_layer(
         to_boxes(detections["boxes"])[rows], name="detections", layer="detections", color=DETECTION_COLOR,
         hover=hover, width=2.0, visible=visible, extra_meta={"index": rows.tolist()},
     )
 
 
-def _sigma_text(sigma: np.ndarray | None, i: int) -> str:
-    if sigma is None:
-        return ""
-    return "<br>sigma " + " ".join(f"{c}={v:.3f}" for c, v in zip("xywh", sigma[i]))
+def attribute_text(record: Mapping[str, Any], attributes: Sequence[Any], i: int) -> str:
+    """Hover lines of box ``i`` for the declared attribute views (``field``: values) found in
+    ``record``."""
+    lines = []
+    for view in attributes:
+        values = record.get(view.value_field)
+        if values is None:
+            continue
+        row = np.atleast_1d(to_numpy(values)[i])
+        lines.append(f"<br>{view.field} " + " ".join(f"{v:.3f}" for v in row))
+    return "".join(lines)
 
 
 def proposals_layer(
-    proposals: Mapping[str, Any], *, score_threshold: float | None = None, visible: bool = True
+    proposals: Mapping[str, Any],
+    *,
+    score_threshold: float | None = None,
+    visible: bool = True,
+    attributes: Sequence[Any] = (),
+    name: str = "proposals",
 ) -> go.Scatter:
-    """Proposals (``boxes``, ``scores``, optional ``sigma`` (P, 4)) with ``score >= score_threshold``."""
+    """Boxes without classes (``boxes``, ``scores`` and per-box fields) with
+    ``score >= score_threshold``; ``attributes`` (attribute views) add hover lines."""
     rows = _above(proposals, score_threshold)
     scores = to_numpy(proposals["scores"])
-    sigma = to_numpy(proposals["sigma"]) if proposals.get("sigma") is not None else None
-    hover = [f"proposal #{i}: score {scores[i]:.3f}{_sigma_text(sigma, i)}" for i in rows]
+    hover = [f"proposal #{i}: score {scores[i]:.3f}{attribute_text(proposals, attributes, i)}" for i in rows]
     return box_layer(
-        to_boxes(proposals["boxes"])[rows], name="proposals", layer="proposals", color=PROPOSAL_COLOR,
+        to_boxes(proposals["boxes"])[rows], name=name, layer="proposals", color=PROPOSAL_COLOR,
         hover=hover, width=0.8, opacity=0.7, visible=visible, extra_meta={"index": rows.tolist()},
     )
 
@@ -88,12 +104,17 @@ def image_figure(
     detections: Mapping[str, Any] | None = None,
     proposals: Mapping[str, Any] | None = None,
     nms: Mapping[str, Any] | None = None,
-    uncertainty: Any = None,
+    heatmap: Any = None,
+    heatmap_cell: Sequence[float] | None = None,
+    heatmap_name: str = "map",
+    heatmap_title: str | None = None,
     score_threshold: float = 0.5,
     proposal_threshold: float | None = None,
     class_names: Sequence[str] | None = None,
     layers: Collection[str] = LAYERS,
-    uncertainty_name: str = "uncertainty",
+    detection_attributes: Sequence[Any] = (),
+    proposal_attributes: Sequence[Any] = (),
+    proposals_name: str = "proposals",
     title: str | None = None,
     height: int = 640,
 ) -> go.Figure:
@@ -101,13 +122,17 @@ def image_figure(
 
     - ``gt``: ``boxes`` (G, 4), optional ``labels``;
     - ``detections``: ``boxes``, ``scores``, ``labels``; shown with ``score >= score_threshold``;
-    - ``proposals``: ``boxes``, ``scores`` (optional ``sigma``); ``score >= proposal_threshold``;
+    - ``proposals``: ``boxes``, ``scores`` (and per-box fields); ``score >= proposal_threshold``;
     - ``nms``: a class-wise NMS record; its suppressed boxes with ``score >= score_threshold``,
       each linked to its suppressor;
-    - ``uncertainty``: an ``(H, W)`` map drawn as a heatmap under the boxes.
+    - ``heatmap``: a map drawn under the boxes (layer ``map``), per pixel or on cells of
+      ``heatmap_cell = (height, width)`` pixels; ``heatmap_name`` names it in hover text,
+      ``heatmap_title`` on its colour bar (say what it shows).
 
-    ``layers`` lists the visible layers (see :data:`LAYERS`). ``image_size`` ``(h, w)`` sets the
-    canvas when there is no image; ``height`` the figure's height in pixels.
+    ``*_attributes``: attribute views (:class:`workbench.methods.RecordView`) whose per-box
+    values the hover text shows. ``layers`` lists the visible layers (see :data:`LAYERS`).
+    ``image_size`` ``(h, w)`` sets the canvas when there is no image; ``height`` the figure's
+    height in pixels.
     """
     unknown = set(layers) - set(LAYERS)
     if unknown:
@@ -115,40 +140,66 @@ def image_figure(
     fig = go.Figure()
     if image is not None:
         fig.add_trace(image_layer(image))
-    if uncertainty is not None:
-        fig.add_trace(map_layer(uncertainty, name=uncertainty_name, visible="uncertainty" in layers))
+    if heatmap is not None:
+        fig.add_trace(map_layer(heatmap, cell=heatmap_cell, name=heatmap_name, colorbar_title=heatmap_title,
+                                visible=MAP_LAYER in layers))
     if proposals is not None:
-        fig.add_trace(proposals_layer(proposals, score_threshold=proposal_threshold, visible="proposals" in layers))
+        fig.add_trace(proposals_layer(proposals, score_threshold=proposal_threshold, visible="proposals" in layers,
+                                      attributes=proposal_attributes, name=proposals_name))
     if nms is not None:
         fig.add_traces(suppression_layers(nms, min_score=score_threshold, class_names=class_names,
                                           visible="suppressed" in layers))
     if detections is not None:
         fig.add_trace(detections_layer(detections, score_threshold=score_threshold, class_names=class_names,
-                                       visible="detections" in layers))
+                                       visible="detections" in layers, attributes=detection_attributes))
     if gt is not None:
         fig.add_trace(gt_layer(gt, class_names, visible="gt" in layers))
-    rows, cols = _canvas_size(image, image_size, uncertainty, (gt, detections, proposals))
+    rows, cols = _canvas_size(image, image_size, heatmap, heatmap_cell, (gt, detections, proposals))
     fig.update_layout(title=title, legend=dict(orientation="h", y=-0.05), margin=dict(l=10, r=10, t=50, b=10),
                       height=height)
     return fit_axes(fig, rows, cols)
 
 
-def _canvas_size(image: Any, image_size: tuple[int, int] | None, uncertainty: Any, box_sets) -> tuple[int, int]:
+def _canvas_size(image: Any, image_size: tuple[int, int] | None, heatmap: Any, cell, box_sets) -> tuple[int, int]:
     if image is not None:
         h, w = to_image(image).shape[:2]
         return h, w
     if image_size is not None:
         return int(image_size[0]), int(image_size[1])
-    if uncertainty is not None:
-        h, w = to_numpy(uncertainty).shape
-        return h, w
+    if heatmap is not None:
+        h, w = to_numpy(heatmap).shape
+        cell_h, cell_w = (1.0, 1.0) if cell is None else (float(cell[0]), float(cell[1]))
+        return int(round(h * cell_h)), int(round(w * cell_w))
     boxes = np.concatenate([to_boxes(b["boxes"]) for b in box_sets if b is not None] + [np.ones((1, 4))])
     return int(np.ceil(boxes[:, 3].max())), int(np.ceil(boxes[:, 2].max()))
+
+
+def default_views() -> tuple[Any, ...]:
+    """The two-stage views (:data:`workbench.methods.TWO_STAGE_VIEWS`)."""
+    from workbench.methods import TWO_STAGE_VIEWS
+
+    return TWO_STAGE_VIEWS
+
+
+def pick_heatmap(views: Sequence[Any], records: Mapping[str, Mapping[str, Any]], heatmap: str | None = None):
+    """The heatmap view to draw: the one whose ``field`` is ``heatmap``, else the first
+    ``shown`` heatmap view, else the first heatmap view whose record is present (``None``)."""
+    maps = [v for v in views if v.kind == "heatmap" and v.record in records and v.value_field in records[v.record]]
+    if heatmap is not None:
+        chosen = [v for v in maps if v.field == heatmap]
+        if not chosen:
+            raise ValueError(f"no heatmap view {heatmap!r} in these records; "
+                             f"available: {', '.join(v.field for v in maps) or 'none'}")
+        return chosen[0]
+    shown = [v for v in maps if v.shown]
+    return (shown or maps or [None])[0]
 
 
 def trace_image_figure(
     records: Mapping[str, Mapping[str, Any]],
     *,
+    views: Sequence[Any] | None = None,
+    heatmap: str | None = None,
     image: Any = None,
     image_size: tuple[int, int] | None = None,
     gt: Mapping[str, Any] | None = None,
@@ -158,27 +209,54 @@ def trace_image_figure(
     max_detections: int | None = None,
     class_names: Sequence[str] | None = None,
     layers: Collection[str] = LAYERS,
-    uncertainty_field: str = "log_objectness",
     title: str | None = None,
 ) -> go.Figure:
-    """:func:`image_figure` of one image's trace records (names of :mod:`workbench.modeling.trace`).
+    """:func:`image_figure` of one image's trace records, laid out by the method's ``views``
+    (default: the two-stage views): the boxes view of the detections, the first other boxes
+    view as the proposals layer, the suppressed view, and the heatmap view named ``heatmap``
+    (default: the first shown one; see :func:`pick_heatmap`).
 
-    With ``nms_iou`` the final class-wise NMS (``rcnn_nms``) is run again on its recorded input
-    at that threshold and the detections are its kept boxes (at most ``max_detections``);
-    otherwise the recorded ``detections`` and ``rcnn_nms`` are shown.
+    With ``nms_iou`` the suppressed view's NMS is run again on its recorded input at that
+    threshold and the detections are its kept boxes (at most ``max_detections``); otherwise the
+    recorded detections and NMS are shown.
     """
-    nms = records.get("rcnn_nms")
-    detections = records.get("detections")
+    views = tuple(default_views() if views is None else views)
+    boxes_views = [v for v in views if v.kind == "boxes"]
+    detection_view = next((v for v in boxes_views if v.record == R.DETECTIONS), None)
+    proposal_view = next((v for v in boxes_views if v.record != R.DETECTIONS), None)
+    suppressed_view = next((v for v in views if v.kind == "suppressed"), None)
+    nms = records.get(suppressed_view.record) if suppressed_view is not None else None
+    detections = records.get(detection_view.record) if detection_view is not None else None
     if nms_iou is not None and nms is not None:
         nms = rerun_nms(nms, nms_iou)
         detections = kept_detections(nms, max_detections=max_detections)
-    maps = records.get("uncertainty_map")
-    uncertainty = maps.get(uncertainty_field) if maps is not None else None
+    map_view = pick_heatmap(views, records, heatmap)
+    values = cell = None
+    if map_view is not None:
+        from workbench.inspection.maps import cell_size
+
+        values = records[map_view.record][map_view.value_field]
+        cell = cell_size(records[map_view.record])
+
+    def attributes(view):
+        return tuple(v for v in views if v.kind == "attribute" and view is not None and v.record == view.record)
+
     return image_figure(
-        image, image_size=image_size, gt=gt, detections=detections, proposals=records.get("rpn_proposals"),
-        nms=nms, uncertainty=uncertainty, score_threshold=score_threshold, proposal_threshold=proposal_threshold,
-        class_names=class_names, layers=layers, uncertainty_name=uncertainty_field.replace("_", " "), title=title,
+        image, image_size=image_size, gt=gt, detections=detections,
+        proposals=records.get(proposal_view.record) if proposal_view is not None else None,
+        nms=nms, heatmap=values, heatmap_cell=cell,
+        heatmap_name=map_view.layer_name if map_view is not None else "map",
+        heatmap_title=_wrap_title(map_view.title) if map_view is not None else None,
+        score_threshold=score_threshold, proposal_threshold=proposal_threshold, class_names=class_names,
+        layers=layers, detection_attributes=attributes(detection_view), proposal_attributes=attributes(proposal_view),
+        proposals_name=proposal_view.label if proposal_view is not None else "proposals", title=title,
     )
+
+
+def _wrap_title(text: str, width: int = 30) -> str:
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(text, width)) or text
 
 
 def layer_traces(fig: go.Figure, layer: str) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Figures of region proposals: offsets to GT by objectness, and uncertainty maps.
+"""Figures of region proposals: their offsets to the ground truth by objectness (KL-RPN paper Fig. 3).
 
 Pure builders: NumPy arrays (or anything ``np.asarray`` accepts) in, ``plotly.graph_objects.Figure``
 out; nothing is read from disk or a model here.
@@ -67,37 +67,4 @@ def objectness_offsets_figure(
                 )
     fig.update_layout(barmode="overlay", title=title, height=280 * len(checked) + 80, bargap=0.0)
     fig.update_xaxes(range=[0, max_offset])
-    return fig
-
-
-def uncertainty_map_figure(
-    log_objectness: np.ndarray,
-    *,
-    image: np.ndarray | None = None,
-    boxes: np.ndarray | None = None,
-    opacity: float = 0.6,
-    title: str = "KL-RPN: log objectness (-0.5 sum log sigma^2) of the most confident anchor",
-) -> go.Figure:
-    """A map ``(H, W)`` of ``-0.5 * sum(beta)`` (higher: more certain), optionally over the
-    ``image`` (H, W, 3) uint8 and with ``boxes`` (N, 4) xyxy outlined, in image pixels."""
-    values = np.asarray(log_objectness, dtype=float)
-    if values.ndim != 2:
-        raise ValueError(f"the map must be (H, W), got {values.shape}")
-    fig = go.Figure()
-    if image is not None:
-        pixels = np.asarray(image)
-        if pixels.shape[:2] != values.shape:
-            raise ValueError(f"image {pixels.shape[:2]} and map {values.shape} differ in size")
-        fig.add_trace(go.Image(z=pixels, hoverinfo="skip"))
-    fig.add_trace(
-        go.Heatmap(
-            z=values, colorscale="Viridis", opacity=opacity if image is not None else 1.0,
-            colorbar=dict(title="log objectness"),
-            hovertemplate="x %{x}, y %{y}<br>log objectness %{z:.3f}<extra></extra>",
-        )
-    )
-    for x0, y0, x1, y1 in np.asarray(boxes if boxes is not None else np.zeros((0, 4)), dtype=float).reshape(-1, 4):
-        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x1, y1=y1, line=dict(color="white", width=1.5))
-    fig.update_yaxes(autorange="reversed", scaleanchor="x")
-    fig.update_layout(title=title)
     return fig
