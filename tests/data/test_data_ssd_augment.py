@@ -182,7 +182,8 @@ def test_expand_fills_with_the_mean_and_moves_boxes_with_their_pixels():
 
 def test_the_pipeline_fills_the_canvas_with_the_given_mean():
     s = make_sample(h=30, w=30, n=0)
-    t = ssd_train_transform(None, mean_fill=(1, 2, 3), photometric_p=0.0, expand_p=1.0, flip_p=0.0)
+    # a mean given as floats (255 x a model's image_mean) is rounded onto the uint8 canvas
+    t = ssd_train_transform(None, mean_fill=(1.4, 2.2, 2.7), photometric_p=0.0, expand_p=1.0, flip_p=0.0)
     out = t(s, generator=gen(4))
     assert out.size != (30, 30)
     assert (out.image.flatten(1) == torch.tensor([[1], [2], [3]], dtype=torch.uint8)).all(0).any()
