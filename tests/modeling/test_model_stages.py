@@ -404,3 +404,11 @@ def test_builder_parts_neck_rpn_head_sampler_and_box_loss():
     images, targets = _batch()
     model.train()(images, targets, generator=torch.Generator().manual_seed(0))
     assert seen["sampled"] == 2  # one call per image
+
+
+def test_kl_rpn_keeps_one_place_for_the_second_stage_weight():
+    with pytest.raises(ConfigError, match="base.rcnn_loss_weight"):
+        KLRPNConfig(base=_small(rcnn_loss_weight=2.0))
+    cfg = KLRPNConfig(base=_small(rpn_score_thresh=None), rcnn_loss_weight=4.0)
+    model = build_model(cfg, num_classes=3)
+    assert [s.loss_weight for s in model.roi_heads.stages] == [4.0]
