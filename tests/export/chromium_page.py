@@ -36,25 +36,21 @@ class DevToolsPipe:
     """One headless Chromium with a fresh profile, spoken to over its DevTools pipe."""
 
     def __init__(self, profile: str) -> None:
-        # our ends stay here; the browser's ends are moved to fds 3 and 4 in the child. The
-        # child's copies are made above 10 first, so that neither is 3 or 4 itself.
+        # our ends stay here; bash moves the browser's ends to fds 3 and 4 and execs the browser.
+        # Those ends are copied above 10 first, so that neither is 3 or 4 itself.
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
         commands = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD_CLOEXEC, 10)
         replies = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD_CLOEXEC, 10)
         os.close(to_browser_r)
         os.close(from_browser_w)
-
-        def give_the_pipe() -> None:  # in the child, before exec: dup2 makes 3 and 4 inheritable
-            os.dup2(commands, 3)
-            os.dup2(replies, 4)
-
         cmd = [chromium_path(), *_BROWSER_FLAGS, f"--window-size={WIDTH},{HEIGHT}", f"--user-data-dir={profile}",
                "--remote-debugging-pipe", "about:blank"]
+        script = f'exec "$@" 3<&{commands} 4>&{replies} {commands}<&- {replies}>&-'
         self.stderr = tempfile.TemporaryFile()
         try:
-            self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            stderr=self.stderr, close_fds=False, preexec_fn=give_the_pipe)
+            self.process = subprocess.Popen(["bash", "-c", script, "chromium", *cmd], pass_fds=(commands, replies),
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr)
         finally:
             os.close(commands)
             os.close(replies)
