@@ -21,9 +21,13 @@ from chromium_page import capture_app
 from export_support import TEST_OUTPUT, listening_addresses, stop_process
 
 from workbench.export.database import free_port
+from workbench.methods import get_method
 
 NAME = "wb-app-test"
-FIELDS = ("ground_truth", "predictions", "proposals", "suppressed", "offset_sigma", "eval_tp", "eval_fp", "eval_fn")
+#: The sidebar lists the ground truth, the evaluation counts and every field KL-RPN declares
+#: for the App (its sigma heatmap ``offset_sigma`` once its ``METHOD`` lists its map views).
+FIELDS = ("ground_truth", *[v.field for v in get_method("kl_rpn").record_views if v.app and v.kind != "attribute"],
+          "eval_tp", "eval_fp", "eval_fn")
 NUM_SAMPLES = 4
 
 
