@@ -39,7 +39,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from workbench.engine.predict import evaluate_run
 
         metrics = evaluate_run(Path(args.run), which=args.checkpoint, data=args.data, split=args.split,
-                               device=args.device, progress=not args.quiet, metric=args.metric)
+                               device=args.device, progress=False if args.quiet else "auto", metric=args.metric)
     else:
         from workbench.evaluation.detection import evaluate_files
 
@@ -87,7 +87,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from workbench.engine.predict import predict_run
 
     path = predict_run(Path(args.run), Path(args.out) if args.out else None, which=args.checkpoint,
-                       data=args.data, split=args.split, device=args.device, progress=not args.quiet,
+                       data=args.data, split=args.split, device=args.device, progress=False if args.quiet else "auto",
                        trace=args.trace)
     print(f"wrote COCO results to {path}")
     if args.trace:

@@ -3,6 +3,7 @@ sees when the output is not a terminal."""
 
 from __future__ import annotations
 
+import io
 import re
 from types import SimpleNamespace
 
@@ -11,7 +12,8 @@ import torch
 from engine_support import small_config
 from torch import nn
 
-from workbench.engine.hooks import HookBase, LRSchedule, Progress, format_duration
+from workbench.engine.hooks import HookBase, LRSchedule, Progress
+from workbench.engine.progress import ProgressLines, format_duration
 from workbench.engine.trainer import SimpleTrainer, train
 from workbench.structures import DetectorOutput
 
@@ -129,3 +131,16 @@ def test_eta_is_the_remaining_steps_at_the_mean_pace_plus_the_remaining_epoch_en
     assert hook.eta_seconds() == pytest.approx(16 * 1.5 + 2 * 5.0)
     with pytest.raises(ValueError, match="progress mode"):
         Progress("loud")
+
+
+def test_prediction_progress_lines_every_tenth_and_at_the_end():
+    stream = io.StringIO()
+    progress = ProgressLines(20, "predict", stream=stream)
+    for _ in range(10):
+        progress.update(2)
+    progress.close()
+    progress.close()  # once only
+    lines = stream.getvalue().splitlines()
+    counts = [int(re.match(r"^predict (\d+)/20 img, \d+\.\d\d s/img, ETA (\d+s|\d+m\d\ds)$", line)[1]) for line in lines]
+    assert counts == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert lines[-1].endswith("ETA 0s")

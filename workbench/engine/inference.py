@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
 from workbench import distributed
+from workbench.engine.progress import counted_progress
 from workbench.engine.sampler import shard_indices
 from workbench.structures import Detections
 
@@ -61,7 +60,7 @@ def iter_model_outputs(
     *,
     indices: Sequence[int] | None = None,
     batch_size: int = 2,
-    progress: bool = False,
+    progress: bool | str = False,
     desc: str = "predict",
     recorder_factory: Callable[[], Any] | None = None,
 ) -> Iterator[BatchOutput]:
@@ -69,7 +68,9 @@ def iter_model_outputs(
     ``indices`` (default all), ``batch_size`` items at a time, in that order.
 
     With ``recorder_factory`` each batch gets a fresh recorder, passed as
-    ``model(images, recorder=...)``. ``progress`` shows a tqdm bar of images.
+    ``model(images, recorder=...)``. ``progress``: ``True`` / ``"bar"`` a tqdm bar of images,
+    ``"lines"`` plain progress lines with an ETA (:mod:`workbench.engine.progress`), ``"auto"``
+    one or the other as stderr is a terminal or not, ``False`` nothing.
     """
     from workbench.data.collate import collate_samples
 
@@ -78,7 +79,7 @@ def iter_model_outputs(
     net = unwrap(model)
     was_training = net.training
     net.eval()
-    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not progress)
+    bar = counted_progress(progress, len(indices), desc)
     try:
         for start in range(0, len(indices), batch_size):
             batch = collate_samples([dataset[i] for i in indices[start : start + batch_size]])
@@ -102,7 +103,7 @@ def predict_dataset(
     *,
     batch_size: int = 2,
     indices: Sequence[int] | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
     gather: bool = True,
 ) -> list[ImagePrediction]:
     """Detections for ``dataset[i]`` (all items, or ``indices``), in original-image coordinates.
@@ -115,7 +116,7 @@ def predict_dataset(
     mine = [indices[i] for i in shard_indices(len(indices), distributed.rank(), distributed.world_size())]
     out: list[ImagePrediction] = []
     for item in iter_model_outputs(model, dataset, device, indices=mine, batch_size=batch_size,
-                                   progress=progress and distributed.is_main_process()):
+                                   progress=progress if distributed.is_main_process() else False):
         for image_id, det in zip(item.batch.image_ids, item.output.detections):
             out.append(ImagePrediction(int(image_id), det.to("cpu")))
     if gather and distributed.is_distributed():

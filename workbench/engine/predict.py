@@ -13,11 +13,12 @@ from workbench.engine.run_dir import RunDir
 
 
 def predict_run(run_dir: Path, out: Path | None = None, *, which: str = "best", data: str | None = None,
-                split: str | None = None, device: str = "auto", progress: bool = True, trace: bool = False) -> Path:
+                split: str | None = None, device: str = "auto", progress: bool | str = True, trace: bool = False) -> Path:
     """Write the COCO results of the run's checkpoint on ``split`` (default: its val split).
 
     With ``trace`` the detector also records its trace per image, saved to ``RUN/traces/<split>``
     (:func:`workbench.inspection.load_traces` reads it); the detections are the same.
+    ``progress``: see :func:`workbench.engine.inference.iter_model_outputs`.
     """
     run_dir = Path(run_dir)
     run = open_trained_run(run_dir, which, data=data, split=split, device=device)
@@ -41,7 +42,7 @@ def eval_result_path(run_dir: Path | str, which: str, split: str) -> Path:
 
 
 def evaluate_run(run_dir: Path, *, which: str = "best", data: str | None = None, split: str | None = None,
-                 device: str = "auto", progress: bool = True, metric: str | None = None) -> dict[str, Any]:
+                 device: str = "auto", progress: bool | str = True, metric: str | None = None) -> dict[str, Any]:
     """The metrics of the run's checkpoint on ``split``: the COCO numbers, AP at IoU 0.5 .. 0.9
     and, with ``metric="voc07"``, VOC07 11-point and all-point mAP (``metric`` defaults to the
     one the run is judged by, ``TrainConfig.metric``). Also written to

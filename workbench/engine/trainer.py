@@ -399,7 +399,7 @@ class Trainer:
                                 f"{self.cfg.data.val_split} images")
         preds = predict_dataset(
             engine.model, self.val_set, self.device, batch_size=self.cfg.batch_size,
-            indices=self.val_indices, progress=self.progress == "bar",
+            indices=self.val_indices, progress=self.progress if self.progress != "off" else False,
         )
         metrics: dict[str, Any] = {}
         if distributed.is_main_process():

@@ -52,7 +52,7 @@ def iter_traced_predictions(
     *,
     batch_size: int = 2,
     indices: Sequence[int] | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> Iterator[tuple[ImagePrediction, ImageTrace]]:
     """``(prediction, trace)`` of each image of ``dataset`` (or of ``indices``), in dataset
     order; detections in original-image coordinates on the CPU, as ``predict_dataset`` gives.
@@ -90,7 +90,7 @@ def predict_with_traces(
     split: str,
     meta: Mapping[str, Any] | None = None,
     batch_size: int = 2,
-    progress: bool = False,
+    progress: bool | str = False,
     shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> list[ImagePrediction]:
     """Predict every image of ``dataset``, write the traces to ``out_dir`` (replacing it) and

@@ -71,7 +71,7 @@ def evaluate_run_detailed(
 
     cfg = load_run_config(run_dir)
     split = split or cfg.data.val_split
-    predict_run(Path(run_dir), which=which, split=split, device=device, progress=False, trace=trace)
+    predict_run(Path(run_dir), which=which, split=split, device=device, progress="lines", trace=trace)
     evaluation = evaluation_from_predictions(run_dir, split)
     metrics = metrics_of_evaluation(evaluation, cfg.metric)  # COCO, AP per IoU, VOC for voc07 runs
     write_text_atomic(eval_result_path(run_dir, which, split), json.dumps(metrics, indent=2) + "\n")
@@ -101,7 +101,7 @@ def ensure_traces(run_dir: Path | str, split: str | None = None, *, device: str 
     split = split or load_run_config(run_dir).data.val_split
     if not (trace_dir(run_dir, split) / "manifest.json").is_file():
         log.info("%s: no traces of %s yet, predicting with traces", run_dir, split)
-        predict_run(Path(run_dir), which=which, split=split, device=device, progress=False, trace=True)
+        predict_run(Path(run_dir), which=which, split=split, device=device, progress="lines", trace=True)
     return load_traces(run_dir, split)
 
 
