@@ -85,14 +85,17 @@ def open_trained_run(
     device: str | torch.device = "auto",
 ) -> TrainedRun:
     """The run's model from checkpoint ``which`` and split ``split`` (default the run's
-    validation split) of ``data`` (default the run's own dataset)."""
+    validation split) of ``data`` (default the run's own dataset), with the method's evaluation
+    transforms."""
     from workbench.data.sources import open_dataset
+    from workbench.methods import get_method
 
     dev = resolve_device(device)
     model, cfg, state = load_trained_model(run_dir, which, dev)
     split = split or cfg.data.val_split
     spec = data or cfg.data.spec
-    return TrainedRun(Path(run_dir), which, model, cfg, state, open_dataset(spec, split), spec, split, dev)
+    dataset = open_dataset(spec, split, transforms=get_method(cfg.method).evaluation_transforms(cfg))
+    return TrainedRun(Path(run_dir), which, model, cfg, state, dataset, spec, split, dev)
 
 
 __all__ = ["TrainedRun", "checkpoint_path", "load_run_config", "load_trained_model", "open_trained_run",

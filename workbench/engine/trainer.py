@@ -260,11 +260,14 @@ class SimpleTrainer:
 
 
 def _load_data(cfg: TrainConfig):
+    """The training split with the method's training transforms, the validation split with its
+    evaluation transforms (:class:`workbench.methods.Method`)."""
     from workbench.data.sources import open_dataset
-    from workbench.data.transforms import train_transforms_rcnn
+    from workbench.methods import get_method
 
-    train = open_dataset(cfg.data.spec, cfg.data.train_split, transforms=train_transforms_rcnn(cfg.data.hflip_prob))
-    val = open_dataset(cfg.data.spec, cfg.data.val_split)
+    method = get_method(cfg.method)
+    train = open_dataset(cfg.data.spec, cfg.data.train_split, transforms=method.training_transforms(cfg))
+    val = open_dataset(cfg.data.spec, cfg.data.val_split, transforms=method.evaluation_transforms(cfg))
     return train, val
 
 
