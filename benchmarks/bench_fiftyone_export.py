@@ -59,6 +59,18 @@ def random_boxes(n: int, g: torch.Generator) -> torch.Tensor:
     return torch.cat([xy, xy + wh], dim=1)
 
 
+def _views():
+    """The two-stage views plus a heatmap of the synthetic per-pixel map (what a method declares)."""
+    from workbench.methods import TWO_STAGE_VIEWS, RecordView
+
+    heatmap = RecordView("uncertainty_map", "heatmap", field="uncertainty", value="log_objectness",
+                         label="synthetic map", shown=True)
+    return (*TWO_STAGE_VIEWS, heatmap)
+
+
+VIEWS = _views()
+
+
 def synthetic_trace(image_id: int, file_name: str, g: torch.Generator, predictions: int = 100) -> ImageTrace:
     kept, suppressed = predictions + 50, 100
     scores = torch.sort(torch.rand(kept + suppressed, generator=g), descending=True).values
@@ -97,7 +109,8 @@ def run(root: Path, num_images: int, repeats: int, predictions: int, eval_images
     for _ in range(repeats):
         start = time.perf_counter()
         loaded = load_traces(root / "run", "val")
-        dataset, summary = export_traces(loaded, data, "bench-export", maps_dir=root / "run" / "maps", evaluate=False)
+        dataset, summary = export_traces(loaded, data, "bench-export", views=VIEWS, maps_dir=root / "run" / "maps",
+                                         evaluate=False)
         built = time.perf_counter()
         evaluate_dataset(dataset if eval_images is None else dataset.limit(eval_images), data.class_names)
         done = time.perf_counter()
