@@ -1,10 +1,12 @@
 """Saved traces: what a detector recorded per image while predicting, on disk and back.
 
 A *trace* is, per image, the records of :class:`workbench.modeling.TraceRecorder` (record name
--> field name -> tensor; names and fields in :mod:`workbench.modeling.trace`, e.g. ``anchors``,
-``rpn_proposals_pre_nms``, ``rpn_nms``, ``rpn_proposals``, ``rcnn_nms``, ``detections``, and a
-method's own such as KL-RPN's ``uncertainty_map``). Boxes are absolute ``xyxy`` in the pixels
-of the original image.
+-> field name -> tensor; the names are the constants of :mod:`workbench.records`, e.g.
+``anchors``, ``rpn_proposals``, ``rcnn_nms``, ``detections``, plus those a method adds). Which
+records a method writes and how each is shown is its declaration
+(``workbench.methods.Method.record_views``); this module stores whatever was recorded. Boxes
+are absolute ``xyxy`` in the pixels of the original image; maps follow
+:data:`workbench.records.MAP_CELL_SIZE`.
 
 On-disk format ``workbench-trace``, version 1 (``FORMAT_NAME``, ``FORMAT_VERSION``)::
 
