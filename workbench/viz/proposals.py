@@ -37,7 +37,7 @@ def objectness_offsets_figure(
     density) of the offsets of the highest- (red) and lowest-objectness (blue) proposals.
 
     ``offsets``: detector name -> ``(high (K, 4), low (K', 4))`` absolute offsets, e.g. from
-    :func:`workbench.methods.kl_rpn.analysis.objectness_offsets`. ``max_offset`` clips the x axes
+    :func:`workbench.evaluation.proposals.objectness_offsets`. ``max_offset`` clips the x axes
     (default: the 99th percentile of all values).
     """
     checked = {name: (_check_offsets(name, h), _check_offsets(name, l)) for name, (h, l) in offsets.items()}
