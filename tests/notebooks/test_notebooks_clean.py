@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from notebook_runs import NOTEBOOKS
 
-NAMES = ["train", "inspect_proposals", "nms_decisions", "compare_runs"]
+NAMES = ["train", "inspect_proposals", "nms_decisions", "compare_runs", "kl_rpn_uncertainty"]
 
 
 @pytest.mark.parametrize("name", NAMES)

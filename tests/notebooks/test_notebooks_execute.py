@@ -98,3 +98,22 @@ def test_compare_runs_tables_curves_recall_and_fig3(trained, baseline_run, tmp_p
     assert {t["meta"]["run"] for t in curves["data"]} == {"baseline", "kl-rpn"}
     fig3 = next(f for f in shown if "objectness" in title(f))
     assert sum(t["type"] == "histogram" for t in fig3["data"]) == 2 * 4 * 2
+
+
+def test_kl_rpn_notebook_shows_sigma_maps_proposals_and_fig3(trained, tmp_path):
+    run_dir, _ = trained
+    nb = execute("kl_rpn_uncertainty", tmp_path, run_dir=str(run_dir), num_images=1, max_images=4, device="cpu")
+    assert not errors(nb)
+    shown = figures(nb)
+    (panels,) = [f for f in shown if title(f).startswith("offset sigma at the anchor centres")]
+    heatmaps = [t for t in panels["data"] if t["type"] == "heatmap"]
+    assert len(heatmaps) == 5  # the mean and one per coordinate, on anchor cells
+    assert all(t["dx"] > 1 for t in heatmaps)
+    annotations = [a["text"].replace("<br>", " ") for a in panels["layout"]["annotations"]]
+    assert annotations[0].startswith("mean sigma of the box offsets") and all("sigma" in a for a in annotations)
+    (overlay,) = [f for f in shown if title(f).startswith("proposals (hover: sigma)")]
+    assert {"map", "proposals", "gt"} <= set(layers(overlay))
+    proposals = next(t for t in overlay["data"] if (t.get("meta") or {}).get("layer") == "proposals")
+    assert "<br>sigma " in proposals["hovertext"][0]
+    fig3 = next(f for f in shown if "objectness" in title(f))
+    assert sum(t["type"] == "histogram" for t in fig3["data"]) == 4 * 2
