@@ -138,7 +138,7 @@ def test_hard_negative_mining_bounds_the_negatives():
     model = _ssd().train()
     images, targets = _batch()
     out = model(images, targets)
-    assert float(out.losses["loss_dense_cls"]) > 0
+    assert float(out.losses["loss_dense_cls"].detach()) > 0
     # the sampler keeps at most 3 negatives per positive, chosen by the per-anchor loss
     anchors = torch.cat(out.raw["anchors"])
     assignments, labels, _ = model.assign(anchors, [
@@ -162,5 +162,5 @@ def test_empty_ground_truth_trains():
     images, _ = _batch()
     targets = [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)} for _ in images]
     out = model(images, targets)
-    assert float(out.losses["loss_dense_box"]) == 0.0 and torch.isfinite(out.losses["loss_dense_cls"])
+    assert float(out.losses["loss_dense_box"].detach()) == 0.0 and torch.isfinite(out.losses["loss_dense_cls"])
     out.total_loss().backward()

@@ -19,13 +19,13 @@ import dataclasses
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method
 from workbench.modeling.dense import DenseDetector
+from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD
 from workbench.modeling.ssd import (
     SSD300_VOC_SCALES,
     SSD512_EXTRAS,
     SSD512_RATIOS,
     SSD512_STEPS,
     SSD512_VOC_SCALES,
-    SSD_MEAN,
     SSDConfig,
     build_ssd,
 )
@@ -93,7 +93,9 @@ def tiny_model() -> SSDConfig:
         anchor_aspect_ratios=((2.0,), (2.0, 3.0), (2.0, 3.0), (2.0,), (2.0,)),
         anchor_scales=(0.06, 0.12, 0.25, 0.4, 0.6, 0.8),
         anchor_steps=(8, 16, 32, 64, 128),
-        image_mean=SSD_MEAN,
+        # from scratch: unit-scale inputs (the 0..255 scale of SSD_STD suits the Caffe VGG weights)
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
         detections_per_img=100,
     )
 

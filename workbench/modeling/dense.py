@@ -315,10 +315,12 @@ class SoftmaxPostprocess:
         out = []
         for i, image_size in enumerate(image_sizes):
             decoded = clip_boxes(self.box_coder.decode(deltas[i], anchors), image_size)
+            by_class = probabilities[i].t().contiguous()  # (K, A): one contiguous row per class
+            above = by_class > self.score_thresh
             index_l, scores_l, labels_l = [], [], []
             for label in range(1, num_classes):
-                scores = probabilities[i, :, label]
-                index = torch.where(scores > self.score_thresh)[0]
+                scores = by_class[label]
+                index = torch.where(above[label])[0]
                 scores, order = scores[index].topk(min(self.topk_candidates, int(index.shape[0])))
                 index = index[order]
                 index_l.append(index)

@@ -1,0 +1,154 @@
+"""Time the workbench single-stage detectors against torchvision's with the same weights and inputs.
+
+- RetinaNet: a torchvision ``RetinaNet`` with a ResNet-50-FPN (C3..C5, P6 / P7 from P5), frozen
+  batch norm and three trainable backbone stages (``retinanet_resnet50_fpn``'s settings with a
+  pretrained backbone), loaded into the workbench with ``load_torchvision_retinanet``;
+- SSD: torchvision's ``ssd300_vgg16`` (random weights), loaded with ``load_torchvision_ssd``.
+
+Each pair is timed on the same batch, alternately (the order flips every repeat):
+
+- inference: ``model(images)`` in evaluation mode under ``torch.no_grad()``;
+- training step: forward with targets, backward of the summed losses, one SGD step.
+
+The table reports wall-clock medians and their ratio (workbench / torchvision); on CPU also the
+ratio of the medians of process CPU time, which other jobs on a shared machine disturb less.
+The class logits are spread so that post-processing has detections to rank and suppress.
+
+    python benchmarks/bench_dense.py --threads 1                # CPU
+    python benchmarks/bench_dense.py --device cuda --images 8   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from timing import interleaved, median_cpu, median_wall
+from torchvision.models import resnet50
+from torchvision.models.detection import RetinaNet, ssd300_vgg16
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from workbench.modeling import load_torchvision_retinanet, load_torchvision_ssd
+
+
+def torchvision_retinanet(size: int, num_classes: int) -> torch.nn.Module:
+    body = _resnet_fpn_extractor(
+        resnet50(weights=None, norm_layer=FrozenBatchNorm2d), 3, returned_layers=[2, 3, 4],
+        extra_blocks=LastLevelP6P7(256, 256),
+    )
+    model = RetinaNet(body, num_classes=num_classes + 1, min_size=size, max_size=size)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        logits = model.head.classification_head.cls_logits
+        logits.weight.mul_(20)
+        logits.bias.copy_(torch.randn(logits.bias.shape, generator=g) * 0.5 - 2.0)
+    return model
+
+
+def torchvision_ssd(size: int, num_classes: int) -> torch.nn.Module:
+    model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes + 1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for conv in model.head.classification_head.module_list:
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
+    return model
+
+
+MODELS = {
+    "retinanet_r50_fpn": (torchvision_retinanet, load_torchvision_retinanet),
+    "ssd300_vgg16": (torchvision_ssd, load_torchvision_ssd),
+}
+
+
+def batch(num_images: int, size: int, device: torch.device, num_classes: int):
+    g = torch.Generator().manual_seed(1)
+    images, targets = [], []
+    for i in range(num_images):
+        height, width = size, size - 64 * (i % 2)
+        images.append(torch.rand(3, height, width, generator=g).to(device))
+        xy = torch.rand(4, 2, generator=g) * torch.tensor([width * 0.6, height * 0.6])
+        wh = 32 + torch.rand(4, 2, generator=g) * torch.tensor([width * 0.35, height * 0.35])
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        labels = torch.randint(1, num_classes + 1, (4,), generator=g)
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+    return images, targets
+
+
+def train_step(model, optimizer, images, targets, workbench: bool) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss = model(images, targets).total_loss() if workbench else sum(model(images, targets).values())
+    loss.backward()
+    optimizer.step()
+
+
+def summarise(name: str, measure: str, times) -> dict[str, object]:
+    tv, wb = times["torchvision"], times["workbench"]
+    return {"model": name, "measure": measure, "tv_wall": median_wall(tv), "wb_wall": median_wall(wb),
+            "tv_cpu": median_cpu(tv), "wb_cpu": median_cpu(wb)}
+
+
+def bench_model(name: str, args, device: torch.device) -> list[dict[str, object]]:
+    build_tv, load = MODELS[name]
+    images, targets = batch(args.images, args.size, device, args.num_classes)
+    torch.manual_seed(0)
+    tv = build_tv(args.size, args.num_classes).to(device).eval()
+    wb = load(tv).eval()
+    rows = []
+    with torch.no_grad():
+        times = interleaved({"torchvision": lambda: tv(images), "workbench": lambda: wb(images)},
+                            args.repeats, warmup=args.warmup, device=device)
+    rows.append(summarise(name, "inference", times))
+    tv.train()
+    wb.train()
+    tv_opt = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=args.lr, momentum=0.9)
+    wb_opt = torch.optim.SGD([p for p in wb.parameters() if p.requires_grad], lr=args.lr, momentum=0.9)
+    times = interleaved(
+        {"torchvision": lambda: train_step(tv, tv_opt, images, targets, workbench=False),
+         "workbench": lambda: train_step(wb, wb_opt, images, targets, workbench=True)},
+        args.repeats, warmup=args.warmup, device=device,
+    )
+    rows.append(summarise(name, "train step", times))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--images", type=int, default=2, help="images per batch")
+    parser.add_argument("--size", type=int, default=384, help="RetinaNet min_size = max_size; input side (SSD resizes to 300)")
+    parser.add_argument("--num-classes", type=int, default=90, help="foreground classes")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = []
+    for name in args.models:
+        rows.extend(bench_model(name, args, device))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{args.images} images of {args.size} px, {args.num_classes} classes, median of {args.repeats}; {where}; "
+          f"torch {torch.__version__}\n")
+    cpu = device.type == "cpu"
+    header = "| model | measure | torchvision (s) | workbench (s) | workbench / torchvision |"
+    rule = "|---|---|---:|---:|---:|"
+    if cpu:
+        header += " CPU-time ratio |"
+        rule += "---:|"
+    print(header)
+    print(rule)
+    for row in rows:
+        line = (f"| {row['model']} | {row['measure']} | {row['tv_wall']:.3f} | {row['wb_wall']:.3f} "
+                f"| {row['wb_wall'] / row['tv_wall']:.3f} |")
+        if cpu:
+            line += f" {row['wb_cpu'] / row['tv_cpu']:.3f} |"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
