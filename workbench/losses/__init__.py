@@ -3,12 +3,14 @@
 Each loss returns an unreduced tensor; :func:`reduce_loss` weights and normalises it.
 """
 
+from workbench.losses.balanced_l1 import balanced_l1
 from workbench.losses.basic import binary_cross_entropy_with_logits, cross_entropy, l1, smooth_l1
 from workbench.losses.focal import sigmoid_focal_loss
 from workbench.losses.kl import kl_rpn_loss
 from workbench.losses.reduction import reduce_loss
 
 __all__ = [
+    "balanced_l1",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "kl_rpn_loss",
