@@ -185,3 +185,14 @@ def test_voc_presets_follow_the_paper_schedule():
         # 120k / 80k / 100k iterations of 32 images over VOC07+12 trainval (16,551 images)
         assert cfg.schedule.epochs == 232 and cfg.schedule.milestones == (155, 193)
     assert get_method("ssd").train_transforms is not None
+
+
+def test_frozen_blocks_carry_over():
+    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=3)
+    for layer in list(tv.backbone.features)[:10]:  # conv1_x and conv2_x: the two lowest blocks
+        for parameter in layer.parameters():
+            parameter.requires_grad_(False)
+    assert ssd_config_from_torchvision(tv).trainable_backbone_layers == 3
+    wb = load_torchvision_ssd(tv)
+    trainable = sum(p.numel() for p in wb.parameters() if p.requires_grad)
+    assert trainable == sum(p.numel() for p in tv.parameters() if p.requires_grad)

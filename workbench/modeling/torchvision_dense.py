@@ -85,7 +85,6 @@ def retinanet_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> 
         raise ConfigError(f"unsupported RetinaNet box loss {reg_head._loss_type!r}")
     transform = tv_model.transform
     min_size = tuple(int(s) for s in transform.min_size)
-    prior = float(torch.sigmoid(cls_head.cls_logits.bias.detach()[0]))  # only the initial value matters
     matcher = tv_model.proposal_matcher
     values = dict(
         backbone=_resnet_name(body),
@@ -102,7 +101,6 @@ def retinanet_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> 
         anchor_sizes=tuple(tuple(float(s) for s in level) for level in generator.sizes),
         anchor_aspect_ratios=next(iter(ratios)),
         head_num_convs=len(cls_head.conv),
-        prior_probability=min(max(prior, 1e-6), 1 - 1e-6),
         fg_iou_thresh=float(matcher.high_threshold),
         bg_iou_thresh=float(matcher.low_threshold),
         allow_low_quality_matches=bool(matcher.allow_low_quality_matches),
@@ -158,6 +156,23 @@ def _ssd_extra_layers(extra: nn.ModuleList) -> tuple[tuple[int, int, int, int, i
     return tuple(layers)
 
 
+def _ssd_trainable_blocks(backbone: nn.Module) -> int:
+    """How many of VGG-16's five conv blocks, counted from conv5, have trainable weights
+    (torchvision's ``trainable_backbone_layers`` of ``ssd300_vgg16``)."""
+    convs = [m for m in backbone.features if isinstance(m, nn.Conv2d)]
+    convs += [m for m in list(backbone.extra[0])[:-1] if isinstance(m, nn.Conv2d)]  # conv5_x, not fc6 / fc7
+    blocks, start = [], 0
+    for size in (2, 2, 3, 3, 3):
+        blocks.append(convs[start:start + size])
+        start += size
+    count = 0
+    for block in reversed(blocks):
+        if not any(p.requires_grad for conv in block for p in conv.parameters()):
+            break
+        count += 1
+    return count
+
+
 def ssd_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> SSDConfig:
     """An :class:`SSDConfig` with every setting of a torchvision ``SSD`` with the VGG-16 extractor."""
     backbone = tv_model.backbone
@@ -173,6 +188,7 @@ def ssd_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> SSDCon
     matcher = tv_model.proposal_matcher
     fc6 = backbone.extra[0][7][1]
     values = dict(
+        trainable_backbone_layers=_ssd_trainable_blocks(backbone),
         width=1.0,
         l2norm_scale=20.0,
         fc_channels=int(fc6.out_channels),
