@@ -45,6 +45,7 @@ from workbench.ops.sampling import (
     sample_libra,
     sample_random,
 )
+from workbench.ops.uniform_iou import uniform_iou_samples
 
 __all__ = [
     "BELOW_LOW",
@@ -82,4 +83,5 @@ __all__ = [
     "size_at_least",
     "ssd_anchors",
     "ssd_cell_anchors",
+    "uniform_iou_samples",
 ]
