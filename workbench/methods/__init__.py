@@ -30,6 +30,8 @@ from workbench.errors import ConfigError
 METHODS: dict[str, str] = {
     "faster_rcnn": "workbench.methods.faster_rcnn",
     "kl_rpn": "workbench.methods.kl_rpn",
+    "libra_rcnn": "workbench.methods.libra.rcnn",
+    "libra_retinanet": "workbench.methods.libra.retinanet",
     "retinanet": "workbench.methods.retinanet",
     "ssd": "workbench.methods.ssd",
 }

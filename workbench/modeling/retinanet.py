@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -148,11 +148,29 @@ def build_retinanet_backbone(cfg: RetinaNetConfig) -> FeatureExtractor:
     return FeatureExtractor(base.body, neck, channels, names, base.strides[:-1] + (last * 2, last * 4))
 
 
-def build_retinanet(cfg: RetinaNetConfig) -> DenseDetector:
-    """Build the RetinaNet described by ``cfg``."""
+def _config_box_loss(cfg: RetinaNetConfig) -> Callable[[Tensor, Tensor], Tensor]:
+    if cfg.box_loss == "l1":
+        return l1
+    if cfg.box_loss == "smooth_l1":
+        return functools.partial(smooth_l1, beta=cfg.smooth_l1_beta)
+    raise ConfigError(f"unknown RetinaNet box_loss {cfg.box_loss!r}; use l1 or smooth_l1")
+
+
+def build_retinanet(
+    cfg: RetinaNetConfig,
+    *,
+    neck: Callable[[FeatureExtractor], nn.Module] | None = None,
+    box_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> DenseDetector:
+    """Build the RetinaNet described by ``cfg``, with the parts a method replaces: ``neck``
+    (``backbone -> module`` applied after the FPN, dict -> dict with the same names and
+    channels; default none) and ``box_loss`` (the element-wise regression loss; default the
+    one ``cfg.box_loss`` names)."""
     if cfg.num_classes < 1:
         raise ConfigError(f"num_classes counts foreground classes and must be >= 1, got {cfg.num_classes}")
     backbone = build_retinanet_backbone(cfg)
+    if neck is not None:
+        backbone = backbone.with_neck(neck(backbone))
     num_levels = len(backbone.feature_names)
     if len(cfg.anchor_sizes) != num_levels:
         raise ConfigError(
@@ -167,12 +185,8 @@ def build_retinanet(cfg: RetinaNetConfig) -> DenseDetector:
     num_columns = cfg.num_classes + (1 if cfg.background_column else 0)
     head = RetinaNetHead(backbone.out_channels, per_location[0], num_columns, cfg.head_num_convs, cfg.prior_probability)
     box_coder = BoxCoder(weights=cfg.box_weights, clamp=cfg.box_decode_clamp)
-    if cfg.box_loss == "l1":
-        box_loss = l1
-    elif cfg.box_loss == "smooth_l1":
-        box_loss = functools.partial(smooth_l1, beta=cfg.smooth_l1_beta)
-    else:
-        raise ConfigError(f"unknown RetinaNet box_loss {cfg.box_loss!r}; use l1 or smooth_l1")
+    if box_loss is None:
+        box_loss = _config_box_loss(cfg)
     transform = ImageTransform(cfg.min_size, cfg.max_size, cfg.image_mean, cfg.image_std, cfg.size_divisible)
     return DenseDetector(
         transform,
