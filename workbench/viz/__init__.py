@@ -11,6 +11,9 @@ Plotly is imported by the builder modules, never by ``import workbench``.
 - :mod:`~workbench.viz.curves`: training curves, run comparisons, precision-recall curves;
 - :mod:`~workbench.viz.proposals`: proposals' offsets to the ground truth by objectness;
 - :mod:`~workbench.viz.tables`: metrics tables;
+- :mod:`~workbench.viz.losses`: regression losses and their gradients against the error;
+- :mod:`~workbench.viz.sampling`: IoU distributions of sampled negatives;
+- :mod:`~workbench.viz.features`: per-level feature statistics of a pyramid;
 - :mod:`~workbench.viz.boxes`: the shared pieces (box outlines, the image layer, axes);
 - :mod:`~workbench.viz.export`: self-contained HTML and PNG files;
 - :mod:`~workbench.viz.explorer`: the ipywidgets explorer over traced images.

@@ -1,0 +1,177 @@
+"""The arrays behind Libra R-CNN's figures (the figures themselves are in ``workbench.viz``):
+
+- :func:`loss_curves`: balanced L1 and smooth L1 and their gradients against ``|x|`` (paper
+  Fig. 5);
+- :func:`negative_ious`: the best IoU of every negative candidate of a box stage, and of those a
+  random and an IoU-balanced sampler pick from the same candidates (paper Fig. 2, the share of
+  hard negatives above IoU 0.05); :func:`model_proposals` gives the candidates of a model;
+- :func:`level_magnitudes`: the mean absolute activation of every pyramid level before and
+  after the balanced feature pyramid.
+
+Conventions: images are ``(3, H, W)`` in ``[0, 1]``; targets carry ``boxes`` (G, 4) xyxy in the
+images' pixels and ``labels``; proposals and the targets returned with them are in the
+network-input pixels of the model that made them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from workbench.losses import balanced_l1, smooth_l1
+from workbench.modeling.assignment import IoUMatcher, Matcher, RandomSampler
+from workbench.modeling.balanced_pyramid import find_balanced_pyramid
+from workbench.modeling.box_stages import append_gt
+from workbench.modeling.transform import rescale_boxes
+
+from workbench.methods.libra.model import IoUBalancedSampler
+
+#: Names of the three sets :func:`negative_ious` returns.
+ALL, RANDOM, IOU_BALANCED = "all negatives", "random sampling", "IoU-balanced sampling"
+
+
+def loss_curves(
+    x: Sequence[float] | np.ndarray,
+    *,
+    settings: Sequence[tuple[float, float]] = ((0.5, 1.5),),
+    beta: float = 1.0,
+    smooth_l1_beta: float = 1.0,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Loss and gradient at each ``|x|`` (x >= 0): ``name -> (loss, d loss / dx)``, for smooth
+    L1 (``smooth_l1_beta``) and balanced L1 at every ``(alpha, gamma)`` of ``settings`` with the
+    knee at ``beta``. The gradients come from autograd (float64)."""
+    grid = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    if bool((grid < 0).any()):
+        raise ValueError("loss_curves plots against |x|: give x >= 0")
+    functions = {f"smooth L1 (beta {smooth_l1_beta:g})": lambda v: smooth_l1(v, torch.zeros_like(v), beta=smooth_l1_beta)}
+    for alpha, gamma in settings:
+        functions[f"balanced L1 (alpha {alpha:g}, gamma {gamma:g})"] = (
+            lambda v, a=alpha, g=gamma: balanced_l1(v, torch.zeros_like(v), alpha=a, gamma=g, beta=beta)
+        )
+    curves = {}
+    for name, function in functions.items():
+        v = grid.clone().requires_grad_(True)
+        loss = function(v)
+        (grad,) = torch.autograd.grad(loss.sum(), v)
+        curves[name] = (loss.detach().numpy(), grad.numpy())
+    return curves
+
+
+def negative_ious(
+    proposals: Sequence[Tensor],
+    targets: Sequence[Mapping[str, Tensor]],
+    *,
+    matcher: Matcher = IoUMatcher(0.5, 0.5),
+    num_samples: int = 512,
+    positive_fraction: float = 0.25,
+    num_bins: int = 3,
+    add_gt: bool = True,
+    generator: torch.Generator | None = None,
+) -> dict[str, np.ndarray]:
+    """Best IoU with any GT of the negatives of each image's candidates (its proposals, then its
+    GT boxes when ``add_gt``), over all images: ``{ALL: every negative, RANDOM: those
+    :class:`~workbench.modeling.assignment.RandomSampler` picks, IOU_BALANCED: those
+    :class:`~workbench.methods.libra.model.IoUBalancedSampler` (instance-balanced positives, K =
+    ``num_bins``) picks}``. Both samplers see the same assignment and draw ``num_samples`` with
+    at most ``positive_fraction`` positives, as a box stage does."""
+    random_sampler = RandomSampler(num_samples, positive_fraction)
+    balanced_sampler = IoUBalancedSampler(num_samples, positive_fraction, num_bins)
+    out: dict[str, list[np.ndarray]] = {ALL: [], RANDOM: [], IOU_BALANCED: []}
+    for boxes, target in zip(proposals, targets):
+        candidates = append_gt(boxes, target) if add_gt else boxes
+        gt_boxes = target["boxes"].to(candidates.dtype)
+        assignment = matcher(candidates, gt_boxes, target["labels"], target.get("ignore"))
+        iou = assignment.max_iou.detach().cpu()
+        negative = (assignment.labels == 0).cpu()
+        out[ALL].append(iou[negative].numpy())
+        for name, sampler in ((RANDOM, random_sampler), (IOU_BALANCED, balanced_sampler)):
+            _, neg = sampler(assignment, generator)
+            out[name].append(iou[neg.cpu()].numpy())
+    return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in out.items()}
+
+
+def model_proposals(
+    model: nn.Module, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]
+) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """A two-stage model's RPN proposals after NMS for ``images`` (evaluation mode, no gradient;
+    the model's test-time proposal settings) and the targets rescaled to the same
+    network-input pixels: ``(proposals per image (P_i, 4), targets)``. The model is left in the
+    mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(list(images), list(targets))
+    finally:
+        model.train(was_training)
+    scaled = []
+    for target, size, original in zip(targets, out.raw["image_sizes"], out.raw["original_sizes"]):
+        scaled.append({**target, "boxes": rescale_boxes(target["boxes"], original, size)})
+    return [p.detach() for p in out.raw["proposals"]], scaled
+
+
+def box_stage_sampling(model: nn.Module) -> dict[str, Any]:
+    """The first box stage's matcher and sample size of a two-stage model, as keywords of
+    :func:`negative_ious` (so both samplers draw what that stage draws)."""
+    stage = model.roi_heads.stages[0]
+    sampler = stage.sampler
+    return {"matcher": stage.matcher, "num_samples": sampler.num_samples,
+            "positive_fraction": sampler.positive_fraction, "add_gt": stage.add_gt_to_proposals}
+
+
+def level_magnitudes(model: nn.Module, images: Sequence[Tensor]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Per pyramid level, the mean absolute activation entering and leaving the model's balanced
+    feature pyramid: ``(level names, before (L,), after (L,))``, averaged over ``images``.
+    Raises ``ValueError`` for a model without one."""
+    pyramid = find_balanced_pyramid(model)
+    if pyramid is None:
+        raise ValueError("the model has no balanced feature pyramid")
+    seen: dict[str, Any] = {}
+
+    def hook(_module, inputs, output):
+        seen["before"], seen["after"] = inputs[0], output
+
+    handle = pyramid.register_forward_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            batch, _ = model.transform(list(images), None, None)
+            model.backbone(batch.tensor)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    names = list(seen["before"])
+    before = np.array([float(seen["before"][n].abs().mean()) for n in names])
+    after = np.array([float(seen["after"][n].abs().mean()) for n in names])
+    return names, before, after
+
+
+def untrained_model(method: str = "libra_rcnn", num_classes: int = 3, **base_overrides: Any) -> nn.Module:
+    """A freshly built model of ``method``'s ``tiny`` preset without pretrained weights (batch
+    norm trainable), with ``base_overrides`` applied to its baseline config (e.g.
+    ``min_size=96``), in evaluation mode: what the figures show before any run exists."""
+    from workbench.methods import build_preset, get_method
+
+    cfg = build_preset(method, "tiny").model
+    base = dataclasses.replace(cfg.base, backbone_weights=None, backbone_norm="bn", **base_overrides)
+    model = get_method(method).build_model(dataclasses.replace(cfg, base=base), num_classes)
+    return model.eval()
+
+
+__all__ = [
+    "ALL",
+    "IOU_BALANCED",
+    "RANDOM",
+    "box_stage_sampling",
+    "level_magnitudes",
+    "loss_curves",
+    "model_proposals",
+    "negative_ious",
+    "untrained_model",
+]
