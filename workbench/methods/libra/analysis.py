@@ -16,6 +16,7 @@ network-input pixels of the model that made them.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,11 @@ from workbench.methods.libra.model import IoUBalancedSampler
 
 #: Names of the three sets :func:`negative_ious` returns.
 ALL, RANDOM, IOU_BALANCED = "all negatives", "random sampling", "IoU-balanced sampling"
+
+
+def error_grid(x_max: float = 3.0, num: int = 301) -> np.ndarray:
+    """``num`` evenly spaced errors ``|x|`` from 0 to ``x_max``: the x axis of the loss figure."""
+    return np.linspace(0.0, x_max, num)
 
 
 def loss_curves(
@@ -116,12 +122,16 @@ def model_proposals(
 
 
 def box_stage_sampling(model: nn.Module) -> dict[str, Any]:
-    """The first box stage's matcher and sample size of a two-stage model, as keywords of
-    :func:`negative_ious` (so both samplers draw what that stage draws)."""
+    """The first box stage's matcher and sample size of a two-stage model (and its number of
+    IoU bins when it samples with :class:`IoUBalancedSampler`), as keywords of
+    :func:`negative_ious`, so both samplers draw what that stage draws."""
     stage = model.roi_heads.stages[0]
     sampler = stage.sampler
-    return {"matcher": stage.matcher, "num_samples": sampler.num_samples,
-            "positive_fraction": sampler.positive_fraction, "add_gt": stage.add_gt_to_proposals}
+    settings = {"matcher": stage.matcher, "num_samples": sampler.num_samples,
+                "positive_fraction": sampler.positive_fraction, "add_gt": stage.add_gt_to_proposals}
+    if isinstance(sampler, IoUBalancedSampler):
+        settings["num_bins"] = sampler.num_bins
+    return settings
 
 
 def level_magnitudes(model: nn.Module, images: Sequence[Tensor]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -152,6 +162,70 @@ def level_magnitudes(model: nn.Module, images: Sequence[Tensor]) -> tuple[list[s
     return names, before, after
 
 
+@dataclass
+class FigureInputs:
+    """A model and a few images with their targets to compute the figures on: ``source`` says
+    which (a run's checkpoint or a freshly built model); ``two_stage``: whether the model has a
+    box stage (the sampling figure needs one); ``has_pyramid``: whether it has a balanced
+    feature pyramid (the feature figure needs one)."""
+
+    model: nn.Module
+    images: list[Tensor]
+    targets: list[dict[str, Tensor]]
+    source: str
+
+    @property
+    def two_stage(self) -> bool:
+        return hasattr(self.model, "roi_heads")
+
+    @property
+    def has_pyramid(self) -> bool:
+        return find_balanced_pyramid(self.model) is not None
+
+
+def dataset_inputs(dataset: Any, num_images: int, device: str | torch.device = "cpu") -> tuple[list[Tensor], list[dict]]:
+    """The first ``num_images`` samples of ``dataset`` as model inputs: float images in
+    ``[0, 1]`` and target dicts, on ``device``."""
+    from workbench.data.collate import collate_samples
+    from workbench.engine.inference import images_to_model_input, targets_to_device
+
+    batch = collate_samples([dataset[i] for i in range(min(num_images, len(dataset)))])
+    device = torch.device(device)
+    return images_to_model_input(batch.images, device), targets_to_device(batch.targets, device)
+
+
+def figure_inputs(
+    run_dir: str | None = None,
+    *,
+    method: str = "libra_rcnn",
+    data: str = "builtin:shapes?train=8&val=4&size=96",
+    split: str | None = None,
+    num_images: int = 4,
+    min_size: int = 96,
+    seed: int = 0,
+    device: str = "cpu",
+) -> FigureInputs:
+    """The model and images the figures are computed on: with ``run_dir``, the run's best
+    checkpoint on ``num_images`` images of its ``split`` (default its validation split); without,
+    a freshly built ``method`` (:func:`untrained_model`, seeded by ``seed``, inputs of
+    ``min_size`` pixels) on images of ``data`` (default split ``val``): its untrained RPN gives
+    random proposals."""
+    if run_dir is not None:
+        from workbench.engine.loading import open_trained_run
+
+        run = open_trained_run(run_dir, split=split, device=device)
+        images, targets = dataset_inputs(run.dataset, num_images, run.device)
+        return FigureInputs(run.model, images, targets, f"{run.cfg.method} run {run_dir} ({run.split})")
+    from workbench.data.sources import open_dataset
+
+    dataset = open_dataset(data, split or "val", progress=False)
+    torch.manual_seed(seed)
+    overrides: dict[str, Any] = dict(min_size=min_size, max_size=min_size)
+    model = untrained_model(method, len(dataset.class_names), **overrides).to(device)
+    images, targets = dataset_inputs(dataset, num_images, device)
+    return FigureInputs(model, images, targets, f"freshly built {method} (untrained)")
+
+
 def untrained_model(method: str = "libra_rcnn", num_classes: int = 3, **base_overrides: Any) -> nn.Module:
     """A freshly built model of ``method``'s ``tiny`` preset without pretrained weights (batch
     norm trainable), with ``base_overrides`` applied to its baseline config (e.g.
@@ -166,6 +240,10 @@ def untrained_model(method: str = "libra_rcnn", num_classes: int = 3, **base_ove
 
 __all__ = [
     "ALL",
+    "FigureInputs",
+    "dataset_inputs",
+    "error_grid",
+    "figure_inputs",
     "IOU_BALANCED",
     "RANDOM",
     "box_stage_sampling",
