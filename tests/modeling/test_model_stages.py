@@ -262,9 +262,9 @@ class _ShiftedGT:
         self.dx = dx
         self.calls = 0
 
-    def __call__(self, proposals, targets, generator):
+    def __call__(self, proposals, targets, generator, image_sizes):
         self.calls += 1
-        assert isinstance(generator, torch.Generator)
+        assert isinstance(generator, torch.Generator) and len(image_sizes) == len(targets)
         shift = torch.tensor([self.dx, 0.0, self.dx, 0.0])
         return [torch.cat([t["boxes"] + shift, t["boxes"] - shift]) for t in targets]
 

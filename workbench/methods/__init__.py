@@ -29,6 +29,7 @@ from workbench.errors import ConfigError
 
 METHODS: dict[str, str] = {
     "faster_rcnn": "workbench.methods.faster_rcnn",
+    "iou_uniform": "workbench.methods.iou_uniform",
     "kl_rpn": "workbench.methods.kl_rpn",
     "libra_rcnn": "workbench.methods.libra.rcnn",
     "libra_retinanet": "workbench.methods.libra.retinanet",

@@ -37,7 +37,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from workbench.errors import ConfigError
 from workbench.modeling.weights import load_weights_state_dict
 
-BACKBONES = ("resnet50_fpn", "resnet18_fpn", "mobilenet_v2_fpn", "vgg16")
+BACKBONES = ("resnet50_fpn", "resnet101_fpn", "resnet18_fpn", "mobilenet_v2_fpn", "vgg16")
 
 
 class FeatureExtractor(nn.Module):
@@ -98,13 +98,14 @@ class _Spec:
 
 _SPECS = {
     "resnet50_fpn": _Spec(models.resnet50, models.ResNet50_Weights, True),
+    "resnet101_fpn": _Spec(models.resnet101, models.ResNet101_Weights, True),
     "resnet18_fpn": _Spec(models.resnet18, models.ResNet18_Weights, True),
     "mobilenet_v2_fpn": _Spec(models.mobilenet_v2, models.MobileNet_V2_Weights, True),
     "vgg16": _Spec(models.vgg16, models.VGG16_Weights, False),
 }
 
 # Maximum ``trainable_layers`` per backbone family (counting stages from the top).
-MAX_TRAINABLE_LAYERS = {"resnet50_fpn": 5, "resnet18_fpn": 5, "mobilenet_v2_fpn": 6, "vgg16": 5}
+MAX_TRAINABLE_LAYERS = {"resnet50_fpn": 5, "resnet101_fpn": 5, "resnet18_fpn": 5, "mobilenet_v2_fpn": 6, "vgg16": 5}
 
 
 def _resolve_weights(name: str, weights: str | None):
@@ -299,8 +300,9 @@ def build_backbone(
 ) -> FeatureExtractor:
     """Build a feature extractor by name.
 
-    - ``resnet50_fpn`` / ``resnet18_fpn``: ResNet C2..C5 + FPN (``fpn_channels``) + max-pool P6;
-      levels ``0,1,2,3,pool`` at strides 4..64; ``trainable_layers`` in [0, 5];
+    - ``resnet50_fpn`` / ``resnet101_fpn`` / ``resnet18_fpn``: ResNet C2..C5 + FPN
+      (``fpn_channels``) + max-pool P6; levels ``0,1,2,3,pool`` at strides 4..64;
+      ``trainable_layers`` in [0, 5];
       ``returned_layers`` picks the stages fed to the FPN (``(2, 3, 4)`` drops the stride-4
       level: levels ``0,1,2,pool`` at strides 8..64);
     - ``norm`` (batch-norm backbones): ``frozen_bn`` (with pretrained weights) or ``bn``
@@ -314,7 +316,7 @@ def build_backbone(
     if name not in _SPECS:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     _check_trainable(name, trainable_layers)
-    if name in ("resnet50_fpn", "resnet18_fpn"):
+    if name in ("resnet50_fpn", "resnet101_fpn", "resnet18_fpn"):
         return _resnet_fpn(name, weights, trainable_layers, fpn_channels, norm, returned_layers)
     if name == "mobilenet_v2_fpn":
         return _mobilenet_v2_fpn(weights, trainable_layers, fpn_channels, norm, returned_layers)

@@ -11,12 +11,12 @@ Conventions (shapes as in :mod:`workbench.modeling.roi_heads`):
   outputs; :func:`as_outputs` turns both into a dict. Names: ``class_logits`` (R, K) with column
   0 the background, ``box_regression`` (R, 4K) per class or (R, 4) class-agnostic, and any other
   per-RoI output (e.g. a predicted IoU (R, 1));
-- **inputs**: with targets, a stage trains on ``box_source(proposals, targets, generator)`` when
-  it has one (e.g. jittered GT boxes), else on the RPN proposals (the first stage, or
-  ``input="proposals"``) or on the boxes refined by the previous stage (detached, clipped, empty
-  ones dropped), then matches and samples them. At inference a stage takes the proposals or the
-  previous stage's refined boxes (clipped, none dropped), so row ``r`` of every stage belongs to
-  proposal ``r`` of its image;
+- **inputs**: with targets, a stage trains on ``box_source(proposals, targets, generator,
+  image_sizes)`` when it has one (e.g. jittered GT boxes clipped to the image), else on the
+  RPN proposals (the first stage, or ``input="proposals"``) or on the boxes refined by the
+  previous stage (detached, clipped, empty ones dropped), then matches and samples them. At
+  inference a stage takes the proposals or the previous stage's refined boxes (clipped, none
+  dropped), so row ``r`` of every stage belongs to proposal ``r`` of its image;
 - **refined boxes** of a stage: its class-agnostic regression decoded on its RoIs, or, with
   per-class regression, the offsets of the highest-scoring foreground class (mmdetection's
   ``regress_by_class``); a stage without ``box_regression`` passes its RoIs on unchanged;
@@ -55,14 +55,15 @@ class SampledRoIs:
 
 
 class BoxSource(Protocol):
-    """Training boxes of a stage in place of the proposals: RPN proposals per image (P_i, 4) and
-    targets (network-input pixels) -> boxes per image (B_i, 4)."""
+    """Training boxes of a stage in place of the proposals: RPN proposals per image (P_i, 4),
+    targets (network-input pixels) and image sizes ``(height, width)`` -> boxes per image (B_i, 4)."""
 
     def __call__(
         self,
         proposals: Sequence[Tensor],
         targets: Sequence[Mapping[str, Tensor]],
         generator: torch.Generator | None,
+        image_sizes: Sequence[tuple[int, int]],
     ) -> list[Tensor]:
         ...
 
@@ -263,7 +264,7 @@ def run_training_stages(
         if not stage.in_training:
             continue
         if stage.box_source is not None:
-            boxes = stage.box_source(proposals, targets, generator)
+            boxes = stage.box_source(proposals, targets, generator, image_sizes)
         elif stage.input == "proposals" or not results:
             boxes = list(proposals)
         else:

@@ -1,0 +1,277 @@
+"""IoU-uniform R-CNN's model: its box stages, losses, switches and detections, on tiny inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms
+from torchvision.ops import box_iou as tv_box_iou
+
+from workbench.errors import ConfigError
+from workbench.methods.iou_uniform.model import (
+    IOU_PRED,
+    IOU_PRED_FIRST,
+    IoUHeadLoss,
+    IoUUniformConfig,
+    UniformIoUSource,
+    build_iou_uniform_faster_rcnn,
+    interval_weight,
+)
+from workbench.modeling import FasterRCNNConfig
+from workbench.modeling.transform import rescale_boxes
+from workbench.ops import BoxCoder, clip_boxes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _base(**overrides) -> FasterRCNNConfig:
+    values = dict(
+        backbone="resnet18_fpn", num_classes=3, min_size=96, max_size=128, fpn_channels=32,
+        box_representation_size=64, rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
+        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_batch_size_per_image=64,
+    )
+    values.update(overrides)
+    return FasterRCNNConfig(**values)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, 96, 120, generator=g), torch.rand(3, 110, 90, generator=g)]
+    targets = [
+        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 70.0], [5.0, 60.0, 40.0, 95.0]]), "labels": torch.tensor([1, 3])},
+        {"boxes": torch.tensor([[10.0, 50.0, 60.0, 100.0]]), "labels": torch.tensor([2])},
+    ]
+    return images, targets
+
+
+def _model(**overrides):
+    torch.manual_seed(0)
+    return build_iou_uniform_faster_rcnn(IoUUniformConfig(base=_base(), **overrides))
+
+
+def _net_targets(out, images, targets):
+    """The targets in network-input pixels."""
+    scaled = []
+    for i, size in enumerate(out.raw["image_sizes"]):
+        scale = torch.tensor([size[1] / images[i].shape[2], size[0] / images[i].shape[1]] * 2)
+        scaled.append(targets[i]["boxes"] * scale)
+    return scaled
+
+
+SWITCHES = {
+    "default": {},
+    "rpn_samples": {"generated_samples": False},
+    "equal": {"sample_count": "equal"},
+    "double": {"sample_count": "double"},
+    "no_interval_weights": {"use_interval_weights": False},
+    "no_repool": {"repool": False},
+    "class_score_nms": {"nms_score": "class"},
+}
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_a_training_step_gives_finite_losses_for_every_switch(switch):
+    model = _model(**SWITCHES[switch]).train()
+    images, targets = _batch()
+    out = model(images, targets, generator=torch.Generator().manual_seed(0))
+    assert set(out.losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_rcnn_cls", "loss_iouhead_box", "loss_iouhead_iou"}
+    assert all(math.isfinite(float(v.detach())) for v in out.losses.values())
+    assert float(out.losses["loss_iouhead_box"]) > 0 and float(out.losses["loss_iouhead_iou"]) > 0
+    out.total_loss().backward()
+    heads = model.roi_heads
+    assert heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
+    assert heads.box_predictor_1.bbox_pred.weight.grad.abs().sum() > 0
+    assert heads.box_predictor_1.iou_pred.weight.grad.abs().sum() > 0
+    assert not hasattr(heads.box_predictor, "bbox_pred")  # the classification stage does not regress
+    assert [p["name"] for p in out.raw["box_stages"]] == ["cls", "iou"]
+
+
+def test_the_iou_head_trains_on_generated_samples_of_uniform_iou():
+    model = _model().train()
+    images, targets = _batch()
+    out = model(images, targets, generator=torch.Generator().manual_seed(0))
+    iou_pass = out.raw["box_stages"][1]
+    for i, gt in enumerate(_net_targets(out, images, targets)):
+        rois = iou_pass["rois"][i]
+        iou = tv_box_iou(gt, rois)
+        best = iou.max(dim=0).values
+        assert bool((best >= 0.5).all()) and bool((iou_pass["sampled_labels"][i] > 0).all())
+        # at most 16 per GT and interval, and the intervals are evenly filled
+        intervals = torch.bucketize(best, torch.tensor([0.6, 0.7, 0.8]), right=True)
+        counts = torch.bincount(iou.argmax(dim=0) * 4 + intervals, minlength=4 * gt.shape[0])
+        assert int(counts.max()) <= 16 and int(counts.sum()) == rois.shape[0] >= 12 * gt.shape[0]
+        size = out.raw["image_sizes"][i]
+        assert bool((rois[:, 2] <= size[1]).all() and (rois[:, 3] <= size[0]).all() and (rois >= 0).all())
+
+
+@pytest.mark.parametrize("count,factor", [("equal", 1), ("double", 2)])
+def test_sample_count_follows_the_classification_stages_positives(count, factor):
+    model = _model(sample_count=count).train()
+    images, targets = _batch()
+    out = model(images, targets, generator=torch.Generator().manual_seed(0))
+    cls_pass, iou_pass = out.raw["box_stages"]
+    for i in range(2):
+        positives = int((cls_pass["sampled_labels"][i] > 0).sum())
+        assert positives > 0 and iou_pass["rois"][i].shape[0] == factor * positives
+
+
+def test_without_generated_samples_the_iou_head_trains_on_positive_proposals():
+    model = _model(generated_samples=False).train()
+    images, targets = _batch()
+    out = model(images, targets, generator=torch.Generator().manual_seed(0))
+    iou_pass = out.raw["box_stages"][1]
+    for i, gt in enumerate(_net_targets(out, images, targets)):
+        rois = iou_pass["rois"][i]
+        assert 0 < rois.shape[0] <= 16  # the positives of a 64-RoI sample with a quarter positives
+        assert bool((tv_box_iou(gt, rois).max(dim=0).values >= 0.5).all())
+        # the GT boxes are among the candidates, as for the classification stage
+        proposals_and_gt = torch.cat([out.raw["proposals"][i], gt])
+        assert bool((tv_box_iou(rois, proposals_and_gt).max(dim=1).values > 0.9999).all())
+
+
+def test_interval_weights_reach_the_loss_by_hand():
+    # four positive samples and one background; offsets differ from their targets by 0.5 or 2
+    # in one coordinate: smooth L1 (beta 1) 0.125 and 1.5
+    box = torch.zeros(5, 4)
+    box[0, 0], box[1, 1], box[2, 2], box[3, 3], box[4, 0] = 0.5, 2.0, 0.5, 2.0, 9.0
+    targets = torch.zeros(5, 4)
+    labels = torch.tensor([1, 2, 1, 3, 0])
+    true_iou = torch.tensor([0.55, 0.65, 0.75, 0.9, 0.2])
+    pred_iou = torch.tensor([0.55, 0.65, 0.25, 0.9, 0.0])  # off by 0.5 for the third: 0.5 - 0.25 = 0.25
+    loss = IoUHeadLoss()(box, pred_iou, labels, targets, true_iou)
+    weighted = (1.0 * 0.125 + 1.5 * 1.5 + 3.0 * 0.125 + 3.0 * 1.5) / 4
+    assert float(loss["loss_iouhead_box"]) == pytest.approx(weighted)
+    assert float(loss["loss_iouhead_iou"]) == pytest.approx(0.25 / 4)
+    plain = IoUHeadLoss(interval_weights=None)(box, pred_iou, labels, targets, true_iou)
+    assert float(plain["loss_iouhead_box"]) == pytest.approx((0.125 + 1.5 + 0.125 + 1.5) / 4)
+    code = IoUHeadLoss(interval_weights=(1.0, 1.5, 2.0, 3.0))(box, pred_iou, labels, targets, true_iou)
+    assert float(code["loss_iouhead_box"]) == pytest.approx((0.125 + 2.25 + 2.0 * 0.125 + 4.5) / 4)
+    # no positive: zero, with a graph
+    none = IoUHeadLoss()(box.requires_grad_(), pred_iou, torch.zeros(5, dtype=torch.int64), targets, true_iou)
+    assert float(none["loss_iouhead_box"]) == 0.0 and none["loss_iouhead_box"].requires_grad
+    assert interval_weight(torch.tensor([0.4, 0.5, 0.6, 1.0]), ((0.5, 0.6), (0.6, 1.0)), (2.0, 5.0)).tolist() == [
+        1.0, 2.0, 5.0, 5.0]
+
+
+def test_interval_weights_reach_the_models_loss():
+    """The same model, samples and generator with and without the weights: the box losses
+    differ by the weights of the samples' intervals, recomputed from the raw outputs."""
+    weighted, plain = _model(), _model(use_interval_weights=False)
+    plain.load_state_dict(weighted.state_dict())
+    images, targets = _batch()
+    weighted.train(), plain.train()
+    with torch.no_grad():
+        a = weighted(images, targets, generator=torch.Generator().manual_seed(4))
+        b = plain(images, targets, generator=torch.Generator().manual_seed(4))
+    iou_pass = a.raw["box_stages"][1]
+    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+    per_sample, weights = [], []
+    offsets = iou_pass["box_regression"].split([r.shape[0] for r in iou_pass["rois"]])
+    for rois, pred, gt in zip(iou_pass["rois"], offsets, _net_targets(a, images, targets)):
+        iou = tv_box_iou(gt, rois)
+        best, matched = iou.max(dim=0)
+        target = coder.encode(gt[matched], rois)
+        per_sample.append(F.smooth_l1_loss(pred, target, beta=1.0, reduction="none").sum(dim=1))
+        weights.append(torch.tensor([1.0, 1.5, 3.0, 3.0])[torch.bucketize(best, torch.tensor([0.6, 0.7, 0.8]),
+                                                                          right=True)])
+    per_sample, weights = torch.cat(per_sample), torch.cat(weights)
+    assert float(b.losses["loss_iouhead_box"]) == pytest.approx(float(per_sample.mean()), rel=1e-5)
+    assert float(a.losses["loss_iouhead_box"]) == pytest.approx(float((weights * per_sample).mean()), rel=1e-5)
+    assert float(a.losses["loss_iouhead_iou"]) == pytest.approx(float(b.losses["loss_iouhead_iou"]), rel=1e-6)
+
+
+def _by_hand(out, use_iou: bool, iou_pass_index: int):
+    """Detections recomputed from the raw outputs: softmax(cls) x IoU, refined boxes, threshold
+    0.05, per-class NMS 0.5 (torchvision), top 100; with each detection's RoI."""
+    passes = out.raw["box_stages"]
+    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0), clamp=math.log(1000.0 / 16))
+    probs = F.softmax(passes[0]["class_logits"], dim=1)
+    iou = passes[iou_pass_index]["iou"]
+    scores = probs * iou[:, None] if use_iou else probs
+    start, expected = 0, []
+    for i, proposals in enumerate(passes[1]["rois"]):
+        rows = slice(start, start + proposals.shape[0])
+        start += proposals.shape[0]
+        size = out.raw["image_sizes"][i]
+        boxes = clip_boxes(coder.decode(passes[1]["box_regression"][rows], proposals), size)
+        s = scores[rows, 1:]
+        roi, label = torch.where(s > 0.05)
+        keep = batched_nms(boxes[roi], s[roi, label], label, 0.5)[:100]
+        boxes_i = rescale_boxes(boxes[roi[keep]], size, out.raw["original_sizes"][i])
+        expected.append((boxes_i, s[roi, label][keep], label[keep] + 1, roi[keep] + rows.start))
+    return expected
+
+
+@pytest.mark.parametrize("switch", ["default", "no_repool", "class_score_nms"])
+def test_detections_are_scored_by_class_times_the_second_iou(switch):
+    model = _model(**SWITCHES[switch]).eval()
+    images, _ = _batch()
+    with torch.no_grad():
+        out = model(images)
+    passes = out.raw["box_stages"]
+    repool = switch != "no_repool"
+    assert [p["name"] for p in passes] == (["cls", "iou", "iou_repool"] if repool else ["cls", "iou"])
+    if repool:  # the second pass pooled the refined boxes of the first
+        for i, det in enumerate(out.detections):
+            coder = model.roi_heads.stages[1].coder
+            rows = slice(sum(r.shape[0] for r in passes[1]["rois"][:i]),
+                         sum(r.shape[0] for r in passes[1]["rois"][: i + 1]))
+            refined = clip_boxes(coder.decode(passes[1]["box_regression"][rows], passes[1]["rois"][i]),
+                                 out.raw["image_sizes"][i])
+            torch.testing.assert_close(passes[2]["rois"][i], refined)
+        assert not torch.equal(passes[2]["iou"], passes[1]["iou"])
+    expected = _by_hand(out, use_iou=switch != "class_score_nms", iou_pass_index=-1)
+    for det, (boxes, scores, labels, roi) in zip(out.detections, expected):
+        assert len(det) > 0 and set(det.extras) == {IOU_PRED, IOU_PRED_FIRST}
+        torch.testing.assert_close(det.boxes, boxes)
+        torch.testing.assert_close(det.scores, scores)
+        assert torch.equal(det.labels, labels)
+        torch.testing.assert_close(det.extras[IOU_PRED_FIRST], passes[1]["iou"][roi])
+        torch.testing.assert_close(det.extras[IOU_PRED], passes[-1]["iou"][roi])
+
+
+def test_without_repooling_the_first_iou_is_the_prediction():
+    with_repool, without = _model(), _model(repool=False)
+    without.load_state_dict(with_repool.state_dict())  # the re-pooling pass adds no parameters
+    images, _ = _batch()
+    with torch.no_grad():
+        a, b = with_repool.eval()(images), without.eval()(images)
+    torch.testing.assert_close(a.raw["box_stages"][1]["iou"], b.raw["box_stages"][1]["iou"])
+    for det in b.detections:
+        assert torch.equal(det.extras[IOU_PRED], det.extras[IOU_PRED_FIRST])
+    # re-pooling changes the scores, not the boxes the detections come from
+    assert not torch.equal(a.detections[0].scores, b.detections[0].scores)
+
+
+def test_switches_are_checked():
+    with pytest.raises(ConfigError, match="sample_count"):
+        IoUUniformConfig(sample_count="triple")
+    with pytest.raises(ConfigError, match="generated_samples"):
+        IoUUniformConfig(generated_samples=False, sample_count="equal")
+    with pytest.raises(ConfigError, match="nms_score"):
+        IoUUniformConfig(nms_score="iou")
+    with pytest.raises(ConfigError, match="interval_weights"):
+        IoUUniformConfig(interval_weights=(1.0, 2.0))
+    with pytest.raises(ConfigError, match="default jitter"):
+        IoUUniformConfig(intervals=((0.9, 1.0),), interval_weights=(1.0,))
+
+
+def test_sample_source_without_gt_and_with_ignored_gt():
+    source = UniformIoUSource(count="equal")
+    proposals = [torch.tensor([[0.0, 0.0, 10.0, 10.0]])]
+    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
+    assert source(proposals, [empty], torch.Generator().manual_seed(0), [(64, 64)])[0].shape == (0, 4)
+    crowd = {"boxes": torch.tensor([[5.0, 5.0, 40.0, 40.0]]), "labels": torch.tensor([1]),
+             "ignore": torch.tensor([True])}
+    plain = UniformIoUSource()
+    assert plain(proposals, [crowd], torch.Generator().manual_seed(0), [(64, 64)])[0].shape == (0, 4)
