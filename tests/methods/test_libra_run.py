@@ -1,0 +1,79 @@
+"""A one-epoch Libra R-CNN run on a handful of 96-pixel images: the training entry point, the
+run directory and the checkpoint read back, and the figures' inputs from the run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.methods.libra.analysis import (
+    box_stage_sampling,
+    figure_inputs,
+    level_magnitudes,
+    model_proposals,
+    negative_ious,
+)
+from workbench.methods.libra.model import IoUBalancedSampler, LibraRCNNConfig
+
+DATA = "builtin:shapes?train=4&val=2&size=96"
+SMALL = {
+    "backbone_weights": None, "backbone_norm": "bn", "fpn_channels": 32, "min_size": 96, "max_size": 96,
+    "box_representation_size": 64, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
+    "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "box_batch_size_per_image": 32,
+}
+
+
+def test_overrides_reach_the_switches_and_the_baseline():
+    from workbench.pipelines.params import train_config
+
+    cfg = train_config("libra_rcnn", "tiny", model_overrides={"balanced_l1": False, "num_bins": 5, "min_size": 96})
+    assert isinstance(cfg.model, LibraRCNNConfig)
+    assert not cfg.model.balanced_l1 and cfg.model.num_bins == 5 and cfg.model.base.min_size == 96
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from workbench.engine.trainer import train
+    from workbench.pipelines.params import train_config
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("runs") / "libra_rcnn"
+    cfg = train_config("libra_rcnn", "tiny", data=DATA, epochs=1, batch_size=2, device="cpu", seed=0,
+                       model_overrides=SMALL)
+    train(cfg, out, progress=False)
+    yield out
+    torch.set_num_threads(threads)
+    patch.undo()
+
+
+def test_a_run_trains_and_its_model_reads_back(run_dir):
+    inputs = figure_inputs(str(run_dir), num_images=2)
+    assert inputs.source.startswith("libra_rcnn run") and inputs.two_stage and inputs.has_pyramid
+    assert isinstance(inputs.model.roi_heads.stages[0].sampler, IoUBalancedSampler)
+    proposals, targets = model_proposals(inputs.model, inputs.images, inputs.targets)
+    ious = negative_ious(proposals, targets, generator=torch.Generator().manual_seed(0),
+                         **box_stage_sampling(inputs.model))
+    assert all(v.size > 0 for v in ious.values())
+    names, before, after = level_magnitudes(inputs.model, inputs.images)
+    assert names == ["0", "1", "2", "pool"] and before.shape == after.shape == (4,)
+
+
+def test_a_libra_retinanet_run_trains_and_reads_back(tmp_path, monkeypatch):
+    from workbench.engine.trainer import train
+    from workbench.pipelines.params import train_config
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    overrides = {"backbone_weights": None, "backbone_norm": "bn", "fpn_channels": 32, "min_size": 96,
+                 "max_size": 96, "head_num_convs": 1, "topk_candidates": 100}
+    cfg = train_config("libra_retinanet", "tiny", data=DATA, epochs=1, batch_size=2, device="cpu", seed=0,
+                       model_overrides=overrides)
+    train(cfg, tmp_path / "run", progress=False)
+    inputs = figure_inputs(str(tmp_path / "run"), num_images=2)
+    assert not inputs.two_stage and inputs.has_pyramid
+    assert inputs.model.loss.box_loss.keywords == {"alpha": 0.5, "gamma": 1.5, "beta": 0.11}
+    names, _, after = level_magnitudes(inputs.model, inputs.images)
+    assert names == ["0", "1", "2", "p6", "p7"] and after.shape == (5,)
