@@ -28,6 +28,7 @@ from workbench.config import TrainConfig
 from workbench.errors import ConfigError
 
 METHODS: dict[str, str] = {
+    "cascade_iou_uniform": "workbench.methods.iou_uniform.cascade",
     "cascade_rcnn": "workbench.methods.cascade_rcnn",
     "faster_rcnn": "workbench.methods.faster_rcnn",
     "iou_uniform": "workbench.methods.iou_uniform",

@@ -309,11 +309,14 @@ class IoUFields:
 
 @dataclass(frozen=True)
 class IoUUniformPostprocess:
-    """Detections of the inference passes ``cls``, ``iou`` and (with re-pooling) ``iou_repool``:
+    """Detections of the inference passes (for :func:`iou_uniform_stages`: ``cls``, ``iou`` and,
+    with re-pooling, ``iou_repool``):
 
-    - boxes: the proposals refined by the ``iou`` pass (class-agnostic, one box for every class);
-    - scores: the softmax of the ``cls`` pass times, with ``use_iou``, the IoU of the last pass
-      (the re-pooled one, else the first);
+    - boxes: the RoIs of pass ``box_pass`` refined by its class-agnostic offsets (the proposals
+      refined by the ``iou`` pass), one box for every class;
+    - scores: the softmax of the ``class_logits`` of the passes ``score_passes`` (averaged when
+      more than one) times, with ``use_iou``, the IoU of the last pass (the re-pooled one, else
+      the first);
 
     then :func:`~workbench.modeling.roi_heads.select_detections` per image (score threshold,
     minimum size, per-class NMS, top-k) and every per-RoI field gathered into the extras.
@@ -324,12 +327,15 @@ class IoUUniformPostprocess:
     detections_per_image: int = 100
     min_size: float = 1e-2
     use_iou: bool = True
+    score_passes: tuple[int, ...] = (0,)
+    box_pass: int = 1
 
     def __call__(self, stages: Sequence[StageOutput], image_sizes: Sequence[tuple[int, int]],
                  roi_fields: Sequence[Mapping[str, Tensor]], recorder: TraceRecorder | None = None) -> list[Detections]:
-        cls_pass, iou_pass, last = stages[0], stages[1], stages[-1]
-        counts = [int(r.shape[0]) for r in cls_pass.rois]
-        scores = F.softmax(cls_pass.outputs[CLASS_LOGITS], dim=-1)
+        iou_pass, last = stages[self.box_pass], stages[-1]
+        counts = [int(r.shape[0]) for r in stages[0].rois]
+        probabilities = [F.softmax(stages[k].outputs[CLASS_LOGITS], dim=-1) for k in self.score_passes]
+        scores = probabilities[0] if len(probabilities) == 1 else sum(probabilities) / len(probabilities)
         if self.use_iou:
             scores = scores * last.outputs[IOU][:, None]
         num_classes = scores.shape[1]
