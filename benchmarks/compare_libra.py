@@ -1,0 +1,251 @@
+"""Libra R-CNN and Libra RetinaNet against their baselines: same data, budget and seeds; final
+COCO AP, the component ablation, the hard negatives each sampler picks, and the cost.
+
+Rows (``--rows``; each the ``tiny`` preset of its method with the data, epochs and seed of the
+comparison, plus the switches of :data:`ROWS`):
+
+- ``faster_rcnn`` / ``libra_rcnn`` and ``retinanet`` / ``libra_retinanet``: the paper's claims
+  (+2.5 AP and +2.0 AP on COCO, Table 1);
+- ``libra_rcnn_sampling`` / ``_pyramid`` / ``_loss``: one component alone (paper Table 1 of the
+  ablation: each adds on its own); ``libra_rcnn_pos_balance`` (instance-balanced positives,
+  random negatives: K = 1), ``libra_rcnn_k2`` / ``_k5`` (paper Table 2); ``libra_rcnn_loss_a<alpha>_g<gamma>``
+  (balanced L1 alone at the paper's alpha / gamma grid, Table 4); ``libra_retinanet_pyramid`` /
+  ``_loss``.
+
+Measured on the validation split with the weights after the last epoch:
+
+- AP, AP50, AP75, APs, APm, APl (the trainer's COCO evaluation after the last epoch);
+- two-stage rows: the hard-negative statistic of the paper (section 3.1): on the RPN proposals
+  the trained model makes on ``--negatives-images`` validation images (its test-time proposal
+  settings), the share of the box stage's negatives with IoU above 0.05, for all of them, for a
+  random sampler and for the IoU-balanced sampler drawn from the same candidates;
+- ``--cost``: a training step (forward + backward) and inference of each Libra row against its
+  baseline on one validation batch, interleaved, median of ``--repeats``, with the time spent in
+  the balanced pyramid (forward hooks around it).
+
+Finished runs are reused and interrupted ones resumed. Results go to
+``OUT/<row>/seed_<s>/compare.json``; tables are printed as markdown.
+
+    python benchmarks/compare_libra.py --seeds 0 1 2 --rows faster_rcnn libra_rcnn --threads 1
+    python benchmarks/compare_libra.py --seeds 0 --rows libra_rcnn_sampling libra_rcnn_pyramid libra_rcnn_loss
+    python benchmarks/compare_libra.py --seeds 0 --rows faster_rcnn libra_rcnn --cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+OFF_RCNN = {"iou_balanced_sampling": False, "balanced_pyramid": False, "balanced_l1": False}
+OFF_RETINA = {"balanced_pyramid": False, "balanced_l1": False}
+#: Balanced L1's (alpha, gamma) grid of the paper's Table 4.
+LOSS_GRID = ((0.2, 1.0), (0.3, 1.0), (0.5, 1.0), (0.5, 1.5), (0.5, 2.0))
+#: row -> (method, model config fields changed from the method's tiny preset)
+ROWS: dict[str, tuple[str, dict]] = {
+    "faster_rcnn": ("faster_rcnn", {}),
+    "libra_rcnn": ("libra_rcnn", {}),
+    "libra_rcnn_sampling": ("libra_rcnn", {**OFF_RCNN, "iou_balanced_sampling": True}),
+    "libra_rcnn_pyramid": ("libra_rcnn", {**OFF_RCNN, "balanced_pyramid": True}),
+    "libra_rcnn_loss": ("libra_rcnn", {**OFF_RCNN, "balanced_l1": True}),
+    "libra_rcnn_pos_balance": ("libra_rcnn", {**OFF_RCNN, "iou_balanced_sampling": True, "num_bins": 1}),
+    "libra_rcnn_k2": ("libra_rcnn", {**OFF_RCNN, "iou_balanced_sampling": True, "num_bins": 2}),
+    "libra_rcnn_k5": ("libra_rcnn", {**OFF_RCNN, "iou_balanced_sampling": True, "num_bins": 5}),
+    **{f"libra_rcnn_loss_a{a:g}_g{g:g}": ("libra_rcnn", {**OFF_RCNN, "balanced_l1": True, "alpha": a, "gamma": g})
+       for a, g in LOSS_GRID},
+    "retinanet": ("retinanet", {}),
+    "libra_retinanet": ("libra_retinanet", {}),
+    "libra_retinanet_pyramid": ("libra_retinanet", {**OFF_RETINA, "balanced_pyramid": True}),
+    "libra_retinanet_loss": ("libra_retinanet", {**OFF_RETINA, "balanced_l1": True}),
+}
+#: The baseline each Libra row's cost is compared with.
+BASELINE = {"libra_rcnn": "faster_rcnn", "libra_retinanet": "retinanet"}
+
+
+def row_config(row: str, seed: int, args: argparse.Namespace):
+    """The ``tiny`` preset of ``row``'s method with the row's switches, this comparison's data,
+    epochs and seed, and ``--model-overrides`` (fields of the model config or of its base)."""
+    from workbench.config import apply_overrides
+    from workbench.methods import build_preset
+    from workbench.pipelines.params import override_model
+
+    method, changes = ROWS[row]
+    cfg = build_preset(method, "tiny")
+    model = override_model(cfg.model, {**changes, **json.loads(args.model_overrides or "{}")})
+    cfg = dataclasses.replace(cfg, model=model)
+    return apply_overrides(cfg, data=args.data, epochs=args.epochs, seed=seed, device="cpu")
+
+
+def train_or_reuse(row: str, seed: int, args: argparse.Namespace) -> Path:
+    from workbench.engine.checkpoint import load_checkpoint
+    from workbench.engine.run_dir import RunDir
+    from workbench.engine.trainer import load_run_config, train
+
+    run_dir = Path(args.out) / row / f"seed_{seed}"
+    run = RunDir(run_dir)
+    if run.last_checkpoint.exists():
+        cfg = load_run_config(run_dir)
+        if load_checkpoint(run.last_checkpoint)["epoch"] < cfg.schedule.epochs:
+            train(cfg, run_dir, resume=True, progress=False)
+        return run_dir
+    train(row_config(row, seed, args), run_dir, progress=False)
+    return run_dir
+
+
+def final_eval(run_dir: Path) -> dict[str, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["kind"] == "eval"][-1]
+    return {k: last[k] for k in AP_KEYS if k in last}
+
+
+def hard_negative_shares(run_dir: Path, num_images: int, seed: int) -> dict[str, float]:
+    """Share of negatives above IoU 0.05: all, random-sampled, IoU-balanced-sampled."""
+    from workbench.methods.libra.analysis import box_stage_sampling, figure_inputs, model_proposals, negative_ious
+    from workbench.viz.sampling import share_above
+
+    inputs = figure_inputs(str(run_dir), num_images=num_images, device="cpu")
+    proposals, targets = model_proposals(inputs.model, inputs.images, inputs.targets)
+    ious = negative_ious(proposals, targets, generator=torch.Generator().manual_seed(seed),
+                         **box_stage_sampling(inputs.model))
+    return {name: share_above(values, 0.05) for name, values in ious.items()}
+
+
+def measure(row: str, run_dir: Path, args: argparse.Namespace) -> dict:
+    path = run_dir / "compare.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from workbench.engine.trainer import load_run_config
+
+    cfg = load_run_config(run_dir)
+    result = {"row": row, "seed": cfg.seed, **final_eval(run_dir)}
+    if ROWS[row][0] in ("faster_rcnn", "libra_rcnn"):
+        result["hard_negatives"] = hard_negative_shares(run_dir, args.negatives_images, cfg.seed)
+    path.write_text(json.dumps(result) + "\n")
+    return result
+
+
+class _PyramidClock:
+    """Wall time spent inside a module, from forward pre- and post-hooks."""
+
+    def __init__(self, module: torch.nn.Module | None) -> None:
+        self.total = 0.0
+        self._start = 0.0
+        self.handles = [] if module is None else [
+            module.register_forward_pre_hook(lambda *_: self._begin()),
+            module.register_forward_hook(lambda *_: self._end()),
+        ]
+
+    def _begin(self) -> None:
+        self._start = time.perf_counter()
+
+    def _end(self) -> None:
+        self.total += time.perf_counter() - self._start
+
+
+def time_model(run_dir: Path, repeats: int, batch_size: int) -> dict[str, float]:
+    """Median seconds of a training step and of inference on the first validation batch, and of
+    the balanced pyramid inside inference (0 without one)."""
+    from workbench.methods.libra.analysis import figure_inputs
+    from workbench.modeling.balanced_pyramid import find_balanced_pyramid
+
+    inputs = figure_inputs(str(run_dir), num_images=batch_size, device="cpu")
+    model = inputs.model
+    clock = _PyramidClock(find_balanced_pyramid(model))
+    train_t, infer_t, pyramid_t = [], [], []
+    for k in range(repeats + 1):
+        model.train()
+        start = time.perf_counter()
+        out = model(inputs.images, inputs.targets, generator=torch.Generator().manual_seed(k))
+        sum(out.losses.values()).backward()
+        model.zero_grad(set_to_none=True)
+        train_t.append(time.perf_counter() - start)
+        model.eval()
+        clock.total = 0.0
+        start = time.perf_counter()
+        with torch.no_grad():
+            model(inputs.images)
+        infer_t.append(time.perf_counter() - start)
+        pyramid_t.append(clock.total)
+    model.eval()
+    # the first pass warms up allocators and caches
+    return {"train_step": statistics.median(train_t[1:]), "inference": statistics.median(infer_t[1:]),
+            "pyramid_in_inference": statistics.median(pyramid_t[1:])}
+
+
+def mean_spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def ap_table(results: dict[str, list[dict]]) -> str:
+    lines = ["| row | seeds | " + " | ".join(AP_KEYS) + " |", "|---|---:|" + "---:|" * len(AP_KEYS)]
+    for row, rows in results.items():
+        cells = [mean_spread([r[k] for r in rows if k in r]) for k in AP_KEYS]
+        lines.append(f"| {row} | {len(rows)} | " + " | ".join(cells) + " |")
+    shares = {row: rows for row, rows in results.items() if all("hard_negatives" in r for r in rows) and rows}
+    if shares:
+        names = list(next(iter(shares.values()))[0]["hard_negatives"])
+        lines += ["", "Share of the box stage's negatives above IoU 0.05 (paper: about 60% of hard negatives, "
+                      "about 30% under random sampling):", "",
+                  "| row | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for row, rows in shares.items():
+            cells = [f"{np.mean([r['hard_negatives'][n] for r in rows]):.1%}" for n in names]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="builtin:shapes")
+    parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=["faster_rcnn", "libra_rcnn", "retinanet", "libra_retinanet"],
+                        choices=list(ROWS))
+    parser.add_argument("--model-overrides", help="JSON object of model config fields for every row")
+    parser.add_argument("--negatives-images", type=int, default=50, help="validation images for the hard negatives")
+    parser.add_argument("--cost", action="store_true", help="time each Libra row against its baseline (first seed)")
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--out", default="runs/compare_libra")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    results: dict[str, list[dict]] = {row: [] for row in args.rows}
+    for seed in args.seeds:
+        for row in args.rows:
+            results[row].append(measure(row, train_or_reuse(row, seed, args), args))
+    print(f"\ndata {args.data}, epochs {args.epochs or 'preset'}, seeds {args.seeds}; mean ± sample std\n")
+    print(ap_table(results))
+    if args.cost:
+        seed = args.seeds[0]
+        lines = ["", "| row | train step (s) | x baseline | inference (s) | x baseline | pyramid in inference (s) |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        times = {}
+        for row in args.rows:
+            run_dir = Path(args.out) / row / f"seed_{seed}"
+            batch = row_config(row, seed, args).batch_size
+            times[row] = time_model(run_dir, args.repeats, batch)
+        for row, t in times.items():
+            base = BASELINE.get(ROWS[row][0])
+            ref = times.get(base) if base else None
+            ratio = (lambda key: f"{t[key] / ref[key]:.2f}") if ref else (lambda key: "-")
+            lines.append(f"| {row} | {t['train_step']:.3f} | {ratio('train_step')} | {t['inference']:.3f} | "
+                         f"{ratio('inference')} | {t['pyramid_in_inference']:.3f} |")
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
