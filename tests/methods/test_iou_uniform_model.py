@@ -86,7 +86,7 @@ def test_a_training_step_gives_finite_losses_for_every_switch(switch):
     out = model(images, targets, generator=torch.Generator().manual_seed(0))
     assert set(out.losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_rcnn_cls", "loss_iouhead_box", "loss_iouhead_iou"}
     assert all(math.isfinite(float(v.detach())) for v in out.losses.values())
-    assert float(out.losses["loss_iouhead_box"]) > 0 and float(out.losses["loss_iouhead_iou"]) > 0
+    assert float(out.losses["loss_iouhead_box"].detach()) > 0 and float(out.losses["loss_iouhead_iou"].detach()) > 0
     out.total_loss().backward()
     heads = model.roi_heads
     assert heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
@@ -158,7 +158,7 @@ def test_interval_weights_reach_the_loss_by_hand():
     assert float(code["loss_iouhead_box"]) == pytest.approx((0.125 + 2.25 + 2.0 * 0.125 + 4.5) / 4)
     # no positive: zero, with a graph
     none = IoUHeadLoss()(box.requires_grad_(), pred_iou, torch.zeros(5, dtype=torch.int64), targets, true_iou)
-    assert float(none["loss_iouhead_box"]) == 0.0 and none["loss_iouhead_box"].requires_grad
+    assert float(none["loss_iouhead_box"].detach()) == 0.0 and none["loss_iouhead_box"].requires_grad
     assert interval_weight(torch.tensor([0.4, 0.5, 0.6, 1.0]), ((0.5, 0.6), (0.6, 1.0)), (2.0, 5.0)).tolist() == [
         1.0, 2.0, 5.0, 5.0]
 
