@@ -12,6 +12,7 @@ from torch import nn
 
 from workbench.methods.libra.analysis import (
     ALL,
+    balanced_l1_settings,
     IOU_BALANCED,
     RANDOM,
     box_stage_sampling,
@@ -51,6 +52,11 @@ def test_loss_curves_by_hand():
     assert loss.tolist() == pytest.approx([0.0, 0.125, 1.5]) and grad.tolist() == pytest.approx([0.0, 0.5, 1.0])
     with pytest.raises(ValueError):
         loss_curves([-1.0])
+
+
+def test_loss_settings_without_a_run():
+    assert balanced_l1_settings() == (((0.5, 1.5),), 1.0)
+    assert balanced_l1_settings(None, [[0.2, 1], [0.5, 2.0]], 0.5) == (((0.2, 1.0), (0.5, 2.0)), 0.5)
 
 
 def ring_boxes(ious):

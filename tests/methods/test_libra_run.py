@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from workbench.methods.libra.analysis import (
+    balanced_l1_settings,
     box_stage_sampling,
     figure_inputs,
     level_magnitudes,
@@ -59,6 +60,7 @@ def test_a_run_trains_and_its_model_reads_back(run_dir):
     assert all(v.size > 0 for v in ious.values())
     names, before, after = level_magnitudes(inputs.model, inputs.images)
     assert names == ["0", "1", "2", "pool"] and before.shape == after.shape == (4,)
+    assert balanced_l1_settings(str(run_dir)) == (((0.5, 1.5),), 1.0)
 
 
 def test_a_libra_retinanet_run_trains_and_reads_back(tmp_path, monkeypatch):
@@ -77,3 +79,5 @@ def test_a_libra_retinanet_run_trains_and_reads_back(tmp_path, monkeypatch):
     assert inputs.model.loss.box_loss.keywords == {"alpha": 0.5, "gamma": 1.5, "beta": 0.11}
     names, _, after = level_magnitudes(inputs.model, inputs.images)
     assert names == ["0", "1", "2", "p6", "p7"] and after.shape == (5,)
+    assert balanced_l1_settings(str(tmp_path / "run")) == (((0.5, 1.5),), 0.11)
+    assert balanced_l1_settings(str(tmp_path / "run"), [[0.3, 1.0]], 1.0) == (((0.3, 1.0),), 1.0)

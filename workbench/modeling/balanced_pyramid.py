@@ -14,8 +14,9 @@ Steps (paper Fig. 4, eq. 3; mmdetection's ``BFP`` for the details the paper leav
 Conventions: features are an ordered dict ``name -> (N, C, H_l, W_l)``, highest resolution
 first, as :class:`~workbench.modeling.backbones.FeatureExtractor` returns them; the output has
 the same names, order, channels and sizes. Convolutions start from Xavier (uniform) weights and
-zero biases, as mmdetection's ``BFP.init_weights`` does for every convolution of the neck,
-the non-local block's included.
+zero biases, as the authors' code (mmdetection 1.x, ``BFP.init_weights``) does for every
+convolution of the neck, the non-local block's included; so the non-local block does not start
+as the identity (with its output convolution zeroed it would, which the tests use).
 """
 
 from __future__ import annotations

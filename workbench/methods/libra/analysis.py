@@ -68,6 +68,27 @@ def loss_curves(
     return curves
 
 
+def balanced_l1_settings(
+    run_dir: str | None = None,
+    settings: Sequence[Sequence[float]] | None = None,
+    beta: float | None = None,
+) -> tuple[tuple[tuple[float, float], ...], float]:
+    """The ``(alpha, gamma)`` pairs and ``beta`` the loss figure shows: those given, else the
+    run's balanced L1 settings (a run whose model config has ``alpha`` / ``gamma`` / ``beta``),
+    else the paper's ``(0.5, 1.5)`` and ``beta = 1``."""
+    pairs: tuple[tuple[float, float], ...] = ((0.5, 1.5),)
+    knee = 1.0
+    if run_dir is not None:
+        from workbench.engine.loading import load_run_config
+
+        model = load_run_config(run_dir).model
+        if all(hasattr(model, name) for name in ("alpha", "gamma", "beta")):
+            pairs, knee = ((float(model.alpha), float(model.gamma)),), float(model.beta)
+    if settings is not None:
+        pairs = tuple((float(a), float(g)) for a, g in settings)
+    return pairs, (knee if beta is None else float(beta))
+
+
 def negative_ious(
     proposals: Sequence[Tensor],
     targets: Sequence[Mapping[str, Tensor]],
@@ -246,6 +267,7 @@ __all__ = [
     "figure_inputs",
     "IOU_BALANCED",
     "RANDOM",
+    "balanced_l1_settings",
     "box_stage_sampling",
     "level_magnitudes",
     "loss_curves",
