@@ -29,7 +29,6 @@ from typing import Callable
 import torch
 
 from workbench.config import OptimizerConfig, TrainConfig, apply_overrides
-from workbench.methods import build_preset
 from workbench.methods import faster_rcnn as baseline
 from workbench.modeling import FasterRCNNConfig
 
@@ -74,10 +73,10 @@ RECIPES: dict[str, tuple[str, Callable[[], TrainConfig]]] = {
     "new_scratch": ("the tiny preset from scratch (trainable BN, no ImageNet weights)", baseline.tiny_scratch),
     "new_sgd": ("tiny preset with SGD (lr 0.02, momentum 0.9) instead of AdamW",
                 lambda: _optimizer(baseline.tiny(), name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4)),
-    "new_frozen_stem": ("tiny preset with the first two MobileNetV2 stages frozen",
-                        lambda: _model(baseline.tiny(), trainable_backbone_layers=4)),
-    "new_wide_head": ("tiny preset with a 512-d box head on 256 RoIs",
-                      lambda: _model(baseline.tiny(), box_representation_size=512, box_batch_size_per_image=256)),
+    "new_all_trainable": ("tiny preset with every MobileNetV2 stage trainable",
+                          lambda: _model(baseline.tiny(), trainable_backbone_layers=6)),
+    "new_wide_head": ("tiny preset with a 512-d box head on 128 RoIs per image",
+                      lambda: _model(baseline.tiny(), box_representation_size=512, box_batch_size_per_image=128)),
 }
 
 

@@ -3,8 +3,11 @@
 Forward times come from forward pre/post hooks on the named parts (inclusive of their children);
 backward and the optimiser step are timed as a whole (autograd does not attribute them to
 modules). Data time is the loader's time to produce a batch with the preset's transforms.
+``--clock cpu`` (the default) measures the process's CPU time, which a busy machine disturbs
+far less than wall time; with one thread it is the step's own compute.
 
-    .venv/bin/python benchmarks/profile_step.py --method faster_rcnn --preset tiny --steps 12
+    .venv/bin/python benchmarks/profile_step.py --method faster_rcnn --preset tiny --threads 1
+    .venv/bin/python benchmarks/profile_step.py --recipe old --threads 1   # a learning_curve.py recipe
 
 Prints a markdown table (median ms per step, share of the step) for docs/benchmarks.md.
 """
@@ -40,7 +43,7 @@ PARTS = (
 )
 
 
-def attach_timers(model: torch.nn.Module, totals: dict[str, float]) -> list:
+def attach_timers(model: torch.nn.Module, totals: dict[str, float], clock=time.process_time) -> list:
     modules = dict(model.named_modules())
     handles = []
     for name in PARTS:
@@ -50,10 +53,10 @@ def attach_timers(model: torch.nn.Module, totals: dict[str, float]) -> list:
         starts: list[float] = []
 
         def pre(_m, _i, starts=starts):
-            starts.append(time.perf_counter())
+            starts.append(clock())
 
         def post(_m, _i, _o, name=name, starts=starts):
-            totals[name] += time.perf_counter() - starts.pop()
+            totals[name] += clock() - starts.pop()
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
@@ -67,11 +70,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--recipe", help="a recipe of benchmarks/learning_curve.py instead of --method/--preset")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--data", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
-    cfg = apply_overrides(build_preset(args.method, args.preset), data=args.data)
+    if args.recipe:
+        from learning_curve import RECIPES
+
+        cfg = apply_overrides(RECIPES[args.recipe][1](), data=args.data)
+        args.method, args.preset = cfg.method, f"recipe {args.recipe}"
+    else:
+        cfg = apply_overrides(build_preset(args.method, args.preset), data=args.data)
     seed_everything(cfg.seed)
     train_set, _ = load_data(cfg)
     model = get_method(cfg.method).build_model(cfg.model, len(train_set.categories))
@@ -85,18 +97,18 @@ def main() -> None:
     iterator = iter(loader)
     for step in range(args.warmup + args.steps):
         totals: dict[str, float] = defaultdict(float)
-        handles = attach_timers(model, totals)
-        t0 = time.perf_counter()
+        handles = attach_timers(model, totals, clock)
+        t0 = clock()
         batch = next(iterator)
-        t1 = time.perf_counter()
+        t1 = clock()
         out = model(images_to_model_input(batch.images, torch.device("cpu")),
                     targets_to_device(batch.targets, torch.device("cpu")))
-        t2 = time.perf_counter()
+        t2 = clock()
         optimizer.zero_grad(set_to_none=True)
         sum(out.losses.values()).backward()
-        t3 = time.perf_counter()
+        t3 = clock()
         optimizer.step()
-        t4 = time.perf_counter()
+        t4 = clock()
         for h in handles:
             h.remove()
         if step < args.warmup:
@@ -110,8 +122,8 @@ def main() -> None:
         rows["step (forward + backward + optimizer)"].append(t4 - t1)
     step = statistics.median(rows["step (forward + backward + optimizer)"])
     print(f"{args.method} / {args.preset}: batch {cfg.batch_size}, {args.threads} thread(s), "
-          f"median of {args.steps} steps\n")
-    print("| part | ms | share of step |")
+          f"{args.clock} time, median of {args.steps} steps\n")
+    print(f"| part | {args.clock} ms | share of step |")
     print("| --- | ---: | ---: |")
     order = ["data", "forward (all)"] + sorted(k for k in rows if k.startswith("  forward")) + [
         "backward", "optimizer step", "step (forward + backward + optimizer)"]
