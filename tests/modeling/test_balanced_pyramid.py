@@ -78,7 +78,7 @@ def test_xavier_initialisation():
     w = bfp.refine.theta.weight.detach()
     bound = (6.0 / (16 + 16)) ** 0.5  # xavier uniform, fan_in = fan_out = 16 for a 1x1 conv
     assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.5 * bound
-    assert float(bfp.refine.theta.bias.abs().max()) == 0.0
+    assert float(bfp.refine.theta.bias.detach().abs().max()) == 0.0
 
 
 @pytest.mark.parametrize("refine_type", ["non_local", "conv"])
