@@ -25,7 +25,10 @@ Records of two-stage detectors (the RPN):
 - :data:`PROPOSALS`: the proposals after NMS, ``boxes``, ``scores`` (+ per-proposal fields).
 
 Records a method adds: :data:`UNCERTAINTY_MAP` (per-anchor maps, see the method that writes it;
-map records follow :data:`MAP_CELL_SIZE`).
+map records follow :data:`MAP_CELL_SIZE`); :data:`REFINED_ROIS`: every RoI of the final pass
+refined by the box head, before the score threshold and NMS: ``boxes`` (R, 4) (row ``r`` refines
+row ``r`` of :data:`PROPOSALS`), ``scores`` (R,) (the best foreground score) and the method's
+per-RoI fields (e.g. a predicted IoU).
 
 An NMS record holds its input (:data:`BOXES`, :data:`SCORES`, :data:`NMS_GROUPS`) and the
 ledger (:data:`NMS_KEEP`, :data:`NMS_SUPPRESSED_BY`, :data:`NMS_SUPPRESSOR_IOU`,
@@ -43,6 +46,7 @@ FINAL_CANDIDATES = "rcnn_candidates"
 FINAL_NMS = "rcnn_nms"
 DETECTIONS = "detections"
 UNCERTAINTY_MAP = "uncertainty_map"
+REFINED_ROIS = "refined_rois"
 
 # fields of box records --------------------------------------------------------------------------
 BOXES = "boxes"
@@ -76,4 +80,5 @@ ALL_RECORDS = (
     FINAL_NMS,
     DETECTIONS,
     UNCERTAINTY_MAP,
+    REFINED_ROIS,
 )

@@ -275,3 +275,38 @@ def test_sample_source_without_gt_and_with_ignored_gt():
              "ignore": torch.tensor([True])}
     plain = UniformIoUSource()
     assert plain(proposals, [crowd], torch.Generator().manual_seed(0), [(64, 64)])[0].shape == (0, 4)
+
+
+def test_a_trace_records_every_refined_roi_and_the_detections_carry_both_ious():
+    from workbench import records as R
+    from workbench.inspection.collect import complete_records
+    from workbench.methods import get_method
+    from workbench.modeling import TraceRecorder
+
+    model = _model().eval()
+    images, _ = _batch()
+    recorder = TraceRecorder()
+    with torch.no_grad():
+        plain = model(images)
+        out = model(images, recorder=recorder)
+    passes = out.raw["box_stages"]
+    start = 0
+    for i, det in enumerate(out.detections):
+        torch.testing.assert_close(det.scores, plain.detections[i].scores)  # recording changes nothing
+        count = passes[0]["rois"][i].shape[0]
+        rows = slice(start, start + count)
+        start += count
+        rois = recorder.images[i][R.REFINED_ROIS]
+        scale = (out.raw["original_sizes"][i], out.raw["image_sizes"][i])
+        # row r refines proposal r; boxes in original pixels like every recorded box
+        torch.testing.assert_close(rois["boxes"], rescale_boxes(passes[2]["rois"][i], scale[1], scale[0]))
+        assert recorder.images[i][R.PROPOSALS]["boxes"].shape[0] == count
+        torch.testing.assert_close(rois[IOU_PRED], passes[2]["iou"][rows])
+        torch.testing.assert_close(rois[IOU_PRED_FIRST], passes[1]["iou"][rows])
+        probs = F.softmax(passes[0]["class_logits"][rows], dim=1)[:, 1:] * passes[2]["iou"][rows, None]
+        torch.testing.assert_close(rois["scores"], probs.max(dim=1).values)
+        records = complete_records(recorder.images[i], det)
+        assert set(records[R.DETECTIONS]) >= {"boxes", "scores", "labels", IOU_PRED, IOU_PRED_FIRST}
+    method = get_method("iou_uniform")
+    assert {v.field for v in method.views("attribute", R.REFINED_ROIS)} == {IOU_PRED, IOU_PRED_FIRST}
+    assert method.views("boxes", R.REFINED_ROIS)[0].max_boxes == 100

@@ -28,13 +28,18 @@ from workbench.modeling import FasterRCNNConfig
 #: authors' code keeps (section 4.1: "all other hyper-parameters follow the settings in mmdetection").
 GRAD_CLIP = 35.0
 
-#: The detections' predicted IoUs as attributes (FiftyOne and hover text), besides the
-#: two-stage views.
+#: The predicted IoUs of the detections and of every refined RoI as attributes (FiftyOne and
+#: hover text), and the refined RoIs as boxes, besides the two-stage views.
 RECORD_VIEWS: tuple[RecordView, ...] = (
     RecordView(R.DETECTIONS, "attribute", field=IOU_PRED,
                label="IoU predicted for the refined box, pooled again (the score's second factor)"),
     RecordView(R.DETECTIONS, "attribute", field=IOU_PRED_FIRST,
                label="IoU predicted from the features of the proposal, before refinement"),
+    RecordView(R.REFINED_ROIS, "boxes", field="refined_rois", layer="refined RoIs", max_boxes=100,
+               box_label="refined RoI",
+               label="RPN proposals refined by the IoU head, before the score threshold and NMS"),
+    RecordView(R.REFINED_ROIS, "attribute", field=IOU_PRED, label="IoU predicted for the re-pooled refined RoI"),
+    RecordView(R.REFINED_ROIS, "attribute", field=IOU_PRED_FIRST, label="IoU predicted from the proposal's features"),
 )
 
 

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench import records as R
 from workbench.errors import ConfigError
 from workbench.losses import cross_entropy, reduce_loss, smooth_l1
 from workbench.modeling import FasterRCNN, FasterRCNNConfig, build_faster_rcnn
@@ -319,7 +320,9 @@ class IoUUniformPostprocess:
       the first);
 
     then :func:`~workbench.modeling.roi_heads.select_detections` per image (score threshold,
-    minimum size, per-class NMS, top-k) and every per-RoI field gathered into the extras.
+    minimum size, per-class NMS, top-k) and every per-RoI field gathered into the extras. With a
+    recorder, every refined RoI is recorded first (:data:`workbench.records.REFINED_ROIS`: its
+    box, best foreground score and per-RoI fields).
     """
 
     score_thresh: float = 0.05
@@ -343,6 +346,8 @@ class IoUUniformPostprocess:
         out = []
         per_image = zip(refined, scores.split(counts), image_sizes, roi_fields)
         for i, (b, s, size, fields) in enumerate(per_image):
+            if recorder is not None:
+                recorder.put(i, R.REFINED_ROIS, boxes=b, scores=s[:, 1:].max(dim=1).values, **fields)
             boxes = b[:, None, :].expand(-1, num_classes, 4)
             det = select_detections(boxes, s, size, self.score_thresh,
                                     self.nms_thresh, self.detections_per_image, self.min_size, recorder, i,
