@@ -55,6 +55,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_data_spec(args: argparse.Namespace) -> str | None:
+    """``--data`` as given, or, with ``--val-data`` or ``--images``, the ``splits:`` spec of the
+    training and validation COCO JSON files and their image folder."""
+    from workbench.data.sources import split_files_spec
+
+    if args.val_data is None and args.images is None:
+        return args.data
+    if args.data is None:
+        raise WorkbenchError("--val-data and --images need --data (the training COCO JSON file)")
+    return split_files_spec({"train": args.data, "val": args.val_data or args.data}, args.images)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from workbench.config import apply_overrides
     from workbench.engine.trainer import load_run_config, train
@@ -67,7 +79,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             raise WorkbenchError(f"{out}: nothing to resume (no config.json)")
         cfg = build_preset(args.method, args.preset)
-        cfg = apply_overrides(cfg, data=args.data, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        cfg = apply_overrides(cfg, data=_train_data_spec(args), batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               amp=args.amp, optimizer=args.optimizer, max_train_images=args.max_train_images,
                               max_val_images=args.max_val_images)
     cfg = apply_overrides(cfg, epochs=args.epochs, device=args.device)
@@ -201,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     trainp = sub.add_parser("train", help="train a detector into a run directory")
     trainp.add_argument("--method", default="faster_rcnn", help="faster_rcnn, ... (see `workbench methods`)")
     trainp.add_argument("--preset", default="tiny", help="a preset of the method (default tiny)")
-    trainp.add_argument("--data", help="dataset (default: the preset's, builtin:shapes)")
+    trainp.add_argument("--data", help="dataset (default: the preset's, builtin:shapes), or the training COCO JSON file")
+    trainp.add_argument("--val-data", help="the validation COCO JSON file, when --data is the training one")
+    trainp.add_argument("--images", help="image folder of the COCO JSON files given by --data / --val-data")
     trainp.add_argument("--out", required=True, help="run directory")
     trainp.add_argument("--epochs", type=int)
     trainp.add_argument("--batch-size", type=int, help="images per process")

@@ -119,8 +119,6 @@ def test_record_views_validate_and_default_to_the_two_stage_ones():
     assert baseline.records == (R.DETECTIONS, R.PROPOSALS, R.FINAL_NMS)
 
 
-@pytest.mark.xfail(reason="waits for `record_views=(*TWO_STAGE_VIEWS, *RECORD_VIEWS)` in "
-                          "workbench/methods/kl_rpn/__init__.py", strict=False)
 def test_kl_rpn_declares_its_sigma_views():
     views = get_method("kl_rpn").record_views
     assert set(TWO_STAGE_VIEWS) <= set(views) and set(RECORD_VIEWS) <= set(views)

@@ -3,9 +3,8 @@
 The detector runs with a :class:`workbench.modeling.TraceRecorder`, which changes no output
 (every NMS runs through the ledger whose keep set is ``batched_nms``'s), so the detections are
 those of plain prediction. Each image's records are completed with what a method returns
-outside the recorder: per-box ``Detections.extras`` become fields of the ``detections`` record,
-and per-image ``raw["uncertainty_maps"]`` the ``uncertainty_map`` record (when the method did
-not record them itself).
+outside the recorder: per-box ``Detections.extras`` become fields of the ``detections`` record.
+Everything else (proposals, maps, NMS ledgers) a method records itself.
 """
 
 from __future__ import annotations
@@ -25,23 +24,15 @@ from workbench.modeling.trace import TraceRecorder
 from workbench.structures import Detections
 
 
-def complete_records(
-    records: Mapping[str, Mapping[str, Tensor]],
-    detections: Detections,
-    raw: Mapping[str, Any],
-    image_index: int,
-) -> dict[str, dict[str, Tensor]]:
-    """One image's recorded fields on the CPU, plus detection extras and uncertainty maps that
-    the model returned but did not record."""
+def complete_records(records: Mapping[str, Mapping[str, Tensor]], detections: Detections) -> dict[str, dict[str, Tensor]]:
+    """One image's recorded fields on the CPU, plus the detection extras the model returned but
+    did not record."""
     out = {name: {f: t.detach().cpu() for f, t in fields.items()} for name, fields in records.items()}
     det = out.setdefault(
         "detections", {"boxes": detections.boxes.cpu(), "scores": detections.scores.cpu(), "labels": detections.labels.cpu()}
     )
     for name, value in detections.extras.items():
         det.setdefault(name, value.detach().cpu())
-    maps = raw.get("uncertainty_maps")
-    if "uncertainty_map" not in out and isinstance(maps, Sequence) and image_index < len(maps):
-        out["uncertainty_map"] = {f: t.detach().cpu() for f, t in maps[image_index].items()}
     return out
 
 
@@ -63,7 +54,7 @@ def iter_traced_predictions(
                                    progress=progress, desc="predict+trace", recorder_factory=TraceRecorder):
         batch, result = item.batch, item.output
         for i, det in enumerate(result.detections):
-            records = complete_records(item.recorder.images[i], det, result.raw, i)
+            records = complete_records(item.recorder.images[i], det)
             trace = ImageTrace(int(batch.image_ids[i]), batch.file_names[i], tuple(batch.orig_sizes[i]), records)
             yield ImagePrediction(int(batch.image_ids[i]), det.to("cpu")), trace
 

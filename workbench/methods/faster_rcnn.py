@@ -35,13 +35,16 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> FasterRCNNConfig:
     MobileNetV2-FPN over the stride 8, 16 and 32 stages (the stride-4 level costs more than the
     rest of the network together and the smallest objects still cover a stride-8 anchor) plus
     the pooled stride-64 level, 128 FPN channels, one anchor size per level (16 to 128 px,
-    three ratios), a 256-d box head on 128 sampled RoIs. With ``weights`` (ImageNet) the batch
-    norm is frozen as in torchvision's detectors; from scratch (``weights=None``) it trains.
+    three ratios), a 256-d box head on 64 sampled RoIs per image (RoIAlign's backward is the
+    largest single cost of a CPU step). With ``weights`` (ImageNet) the stem and the stride-2
+    and stride-4 stages stay frozen and the batch norm is frozen, as in torchvision's detectors;
+    from scratch (``weights=None``) everything trains, batch norm included.
+    docs/benchmarks.md ("The miniature regime") has the profile and the ablations.
     """
     return FasterRCNNConfig(
         backbone="mobilenet_v2_fpn",
         backbone_weights=weights,
-        trainable_backbone_layers=6,
+        trainable_backbone_layers=4 if weights is not None else 6,
         backbone_norm="frozen_bn" if weights is not None else "bn",
         backbone_returned_layers=(2, 3, 4),
         fpn_channels=128,
@@ -52,7 +55,7 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> FasterRCNNConfig:
         rpn_post_nms_top_n_train=500,
         rpn_pre_nms_top_n_test=500,
         rpn_post_nms_top_n_test=300,
-        box_batch_size_per_image=128,
+        box_batch_size_per_image=64,
         box_representation_size=256,
     )
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
-from workbench.methods import Method
+from workbench.methods import TWO_STAGE_VIEWS, Method
 from workbench.methods import faster_rcnn as baseline
 from workbench.methods.kl_rpn.model import KLRPNConfig, build_model
+from workbench.methods.kl_rpn.uncertainty import RECORD_VIEWS
 from workbench.modeling import FasterRCNNConfig
 
 #: Adam's (beta1, beta2) in the paper (section 3.1).
@@ -113,6 +114,7 @@ METHOD = Method(
     model_config_type=KLRPNConfig,
     build_model=build_model,
     presets={"tiny": tiny, "vgg16_coco": vgg16_coco, "r50_fpn_1x": r50_fpn_1x},
+    record_views=(*TWO_STAGE_VIEWS, *RECORD_VIEWS),
 )
 
 __all__ = ["METHOD", "KLRPNConfig", "kl_model", "r50_fpn_1x", "tiny", "vgg16_coco", "vgg16_coco_base"]

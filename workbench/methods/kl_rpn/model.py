@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from workbench.errors import ConfigError
 from workbench.losses import kl_rpn_loss, reduce_loss
 from workbench.losses.kl import NEGATIVE_TARGET_VARIANCE
+from workbench import records as R
 from workbench.methods.kl_rpn.uncertainty import uncertainty_maps
 from workbench.modeling import FasterRCNN, FasterRCNNConfig, TraceRecorder, build_faster_rcnn
 from workbench.structures import DetectorOutput
@@ -207,7 +208,7 @@ class KLRPNFasterRCNN(FasterRCNN):
             out.raw["uncertainty_maps"] = maps
             if recorder is not None:
                 for i, fields in enumerate(maps):
-                    recorder.put(i, "uncertainty_map", **fields)
+                    recorder.put(i, R.UNCERTAINTY_MAP, **fields)
         return out
 
 
