@@ -13,6 +13,8 @@ Plotly is imported by the builder modules, never by ``import workbench``.
 - :mod:`~workbench.viz.tables`: metrics tables;
 - :mod:`~workbench.viz.losses`: regression losses and their gradients against the error;
 - :mod:`~workbench.viz.sampling`: IoU distributions of sampled negatives;
+- :mod:`~workbench.viz.iou`: IoU histograms of training boxes, localisation gain per IoU,
+  predicted against true IoU, recall against the matching IoU, AP per IoU threshold;
 - :mod:`~workbench.viz.features`: per-level feature statistics of a pyramid;
 - :mod:`~workbench.viz.boxes`: the shared pieces (box outlines, the image layer, axes);
 - :mod:`~workbench.viz.export`: self-contained HTML and PNG files;
