@@ -1,0 +1,148 @@
+"""What IoU-uniform R-CNN's figures need (:mod:`workbench.viz.iou`), gathered from a detector
+run over a dataset.
+
+- the best IoU of the RPN's proposals with the GT, and the IoU of the samples the model's own
+  box source generates for the same GT (Fig. 1 (a) / Fig. 6);
+- for every RoI whose proposal overlaps a GT at IoU >= ``low``: its IoU before and after the box
+  head's refinement, with the same GT (Fig. 3), from the ``rpn_proposals`` and ``refined_rois``
+  records of a trace (row ``r`` of one refines row ``r`` of the other);
+- for every detection: its true IoU (best with a GT of its class) and its two predicted IoUs
+  (Fig. 8), and the detections and GT per image (recall curves, Fig. 7), with NMS by
+  class x IoU or, within :func:`nms_by_class_score`, by the class score alone.
+
+Boxes are in original-image pixels throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from workbench import records as R
+from workbench.methods.iou_uniform.model import IOU_PRED, IOU_PRED_FIRST
+from workbench.ops import box_iou, pairwise_iou
+
+
+def roi_ious(proposals: Tensor, refined: Tensor, gt_boxes: Tensor, low: float = 0.5) -> tuple[Tensor, Tensor]:
+    """RoIs (R, 4) before and after refinement (R, 4), GT (G, 4) -> ``(input IoU, output IoU)``
+    of the RoIs whose proposal overlaps a GT at IoU >= ``low``, both with that proposal's best GT."""
+    if gt_boxes.shape[0] == 0 or proposals.shape[0] == 0:
+        empty = proposals.new_zeros((0,))
+        return empty, empty.clone()
+    best, matched = box_iou(gt_boxes.to(proposals.dtype), proposals).nan_to_num(0.0).max(dim=0)
+    keep = best >= low
+    output = pairwise_iou(refined[keep], gt_boxes.to(proposals.dtype)[matched[keep]]).nan_to_num(0.0)
+    return best[keep], output
+
+
+def detection_ious(boxes: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> Tensor:
+    """Best IoU of each detection (N, 4) with a GT of its class (0 when there is none) -> (N,)."""
+    if gt_boxes.shape[0] == 0 or boxes.shape[0] == 0:
+        return boxes.new_zeros((boxes.shape[0],))
+    iou = box_iou(gt_boxes.to(boxes.dtype), boxes).nan_to_num(0.0)
+    iou[gt_labels.view(-1, 1) != labels.view(1, -1)] = 0.0
+    return iou.max(dim=0).values
+
+
+@contextlib.contextmanager
+def nms_by_class_score(model: nn.Module) -> Iterator[None]:
+    """Within the block, the detector's post-processing scores (and suppresses) by the class
+    probability alone (``use_iou=False``); restored after."""
+    heads = model.roi_heads
+    previous = heads.postprocess
+    heads.postprocess = dataclasses.replace(previous, use_iou=False)
+    try:
+        yield
+    finally:
+        heads.postprocess = previous
+
+
+@dataclass
+class IoUAnalysis:
+    """Flat arrays over the images (see the module docstring) and, per image, the detections and
+    GT as ``(boxes, labels)`` (for :func:`workbench.viz.iou.recall_at_ious`)."""
+
+    rpn_iou: np.ndarray
+    generated_iou: np.ndarray
+    roi_input_iou: np.ndarray
+    roi_output_iou: np.ndarray
+    det_true_iou: np.ndarray
+    det_iou_pred: np.ndarray
+    det_iou_pred_first: np.ndarray
+    detections: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    ground_truth: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def _numpy(parts: Sequence[Tensor]) -> np.ndarray:
+    return torch.cat([p.detach().double().cpu().reshape(-1) for p in parts]).numpy() if parts else np.zeros(0)
+
+
+def _box_source(model: nn.Module):
+    sources = [s.box_source for s in model.roi_heads.stages if s.box_source is not None]
+    return sources[0] if sources else None
+
+
+@torch.no_grad()
+def collect_iou_analysis(
+    model: nn.Module,
+    dataset,
+    *,
+    indices: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 2,
+    low: float = 0.5,
+    seed: int = 0,
+) -> IoUAnalysis:
+    """Run ``model`` with a trace over ``dataset[i]`` (``indices``, default all) and gather the
+    arrays of :class:`IoUAnalysis`. Generated samples come from the first box stage with a box
+    source (none: ``generated_iou`` is empty), drawn with a generator seeded by ``seed``, on the
+    GT in original pixels (their IoUs do not depend on the image scale)."""
+    from workbench.engine.inference import iter_model_outputs
+    from workbench.modeling import TraceRecorder
+
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    gt = {dataset.records[i].image_id: dataset.records[i] for i in indices}
+    source = _box_source(model)
+    generator = torch.Generator().manual_seed(seed)
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("rpn", "gen", "roi_in", "roi_out", "true", "pred", "first")}
+    analysis_dets, analysis_gt = [], []
+    for item in iter_model_outputs(model, dataset, device, indices=indices, batch_size=batch_size,
+                                   desc="IoU analysis", recorder_factory=TraceRecorder):
+        for i, image_id in enumerate(item.batch.image_ids):
+            rec = gt[int(image_id)]
+            keep = ~rec.ignore.astype(bool)
+            gt_boxes = torch.as_tensor(rec.boxes[keep], dtype=torch.float32).reshape(-1, 4)
+            gt_labels = torch.as_tensor(rec.labels[keep], dtype=torch.int64)
+            records = item.recorder.images[i]
+            proposals = records[R.PROPOSALS]["boxes"].cpu()
+            if gt_boxes.shape[0]:
+                parts["rpn"].append(box_iou(gt_boxes, proposals).nan_to_num(0.0).max(dim=0).values)
+            if source is not None:
+                target = {"boxes": gt_boxes, "labels": gt_labels}
+                samples = source([proposals], [target], generator, [(rec.height, rec.width)])[0]
+                if samples.shape[0]:
+                    parts["gen"].append(box_iou(gt_boxes, samples).max(dim=0).values)
+            if R.REFINED_ROIS in records:
+                before, after = roi_ious(proposals, records[R.REFINED_ROIS]["boxes"].cpu(), gt_boxes, low)
+                parts["roi_in"].append(before)
+                parts["roi_out"].append(after)
+            det = item.output.detections[i].to("cpu")
+            parts["true"].append(detection_ious(det.boxes, det.labels, gt_boxes, gt_labels))
+            for key, name in (("pred", IOU_PRED), ("first", IOU_PRED_FIRST)):
+                if name in det.extras:
+                    parts[key].append(det.extras[name])
+            analysis_dets.append((det.boxes.numpy(), det.labels.numpy()))
+            analysis_gt.append((gt_boxes.numpy(), gt_labels.numpy()))
+    return IoUAnalysis(
+        _numpy(parts["rpn"]), _numpy(parts["gen"]), _numpy(parts["roi_in"]), _numpy(parts["roi_out"]),
+        _numpy(parts["true"]), _numpy(parts["pred"]), _numpy(parts["first"]), analysis_dets, analysis_gt,
+    )
+
+
+__all__ = ["IoUAnalysis", "collect_iou_analysis", "detection_ious", "nms_by_class_score", "roi_ious"]
