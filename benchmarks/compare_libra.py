@@ -6,19 +6,21 @@ comparison, plus the switches of :data:`ROWS`):
 
 - ``faster_rcnn`` / ``libra_rcnn`` and ``retinanet`` / ``libra_retinanet``: the paper's claims
   (+2.5 AP and +2.0 AP on COCO, Table 1);
-- ``libra_rcnn_sampling`` / ``_pyramid`` / ``_loss``: one component alone (paper Table 1 of the
-  ablation: each adds on its own); ``libra_rcnn_pos_balance`` (instance-balanced positives,
-  random negatives: K = 1), ``libra_rcnn_k2`` / ``_k5`` (paper Table 2); ``libra_rcnn_loss_a<alpha>_g<gamma>``
-  (balanced L1 alone at the paper's alpha / gamma grid, Table 4); ``libra_retinanet_pyramid`` /
-  ``_loss``.
+- ``libra_rcnn_sampling`` / ``_pyramid`` / ``_loss``: one component alone (the paper's
+  component ablation: each adds on its own); ``libra_rcnn_pos_balance`` (instance-balanced
+  positives, random negatives: K = 1) and ``libra_rcnn_k2`` / ``_k5`` (its sampling ablation);
+  ``libra_rcnn_loss_a<alpha>_g<gamma>`` (balanced L1 alone at the alpha / gamma grid of its
+  loss ablation); ``libra_retinanet_pyramid`` / ``_loss``.
 
-Measured on the validation split with the weights after the last epoch:
+Measured with the weights after the last epoch:
 
-- AP, AP50, AP75, APs, APm, APl (the trainer's COCO evaluation after the last epoch);
+- AP, AP50, AP75, APs, APm, APl (the trainer's COCO evaluation on the validation split after
+  the last epoch);
 - two-stage rows: the hard-negative statistic of the paper (section 3.1): on the RPN proposals
-  the trained model makes on ``--negatives-images`` validation images (its test-time proposal
-  settings), the share of the box stage's negatives with IoU above 0.05, for all of them, for a
-  random sampler and for the IoU-balanced sampler drawn from the same candidates;
+  the trained model makes on the first ``--negatives-images`` training images (its training
+  proposal settings, no augmentation), the share of the box stage's negatives with IoU above
+  0.05, for all of them, for a random sampler and for the IoU-balanced sampler drawn from the
+  same candidates;
 - ``--cost``: a training step (forward + backward) and inference of each Libra row against its
   baseline on one validation batch, interleaved, median of ``--repeats``, with the time spent in
   the balanced pyramid (forward hooks around it).
@@ -47,7 +49,7 @@ import torch
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 OFF_RCNN = {"iou_balanced_sampling": False, "balanced_pyramid": False, "balanced_l1": False}
 OFF_RETINA = {"balanced_pyramid": False, "balanced_l1": False}
-#: Balanced L1's (alpha, gamma) grid of the paper's Table 4.
+#: Balanced L1's (alpha, gamma) grid of the paper's loss ablation.
 LOSS_GRID = ((0.2, 1.0), (0.3, 1.0), (0.5, 1.0), (0.5, 1.5), (0.5, 2.0))
 #: row -> (method, model config fields changed from the method's tiny preset)
 ROWS: dict[str, tuple[str, dict]] = {
@@ -106,13 +108,15 @@ def final_eval(run_dir: Path) -> dict[str, float]:
     return {k: last[k] for k in AP_KEYS if k in last}
 
 
-def hard_negative_shares(run_dir: Path, num_images: int, seed: int) -> dict[str, float]:
-    """Share of negatives above IoU 0.05: all, random-sampled, IoU-balanced-sampled."""
+def hard_negative_shares(run_dir: Path, num_images: int, seed: int, split: str) -> dict[str, float]:
+    """Share of negatives above IoU 0.05 (all, random-sampled, IoU-balanced-sampled) among the
+    candidates the box stage samples from: the RPN's proposals with its training settings on the
+    first ``num_images`` images of ``split``, plus the GT boxes."""
     from workbench.methods.libra.analysis import box_stage_sampling, figure_inputs, model_proposals, negative_ious
     from workbench.viz.sampling import share_above
 
-    inputs = figure_inputs(str(run_dir), num_images=num_images, device="cpu")
-    proposals, targets = model_proposals(inputs.model, inputs.images, inputs.targets)
+    inputs = figure_inputs(str(run_dir), split=split, num_images=num_images, device="cpu")
+    proposals, targets = model_proposals(inputs.model, inputs.images, inputs.targets, training_settings=True)
     ious = negative_ious(proposals, targets, generator=torch.Generator().manual_seed(seed),
                          **box_stage_sampling(inputs.model))
     return {name: share_above(values, 0.05) for name, values in ious.items()}
@@ -127,7 +131,8 @@ def measure(row: str, run_dir: Path, args: argparse.Namespace) -> dict:
     cfg = load_run_config(run_dir)
     result = {"row": row, "seed": cfg.seed, **final_eval(run_dir)}
     if ROWS[row][0] in ("faster_rcnn", "libra_rcnn"):
-        result["hard_negatives"] = hard_negative_shares(run_dir, args.negatives_images, cfg.seed)
+        result["hard_negatives"] = hard_negative_shares(run_dir, args.negatives_images, cfg.seed,
+                                                        cfg.data.train_split)
     path.write_text(json.dumps(result) + "\n")
     return result
 
@@ -213,7 +218,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=["faster_rcnn", "libra_rcnn", "retinanet", "libra_retinanet"],
                         choices=list(ROWS))
     parser.add_argument("--model-overrides", help="JSON object of model config fields for every row")
-    parser.add_argument("--negatives-images", type=int, default=50, help="validation images for the hard negatives")
+    parser.add_argument("--negatives-images", type=int, default=50, help="training images for the hard negatives")
     parser.add_argument("--cost", action="store_true", help="time each Libra row against its baseline (first seed)")
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--out", default="runs/compare_libra")

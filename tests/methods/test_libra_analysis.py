@@ -97,6 +97,20 @@ def test_negative_ious_of_a_model_with_its_stage_settings():
     assert float(out[ALL].max()) < 0.5
 
 
+def test_proposals_with_the_training_settings_leave_batch_norm_alone():
+    model = untrained_model("libra_rcnn", 2, **{**SMALL, "rpn_post_nms_top_n_train": 50, "rpn_post_nms_top_n_test": 20})
+    images = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(2))]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([1])}]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    before = [m.running_mean.clone() for m in norms]
+    (train_like,), _ = model_proposals(model, images, targets, training_settings=True)
+    (test_like,), _ = model_proposals(model, images, targets)
+    assert train_like.shape == (50, 4) and test_like.shape == (20, 4)
+    assert not model.training
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before))
+
+
 def test_level_magnitudes_before_and_after_the_pyramid():
     model = untrained_model("libra_retinanet", 2, min_size=96, max_size=96, fpn_channels=32)
     images = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(1))]

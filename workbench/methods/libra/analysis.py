@@ -123,17 +123,28 @@ def negative_ious(
 
 
 def model_proposals(
-    model: nn.Module, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]
+    model: nn.Module,
+    images: Sequence[Tensor],
+    targets: Sequence[Mapping[str, Tensor]],
+    *,
+    training_settings: bool = False,
 ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-    """A two-stage model's RPN proposals after NMS for ``images`` (evaluation mode, no gradient;
-    the model's test-time proposal settings) and the targets rescaled to the same
-    network-input pixels: ``(proposals per image (P_i, 4), targets)``. The model is left in the
-    mode it was in."""
+    """A two-stage model's RPN proposals after NMS for ``images`` (no gradient) and the targets
+    rescaled to the same network-input pixels: ``(proposals per image (P_i, 4), targets)``.
+
+    ``training_settings``: select proposals as in training (the RPN's ``*_train`` top-n
+    settings: the candidates the box stage samples from), with batch norm kept in evaluation
+    mode so no running statistic changes; otherwise the test-time settings. The model is left
+    in the mode it was in."""
     was_training = model.training
-    model.eval()
+    model.train(training_settings)
+    if training_settings:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     try:
         with torch.no_grad():
-            out = model(list(images), list(targets))
+            out = model(list(images), list(targets), generator=torch.Generator().manual_seed(0))
     finally:
         model.train(was_training)
     scaled = []
