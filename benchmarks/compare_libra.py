@@ -115,7 +115,7 @@ def hard_negative_shares(run_dir: Path, num_images: int, seed: int, split: str) 
     from workbench.methods.libra.analysis import box_stage_sampling, figure_inputs, model_proposals, negative_ious
     from workbench.viz.sampling import share_above
 
-    inputs = figure_inputs(str(run_dir), split=split, num_images=num_images, device="cpu")
+    inputs = figure_inputs(str(run_dir), split=split, num_images=num_images, device="cpu", which="last")
     proposals, targets = model_proposals(inputs.model, inputs.images, inputs.targets, training_settings=True)
     ious = negative_ious(proposals, targets, generator=torch.Generator().manual_seed(seed),
                          **box_stage_sampling(inputs.model))
@@ -161,7 +161,7 @@ def time_model(run_dir: Path, repeats: int, batch_size: int) -> dict[str, float]
     from workbench.methods.libra.analysis import figure_inputs
     from workbench.modeling.balanced_pyramid import find_balanced_pyramid
 
-    inputs = figure_inputs(str(run_dir), num_images=batch_size, device="cpu")
+    inputs = figure_inputs(str(run_dir), num_images=batch_size, device="cpu", which="last")
     model = inputs.model
     clock = _PyramidClock(find_balanced_pyramid(model))
     train_t, infer_t, pyramid_t = [], [], []

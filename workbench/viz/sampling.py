@@ -1,7 +1,7 @@
 """How sampled training candidates are distributed over their IoU with the ground truth: the
 negatives of a box stage, all of them and those each sampler picks, with the share of hard
-negatives (IoU above a threshold, 0.05 in Fig. 2 of Pang et al., CVPR 2019, where about 60% of
-the hard negatives lie above 0.05 but random sampling picks about 30% there)."""
+negatives (IoU above a threshold: 0.05 in section 3.1 of Pang et al., CVPR 2019, where about
+60% of the hard negatives lie above 0.05 but random sampling picks about 30% there)."""
 
 from __future__ import annotations
 

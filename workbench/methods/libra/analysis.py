@@ -3,8 +3,9 @@
 - :func:`loss_curves`: balanced L1 and smooth L1 and their gradients against ``|x|`` (paper
   Fig. 5);
 - :func:`negative_ious`: the best IoU of every negative candidate of a box stage, and of those a
-  random and an IoU-balanced sampler pick from the same candidates (paper Fig. 2, the share of
-  hard negatives above IoU 0.05); :func:`model_proposals` gives the candidates of a model;
+  random and an IoU-balanced sampler pick from the same candidates (paper section 3.1, the
+  share of hard negatives above IoU 0.05); :func:`model_proposals` gives the candidates of a
+  model;
 - :func:`level_magnitudes`: the mean absolute activation of every pyramid level before and
   after the balanced feature pyramid.
 
@@ -168,8 +169,8 @@ def box_stage_sampling(model: nn.Module) -> dict[str, Any]:
 
 def level_magnitudes(model: nn.Module, images: Sequence[Tensor]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per pyramid level, the mean absolute activation entering and leaving the model's balanced
-    feature pyramid: ``(level names, before (L,), after (L,))``, averaged over ``images``.
-    Raises ``ValueError`` for a model without one."""
+    feature pyramid: ``(level names, before (L,), after (L,))``, averaged over the padded batch
+    of ``images`` (padding included). Raises ``ValueError`` for a model without one."""
     pyramid = find_balanced_pyramid(model)
     if pyramid is None:
         raise ValueError("the model has no balanced feature pyramid")
@@ -236,16 +237,17 @@ def figure_inputs(
     min_size: int = 96,
     seed: int = 0,
     device: str = "cpu",
+    which: str = "best",
 ) -> FigureInputs:
-    """The model and images the figures are computed on: with ``run_dir``, the run's best
-    checkpoint on ``num_images`` images of its ``split`` (default its validation split); without,
+    """The model and images the figures are computed on: with ``run_dir``, the run's checkpoint
+    ``which`` (``best`` or ``last``) on ``num_images`` images of its ``split`` (default its validation split); without,
     a freshly built ``method`` (:func:`untrained_model`, seeded by ``seed``, inputs of
     ``min_size`` pixels) on images of ``data`` (default split ``val``): its untrained RPN gives
     random proposals."""
     if run_dir is not None:
         from workbench.engine.loading import open_trained_run
 
-        run = open_trained_run(run_dir, split=split, device=device)
+        run = open_trained_run(run_dir, which, split=split, device=device)
         images, targets = dataset_inputs(run.dataset, num_images, run.device)
         return FigureInputs(run.model, images, targets, f"{run.cfg.method} run {run_dir} ({run.split})")
     from workbench.data.sources import open_dataset
