@@ -127,9 +127,9 @@ class FocalLoss:
 
     def classification(self, preds: Mapping[str, Tensor], labels: Tensor) -> Tensor:
         logits = preds["cls_logits"]
-        columns = torch.arange(logits.shape[-1], device=logits.device) + self.first_label
-        labels = labels[..., None]
-        target = ((labels == columns) & (labels > 0)).to(logits.dtype)  # background / ignored: all zeros
+        target = torch.zeros_like(logits)  # background and ignored anchors: all zeros
+        image, anchor = torch.where(labels > 0)
+        target[image, anchor, labels[image, anchor] - self.first_label] = 1.0
         return sigmoid_focal_loss(logits, target, self.alpha, self.gamma).sum(dim=-1)
 
     def __call__(self, preds: Mapping[str, Tensor], cls_loss: Tensor, targets: DenseTargets) -> dict[str, Tensor]:
