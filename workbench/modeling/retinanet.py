@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import torch
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
