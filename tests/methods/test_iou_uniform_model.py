@@ -89,11 +89,14 @@ def test_a_training_step_gives_finite_losses_for_every_switch(switch):
     assert float(out.losses["loss_iouhead_box"].detach()) > 0 and float(out.losses["loss_iouhead_iou"].detach()) > 0
     out.total_loss().backward()
     heads = model.roi_heads
-    assert heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
+    assert heads.box_predictor.cls_predictor.cls_score.weight.grad.abs().sum() > 0
     assert heads.box_predictor_1.bbox_pred.weight.grad.abs().sum() > 0
     assert heads.box_predictor_1.iou_pred.weight.grad.abs().sum() > 0
-    assert not hasattr(heads.box_predictor, "bbox_pred")  # the classification stage does not regress
-    assert [p["name"] for p in out.raw["box_stages"]] == ["cls", "iou"]
+    assert not hasattr(heads.box_predictor.cls_predictor, "bbox_pred")  # the classification does not regress
+    # the first stage's IoU head is the one the generated samples train, registered once
+    assert heads.stages[0].predictor._box_predictor[0] is heads.box_predictor_1
+    assert len(dict(model.named_parameters(remove_duplicate=False))) == len(list(model.parameters()))
+    assert [p["name"] for p in out.raw["box_stages"]] == ["rcnn", "iou"]
 
 
 def test_the_iou_head_trains_on_generated_samples_of_uniform_iou():
@@ -191,19 +194,19 @@ def test_interval_weights_reach_the_models_loss():
 
 
 def _by_hand(out, use_iou: bool, iou_pass_index: int):
-    """Detections recomputed from the raw outputs: softmax(cls) x IoU, refined boxes, threshold
-    0.05, per-class NMS 0.5 (torchvision), top 100; with each detection's RoI."""
+    """Detections recomputed from the raw outputs: softmax(cls) x IoU, the boxes the first pass
+    refined, threshold 0.05, per-class NMS 0.5 (torchvision), top 100; with each detection's RoI."""
     passes = out.raw["box_stages"]
     coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0), clamp=math.log(1000.0 / 16))
     probs = F.softmax(passes[0]["class_logits"], dim=1)
     iou = passes[iou_pass_index]["iou"]
     scores = probs * iou[:, None] if use_iou else probs
     start, expected = 0, []
-    for i, proposals in enumerate(passes[1]["rois"]):
+    for i, proposals in enumerate(passes[0]["rois"]):
         rows = slice(start, start + proposals.shape[0])
         start += proposals.shape[0]
         size = out.raw["image_sizes"][i]
-        boxes = clip_boxes(coder.decode(passes[1]["box_regression"][rows], proposals), size)
+        boxes = clip_boxes(coder.decode(passes[0]["box_regression"][rows], proposals), size)
         s = scores[rows, 1:]
         roi, label = torch.where(s > 0.05)
         keep = batched_nms(boxes[roi], s[roi, label], label, 0.5)[:100]
@@ -220,23 +223,24 @@ def test_detections_are_scored_by_class_times_the_second_iou(switch):
         out = model(images)
     passes = out.raw["box_stages"]
     repool = switch != "no_repool"
-    assert [p["name"] for p in passes] == (["cls", "iou", "iou_repool"] if repool else ["cls", "iou"])
+    assert [p["name"] for p in passes] == (["rcnn", "iou_repool"] if repool else ["rcnn"])
+    torch.testing.assert_close(passes[0]["rois"], out.raw["rois"])  # the first pass runs on the proposals
     if repool:  # the second pass pooled the refined boxes of the first
         for i, det in enumerate(out.detections):
-            coder = model.roi_heads.stages[1].coder
-            rows = slice(sum(r.shape[0] for r in passes[1]["rois"][:i]),
-                         sum(r.shape[0] for r in passes[1]["rois"][: i + 1]))
-            refined = clip_boxes(coder.decode(passes[1]["box_regression"][rows], passes[1]["rois"][i]),
+            coder = model.roi_heads.stages[0].coder
+            rows = slice(sum(r.shape[0] for r in passes[0]["rois"][:i]),
+                         sum(r.shape[0] for r in passes[0]["rois"][: i + 1]))
+            refined = clip_boxes(coder.decode(passes[0]["box_regression"][rows], passes[0]["rois"][i]),
                                  out.raw["image_sizes"][i])
-            torch.testing.assert_close(passes[2]["rois"][i], refined)
-        assert not torch.equal(passes[2]["iou"], passes[1]["iou"])
+            torch.testing.assert_close(passes[1]["rois"][i], refined)
+        assert not torch.equal(passes[1]["iou"], passes[0]["iou"])
     expected = _by_hand(out, use_iou=switch != "class_score_nms", iou_pass_index=-1)
     for det, (boxes, scores, labels, roi) in zip(out.detections, expected):
         assert len(det) > 0 and set(det.extras) == {IOU_PRED, IOU_PRED_FIRST}
         torch.testing.assert_close(det.boxes, boxes)
         torch.testing.assert_close(det.scores, scores)
         assert torch.equal(det.labels, labels)
-        torch.testing.assert_close(det.extras[IOU_PRED_FIRST], passes[1]["iou"][roi])
+        torch.testing.assert_close(det.extras[IOU_PRED_FIRST], passes[0]["iou"][roi])
         torch.testing.assert_close(det.extras[IOU_PRED], passes[-1]["iou"][roi])
 
 
@@ -246,7 +250,7 @@ def test_without_repooling_the_first_iou_is_the_prediction():
     images, _ = _batch()
     with torch.no_grad():
         a, b = with_repool.eval()(images), without.eval()(images)
-    torch.testing.assert_close(a.raw["box_stages"][1]["iou"], b.raw["box_stages"][1]["iou"])
+    torch.testing.assert_close(a.raw["box_stages"][0]["iou"], b.raw["box_stages"][0]["iou"])
     for det in b.detections:
         assert torch.equal(det.extras[IOU_PRED], det.extras[IOU_PRED_FIRST])
     # re-pooling changes the scores, not the boxes the detections come from
@@ -299,11 +303,11 @@ def test_a_trace_records_every_refined_roi_and_the_detections_carry_both_ious():
         rois = recorder.images[i][R.REFINED_ROIS]
         scale = (out.raw["original_sizes"][i], out.raw["image_sizes"][i])
         # row r refines proposal r; boxes in original pixels like every recorded box
-        torch.testing.assert_close(rois["boxes"], rescale_boxes(passes[2]["rois"][i], scale[1], scale[0]))
+        torch.testing.assert_close(rois["boxes"], rescale_boxes(passes[1]["rois"][i], scale[1], scale[0]))
         assert recorder.images[i][R.PROPOSALS]["boxes"].shape[0] == count
-        torch.testing.assert_close(rois[IOU_PRED], passes[2]["iou"][rows])
-        torch.testing.assert_close(rois[IOU_PRED_FIRST], passes[1]["iou"][rows])
-        probs = F.softmax(passes[0]["class_logits"][rows], dim=1)[:, 1:] * passes[2]["iou"][rows, None]
+        torch.testing.assert_close(rois[IOU_PRED], passes[1]["iou"][rows])
+        torch.testing.assert_close(rois[IOU_PRED_FIRST], passes[0]["iou"][rows])
+        probs = F.softmax(passes[0]["class_logits"][rows], dim=1)[:, 1:] * passes[1]["iou"][rows, None]
         torch.testing.assert_close(rois["scores"], probs.max(dim=1).values)
         records = complete_records(recorder.images[i], det)
         assert set(records[R.DETECTIONS]) >= {"boxes", "scores", "labels", IOU_PRED, IOU_PRED_FIRST}

@@ -35,8 +35,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from torch import Tensor, nn
-
 from workbench.config import TrainConfig
 from workbench.errors import ConfigError
 from workbench.methods import TWO_STAGE_VIEWS, Method
@@ -54,6 +52,8 @@ from workbench.methods.iou_uniform.model import (
     IoUPredictor,
     IoUUniformPostprocess,
     PositivesOnly,
+    SplitHead,
+    SplitPredictor,
     UniformIoUSource,
 )
 from workbench.modeling import AllCandidates, BoxStage, FasterRCNN, FasterRCNNConfig, build_faster_rcnn
@@ -130,34 +130,6 @@ class CascadeIoUUniformConfig:
     @property
     def base(self) -> FasterRCNNConfig:
         return self.cascade.base
-
-
-class SplitHead(nn.Module):
-    """Pooled features (R, C, S, S) -> ``(class features, box features)`` of a cascade stage's
-    two heads. The box head is registered by the generated-sample stage that trains it, so it is
-    held here without being registered a second time."""
-
-    def __init__(self, cls_head: nn.Module, box_head: nn.Module) -> None:
-        super().__init__()
-        self.cls_head = cls_head
-        self._box_head = (box_head,)
-
-    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
-        return self.cls_head(pooled), self._box_head[0](pooled)
-
-
-class SplitPredictor(nn.Module):
-    """``(class features, box features)`` -> class logits, class-agnostic offsets and the IoU
-    (the box predictor is held, not registered, as in :class:`SplitHead`)."""
-
-    def __init__(self, cls_predictor: nn.Module, box_predictor: nn.Module) -> None:
-        super().__init__()
-        self.cls_predictor = cls_predictor
-        self._box_predictor = (box_predictor,)
-
-    def forward(self, features: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-        cls_features, box_features = features
-        return {**self.cls_predictor(cls_features), **self._box_predictor[0](box_features)}
 
 
 def cascade_iou_uniform_stages(cfg: CascadeIoUUniformConfig):

@@ -4,20 +4,26 @@
 The backbone, the RPN and the classification of the RoIs are the baseline's; the box branch is
 three :class:`~workbench.modeling.BoxStage` passed to :func:`workbench.modeling.build_faster_rcnn`:
 
-1. ``cls``: the baseline's box stage (RoIAlign, two FC, matcher 0.5, 512 RoIs with a quarter
-   positives) whose predictor gives only class scores and whose loss is only the softmax
-   cross-entropy (``loss_rcnn_cls``): it does not regress (paper section 3.1, Fig. 4 (b));
-2. ``iou``: a separate class-agnostic head (RoIAlign, two FC, one linear layer for 4 box offsets
-   and one for the IoU through a sigmoid, :class:`IoUPredictor`), trained only on boxes jittered
-   from the GT (:class:`UniformIoUSource`, :func:`workbench.ops.uniform_iou_samples`), or on the
-   RPN's positive proposals with ``generated_samples=False`` (Table 6's first rows). Its loss
-   (:class:`IoUHeadLoss`): smooth L1 (beta 1.0) on the offsets, each sample weighted by the IoU
-   interval it lies in, and smooth L1 (beta 0.5) on the IoU (``loss_iouhead_box``,
-   ``loss_iouhead_iou``). At inference it runs on the proposals: its offsets refine them, its IoU
-   is the first prediction (``iou_pred_first``);
-3. ``iou_repool`` (inference only, the same modules as ``iou``): the refined boxes pooled again
-   and their IoU predicted a second time ("eliminating feature offsets", section 3.2):
+1. ``rcnn``: the baseline's box stage (RoIAlign, matcher 0.5, 512 RoIs with a quarter
+   positives) with two heads on the same pooled features (:class:`SplitHead`,
+   :class:`SplitPredictor`): the classification head (two FC, class scores only) and the IoU
+   head below. Its loss is only the classification's softmax cross-entropy
+   (``loss_rcnn_cls``): the classification does not regress (paper section 3.1, Fig. 4 (b)).
+   At inference the IoU head's offsets refine the proposals and its IoU is the first prediction
+   (``iou_pred_first``);
+2. ``iou`` (training only): the IoU head, a separate class-agnostic head (two FC, one linear
+   layer for 4 box offsets and one for the IoU through a sigmoid, :class:`IoUPredictor`),
+   trained only on boxes jittered from the GT (:class:`UniformIoUSource`,
+   :func:`workbench.ops.uniform_iou_samples`), or on the RPN's positive proposals with
+   ``generated_samples=False`` (Table 6's first rows). Its loss (:class:`IoUHeadLoss`): smooth
+   L1 (beta 1.0) on the offsets, each sample weighted by the IoU interval it lies in, and smooth
+   L1 (beta 0.5) on the IoU (``loss_iouhead_box``, ``loss_iouhead_iou``);
+3. ``iou_repool`` (inference only, the IoU head's modules): the refined boxes pooled again and
+   their IoU predicted a second time ("eliminating feature offsets", section 3.2):
    ``iou_pred``. Without re-pooling (``repool=False``) ``iou_pred`` is the first prediction.
+
+The classification and the first IoU prediction share one RoIAlign pass over the proposals
+(pooling is most of a head's cost on the CPU); the heads stay separate.
 
 Detections (:class:`IoUUniformPostprocess`): the refined boxes, scored by class probability x
 ``iou_pred`` (or by the class probability alone, ``nms_score="class"``), score threshold 0.05,
@@ -59,7 +65,7 @@ IOU = "iou"
 IOU_PRED = "iou_pred"
 IOU_PRED_FIRST = "iou_pred_first"
 #: Stage names (``raw["box_stages"]``).
-CLS_STAGE, IOU_STAGE, REPOOL_STAGE = "cls", "iou", "iou_repool"
+CLS_STAGE, IOU_STAGE, REPOOL_STAGE = "rcnn", "iou", "iou_repool"
 #: ``<stage>`` of the IoU head's losses: ``loss_iouhead_box`` and ``loss_iouhead_iou``.
 IOU_LOSS_STAGE = "iouhead"
 
@@ -173,6 +179,34 @@ class IoUPredictor(nn.Module):
     def forward(self, box_features: Tensor) -> dict[str, Tensor]:
         flat = box_features.flatten(start_dim=1)
         return {BOX_REGRESSION: self.bbox_pred(flat), IOU: torch.sigmoid(self.iou_pred(flat)).squeeze(1)}
+
+
+class SplitHead(nn.Module):
+    """Pooled features (R, C, S, S) -> ``(class features, box features)``: two heads on one
+    RoIAlign pass. The box head is registered by the stage that trains it (the generated-sample
+    stage), so it is held here without being registered a second time."""
+
+    def __init__(self, cls_head: nn.Module, box_head: nn.Module) -> None:
+        super().__init__()
+        self.cls_head = cls_head
+        self._box_head = (box_head,)
+
+    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cls_head(pooled), self._box_head[0](pooled)
+
+
+class SplitPredictor(nn.Module):
+    """``(class features, box features)`` -> class logits and the box predictor's outputs
+    (offsets, IoU); the box predictor is held, not registered, as in :class:`SplitHead`."""
+
+    def __init__(self, cls_predictor: nn.Module, box_predictor: nn.Module) -> None:
+        super().__init__()
+        self.cls_predictor = cls_predictor
+        self._box_predictor = (box_predictor,)
+
+    def forward(self, features: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        cls_features, box_features = features
+        return {**self.cls_predictor(cls_features), **self._box_predictor[0](box_features)}
 
 
 def interval_weight(ious: Tensor, intervals: Sequence[Sequence[float]], weights: Sequence[float]) -> Tensor:
@@ -310,11 +344,11 @@ class IoUFields:
 
 @dataclass(frozen=True)
 class IoUUniformPostprocess:
-    """Detections of the inference passes (for :func:`iou_uniform_stages`: ``cls``, ``iou`` and,
-    with re-pooling, ``iou_repool``):
+    """Detections of the inference passes (for :func:`iou_uniform_stages`: ``rcnn`` and, with
+    re-pooling, ``iou_repool``):
 
     - boxes: the RoIs of pass ``box_pass`` refined by its class-agnostic offsets (the proposals
-      refined by the ``iou`` pass), one box for every class;
+      refined by the IoU head in the ``rcnn`` pass), one box for every class;
     - scores: the softmax of the ``class_logits`` of the passes ``score_passes`` (averaged when
       more than one) times, with ``use_iou``, the IoU of the last pass (the re-pooled one, else
       the first);
@@ -331,7 +365,7 @@ class IoUUniformPostprocess:
     min_size: float = 1e-2
     use_iou: bool = True
     score_passes: tuple[int, ...] = (0,)
-    box_pass: int = 1
+    box_pass: int = 0
 
     def __call__(self, stages: Sequence[StageOutput], image_sizes: Sequence[tuple[int, int]],
                  roi_fields: Sequence[Mapping[str, Tensor]], recorder: TraceRecorder | None = None) -> list[Detections]:
@@ -357,15 +391,23 @@ class IoUUniformPostprocess:
 
 
 def iou_uniform_stages(cfg: IoUUniformConfig):
-    """The box stages factory ``(in_channels, featmap_names) -> [cls, iou(, iou_repool)]`` of
+    """The box stages factory ``(in_channels, featmap_names) -> [rcnn, iou(, iou_repool)]`` of
     ``cfg`` (see the module docstring); one RoIAlign pooler for all."""
     base = cfg.base
 
     def stages(in_channels: int, names: Sequence[str]) -> list[BoxStage]:
         pooler = build_box_pooler(base, names)
-        num_classes = base.num_classes + 1
-        cls = build_box_stage(base, in_channels, names, pooler=pooler, loss=ClassificationLoss("rcnn"), name=CLS_STAGE)
-        cls = dataclasses.replace(cls, predictor=ClassOnlyPredictor(base.box_representation_size, num_classes))
+        iou_head = TwoMLPHead(in_channels * base.roi_output_size**2, base.box_representation_size)
+        iou_predictor = IoUPredictor(base.box_representation_size, cfg.box_init_std, cfg.iou_init_std)
+        main = build_box_stage(base, in_channels, names, pooler=pooler, loss=ClassificationLoss("rcnn"),
+                               name=CLS_STAGE)
+        first_names = (IOU_PRED_FIRST,) if cfg.repool else (IOU_PRED_FIRST, IOU_PRED)
+        main = dataclasses.replace(
+            main, head=SplitHead(main.head, iou_head),
+            predictor=SplitPredictor(ClassOnlyPredictor(base.box_representation_size, base.num_classes + 1),
+                                     iou_predictor),
+            fields=IoUFields(first_names),
+        )
         fg = min(lo for lo, _ in cfg.intervals)
         if cfg.generated_samples:
             source = UniformIoUSource(
@@ -386,16 +428,12 @@ def iou_uniform_stages(cfg: IoUUniformConfig):
             loss=loss, loss_weight=1.0,
             add_gt_to_proposals=False if cfg.generated_samples else base.box_add_gt_to_proposals, name=IOU_STAGE,
         )
-        first_names = (IOU_PRED_FIRST,) if cfg.repool else (IOU_PRED_FIRST, IOU_PRED)
-        iou = dataclasses.replace(
-            iou, head=TwoMLPHead(in_channels * base.roi_output_size**2, base.box_representation_size),
-            predictor=IoUPredictor(base.box_representation_size, cfg.box_init_std, cfg.iou_init_std),
-            input="proposals", box_source=source, fields=IoUFields(first_names),
-        )
-        built = [cls, iou]
+        iou = dataclasses.replace(iou, head=iou_head, predictor=iou_predictor, input="proposals", box_source=source,
+                                  in_inference=False)
+        built = [main, iou]
         if cfg.repool:
-            built.append(dataclasses.replace(iou, in_training=False, input="previous", box_source=None,
-                                             fields=IoUFields((IOU_PRED,)), name=REPOOL_STAGE))
+            built.append(dataclasses.replace(iou, in_training=False, in_inference=True, input="previous",
+                                             box_source=None, fields=IoUFields((IOU_PRED,)), name=REPOOL_STAGE))
         return built
 
     return stages
@@ -430,6 +468,8 @@ __all__ = [
     "IoUUniformConfig",
     "IoUUniformPostprocess",
     "PositivesOnly",
+    "SplitHead",
+    "SplitPredictor",
     "UniformIoUSource",
     "build_iou_uniform_faster_rcnn",
     "build_model",
