@@ -19,7 +19,7 @@ def test_registered_with_its_presets_and_views():
     assert METHODS["iou_uniform"] == "workbench.methods.iou_uniform"
     method = get_method("iou_uniform")
     assert method.model_config_type is IoUUniformConfig
-    assert set(method.presets) == {"tiny", "r50_fpn_voc", "r101_fpn_voc", "r50_fpn_1x"}
+    assert set(method.presets) == {"tiny", "tiny_scaled", "r50_fpn_voc", "r101_fpn_voc", "r50_fpn_1x"}
     assert method.record_views[: len(TWO_STAGE_VIEWS)] == TWO_STAGE_VIEWS
     attributes = {v.field for v in method.views("attribute", R.DETECTIONS)}
     assert attributes == {"iou_pred", "iou_pred_first"}
@@ -61,7 +61,13 @@ def test_coco_preset_changes_the_baselines_lr_and_clipping():
     assert cfg.effective_lr() == pytest.approx(0.01 * cfg.batch_size / 4)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "r50_fpn_voc", "r101_fpn_voc", "r50_fpn_1x"])
+def test_tiny_scaled_changes_only_the_sample_count():
+    tiny, scaled = build_preset("iou_uniform", "tiny"), build_preset("iou_uniform", "tiny_scaled")
+    assert scaled.model.per_interval == 2 and scaled.preset == "tiny_scaled"
+    assert dataclasses.replace(scaled, preset="tiny", model=dataclasses.replace(scaled.model, per_interval=16)) == tiny
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_scaled", "r50_fpn_voc", "r101_fpn_voc", "r50_fpn_1x"])
 def test_presets_read_back_from_their_json(preset):
     cfg = build_preset("iou_uniform", preset)
     again = train_config_from_dict(json.loads(json.dumps(cfg.to_dict())))

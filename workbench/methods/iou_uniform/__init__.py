@@ -5,7 +5,9 @@ scored by class probability x the IoU predicted on the re-pooled refined box
 
 Presets:
 - ``tiny``: the baseline's ``tiny`` (the miniature regime) with IoU-uniform R-CNN's box branch;
-  nothing else changes (the IoU head has the baseline tiny's 256 features);
+  nothing else changes (the IoU head has the baseline tiny's 256 features); ``tiny_scaled``:
+  the same with 2 generated samples per GT and interval instead of 16 (scaled as the tiny
+  baseline's 64 RoIs per image are to 512);
 - ``r50_fpn_voc`` / ``r101_fpn_voc``: the paper's Table 1 setting: ResNet-50 / 101-FPN on VOC
   07+12 trainval, evaluated on VOC2007 test, images 1000 x 600, SGD at lr 0.005 for 4 images
   (section 4.1), 12 epochs;
@@ -47,6 +49,16 @@ def tiny() -> TrainConfig:
     """The baseline's ``tiny`` with IoU-uniform R-CNN's box branch; nothing else changes."""
     cfg = baseline.tiny()
     return dataclasses.replace(cfg, method="iou_uniform", model=IoUUniformConfig(base=cfg.model))
+
+
+def tiny_scaled() -> TrainConfig:
+    """:func:`tiny` with the generated samples scaled to the miniature regime as the baseline's
+    RoIs were: the tiny baseline samples 64 RoIs per image instead of 512, so 16 x 64 / 512 = 2
+    samples per GT and interval. That keeps the paper's proportion of about 200 generated
+    samples per image (section 4.4) to 512 sampled RoIs, and the training step near the
+    baseline's (``benchmarks/bench_iou_uniform.py --per-interval 2``)."""
+    cfg = tiny()
+    return dataclasses.replace(cfg, preset="tiny_scaled", model=dataclasses.replace(cfg.model, per_interval=2))
 
 
 def voc_model(backbone: str = "resnet50_fpn") -> FasterRCNNConfig:
@@ -98,9 +110,9 @@ METHOD = Method(
                 "scores = class x IoU of the re-pooled refined box",
     model_config_type=IoUUniformConfig,
     build_model=build_model,
-    presets={"tiny": tiny, "r50_fpn_voc": r50_fpn_voc, "r101_fpn_voc": r101_fpn_voc, "r50_fpn_1x": r50_fpn_1x},
+    presets={"tiny": tiny, "tiny_scaled": tiny_scaled, "r50_fpn_voc": r50_fpn_voc, "r101_fpn_voc": r101_fpn_voc, "r50_fpn_1x": r50_fpn_1x},
     record_views=(*TWO_STAGE_VIEWS, *RECORD_VIEWS),
 )
 
 __all__ = ["GRAD_CLIP", "METHOD", "IoUUniformConfig", "r101_fpn_voc", "r50_fpn_1x", "r50_fpn_voc", "tiny",
-           "voc_model", "voc_train"]
+           "tiny_scaled", "voc_model", "voc_train"]
