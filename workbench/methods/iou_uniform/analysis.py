@@ -145,4 +145,67 @@ def collect_iou_analysis(
     )
 
 
-__all__ = ["IoUAnalysis", "collect_iou_analysis", "detection_ious", "nms_by_class_score", "roi_ious"]
+@dataclass
+class AnalysisInputs:
+    """The model, dataset and images the figures are computed on, and what they are, in words."""
+
+    model: nn.Module
+    dataset: object
+    indices: list[int]
+    source: str
+
+
+def _replace_base(model_cfg, **overrides):
+    """``model_cfg`` with ``overrides`` applied to its baseline config (``base``, or the
+    cascade's ``cascade.base``)."""
+    if hasattr(model_cfg, "cascade"):
+        cascade = dataclasses.replace(model_cfg.cascade, base=dataclasses.replace(model_cfg.cascade.base, **overrides))
+        return dataclasses.replace(model_cfg, cascade=cascade)
+    return dataclasses.replace(model_cfg, base=dataclasses.replace(model_cfg.base, **overrides))
+
+
+def analysis_inputs(
+    run_dir: str | None = None,
+    *,
+    method: str = "iou_uniform",
+    data: str = "builtin:shapes?train=8&val=4&size=96",
+    split: str | None = None,
+    num_images: int = 4,
+    min_size: int = 96,
+    seed: int = 0,
+    device: str = "cpu",
+    which: str = "best",
+) -> AnalysisInputs:
+    """With ``run_dir``, the run's checkpoint ``which`` on the first ``num_images`` images of
+    its ``split`` (default its validation split); without, a freshly built ``method`` (its
+    ``tiny`` preset without pretrained weights, inputs of ``min_size`` pixels, seeded by
+    ``seed``) on images of ``data``: its untrained heads give meaningless IoUs, but every figure
+    can be drawn before a run exists."""
+    if run_dir is not None:
+        from workbench.engine.loading import open_trained_run
+
+        run = open_trained_run(run_dir, which, split=split, device=device)
+        count = min(num_images, len(run.dataset))
+        return AnalysisInputs(run.model, run.dataset, list(range(count)), f"{run.cfg.method} run {run_dir}")
+    from workbench.data.sources import open_dataset
+    from workbench.methods import build_preset, get_method
+
+    dataset = open_dataset(data, split or "val", progress=False)
+    cfg = _replace_base(build_preset(method, "tiny").model, backbone_weights=None, backbone_norm="bn",
+                        min_size=min_size, max_size=min_size)
+    torch.manual_seed(seed)
+    model = get_method(method).build_model(cfg, len(dataset.class_names)).to(device).eval()
+    count = min(num_images, len(dataset))
+    return AnalysisInputs(model, dataset, list(range(count)), f"freshly built {method} (untrained)")
+
+
+def runs_metrics(runs: dict[str, list[str]] | None) -> dict[str, list[dict]]:
+    """Name -> the final metrics (best checkpoint's evaluation, else the last) of each run
+    folder (e.g. one per seed), for :func:`workbench.viz.iou.ap_per_iou_figure`."""
+    from workbench.pipelines.runs import load_run
+
+    return {name: [load_run(d).final for d in dirs] for name, dirs in (runs or {}).items()}
+
+
+__all__ = ["AnalysisInputs", "IoUAnalysis", "analysis_inputs", "collect_iou_analysis", "detection_ious",
+           "nms_by_class_score", "roi_ious", "runs_metrics"]
