@@ -314,3 +314,15 @@ def test_a_trace_records_every_refined_roi_and_the_detections_carry_both_ious():
     method = get_method("iou_uniform")
     assert {v.field for v in method.views("attribute", R.REFINED_ROIS)} == {IOU_PRED, IOU_PRED_FIRST}
     assert method.views("boxes", R.REFINED_ROIS)[0].max_boxes == 100
+
+
+@pytest.mark.parametrize("switch", ["default", "equal", "rpn_samples"])
+def test_images_without_gt_train_with_zero_iou_head_losses(switch):
+    model = _model(**SWITCHES[switch]).train()
+    images, _ = _batch()
+    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
+    out = model(images, [empty, empty], generator=torch.Generator().manual_seed(0))
+    assert float(out.losses["loss_iouhead_box"].detach()) == 0.0 == float(out.losses["loss_iouhead_iou"].detach())
+    assert float(out.losses["loss_rcnn_cls"].detach()) > 0
+    out.total_loss().backward()
+    assert all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
