@@ -144,3 +144,13 @@ def test_stage_settings_are_checked():
         CascadeIoUUniformConfig(stage_per_interval=(16, 16))
     with pytest.raises(ConfigError, match="interval weights"):
         CascadeIoUUniformConfig(stage_interval_weights=((1.0,), (1.0,) * 4, (1.0,) * 3))
+
+
+def test_model_overrides_reach_the_baseline_inside_the_cascade():
+    from workbench.pipelines.params import train_config
+
+    cfg = train_config("cascade_iou_uniform", "tiny", model_overrides={"min_size": 96, "repool": False,
+                                                                       "resample_later_stages": True})
+    assert cfg.model.base.min_size == 96 and cfg.model.repool is False and cfg.model.cascade.resample_later_stages
+    with pytest.raises(ConfigError, match="unknown model config fields"):
+        train_config("cascade_iou_uniform", "tiny", model_overrides={"no_such_field": 1})

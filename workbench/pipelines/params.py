@@ -27,6 +27,14 @@ def _nested_configs(cfg: Any) -> list[str]:
     return [f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
 
 
+def _all_fields(cfg: Any) -> set[str]:
+    """The field names of ``cfg`` and of the configs it holds, at any depth."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for name in _nested_configs(cfg):
+        names |= _all_fields(getattr(cfg, name))
+    return names
+
+
 def override_model(cfg: Any, overrides: Mapping[str, Any]) -> Any:
     """A copy of the model config ``cfg`` with ``overrides`` applied (see the module docstring).
     Raises ``ConfigError`` for a field no config in ``cfg`` has."""
@@ -36,7 +44,7 @@ def override_model(cfg: Any, overrides: Mapping[str, Any]) -> Any:
     changes = dict(here)
     for name in _nested_configs(cfg):
         inner = getattr(cfg, name)
-        inner_fields = {f.name for f in dataclasses.fields(inner)}
+        inner_fields = _all_fields(inner)
         taken = {k: v for k, v in rest.items() if k in inner_fields}
         if taken:
             changes[name] = override_model(inner, taken)
