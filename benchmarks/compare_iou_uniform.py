@@ -1,0 +1,132 @@
+"""IoU-uniform R-CNN against Faster R-CNN, and on Cascade R-CNN against Cascade R-CNN, in the
+miniature regime: same data, budget and seeds; AP at IoU 0.5 to 0.9; and the paper's ablations.
+
+For every seed, trains the ``tiny`` preset of each row with the given data and epochs and reads
+the evaluation after the last epoch: AP (0.5:0.95) and AP50, AP60, AP70, AP80, AP90 (the paper's
+claim to check: the gain comes from the high IoUs, AP80 and AP90). Rows:
+
+- ``faster_rcnn``, ``iou_uniform``, ``cascade_rcnn``, ``cascade_iou_uniform``: the comparisons;
+- Table 4 (components added one by one): ``t4_uniform`` (the box head trained on generated
+  samples, no IoU loss, detections scored by class alone, no interval weights), ``t4_efo``
+  (+ the IoU predictor with re-pooling, scores class x IoU), then ``iou_uniform`` (+ interval
+  weights);
+- Table 5 (sample count): ``t5_equal``, ``t5_double`` (as many / twice as many generated samples
+  as the RPN's positives);
+- Table 6 (IoU head's training samples x re-pooling): ``t6_rpn_norepool``, ``t6_rpn``,
+  ``t6_generated_norepool``, and ``iou_uniform``;
+- ``iou_uniform_scaled``: the ``tiny_scaled`` preset (2 generated samples per GT and interval).
+
+Finished runs are reused and interrupted ones resumed, so the script can be re-run (or run once
+per row in several processes, then once more to print the table). Runs go to
+``OUT/<row>/seed_<s>``; the table is printed as markdown (mean ± sample std over the seeds).
+
+    python benchmarks/compare_iou_uniform.py --seeds 0 1 2 --out runs/compare_iou_uniform
+    python benchmarks/compare_iou_uniform.py --rows faster_rcnn iou_uniform t4_uniform t4_efo --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import torch
+
+#: Row name -> (method, preset, overrides of the IoU-uniform model config).
+ROWS: dict[str, tuple[str, str, dict]] = {
+    "faster_rcnn": ("faster_rcnn", "tiny", {}),
+    "iou_uniform": ("iou_uniform", "tiny", {}),
+    "cascade_rcnn": ("cascade_rcnn", "tiny", {}),
+    "cascade_iou_uniform": ("cascade_iou_uniform", "tiny", {}),
+    "t4_uniform": ("iou_uniform", "tiny",
+                   {"nms_score": "class", "use_interval_weights": False, "iou_loss_weight": 0.0}),
+    "t4_efo": ("iou_uniform", "tiny", {"use_interval_weights": False}),
+    "t5_equal": ("iou_uniform", "tiny", {"sample_count": "equal"}),
+    "t5_double": ("iou_uniform", "tiny", {"sample_count": "double"}),
+    "t6_rpn_norepool": ("iou_uniform", "tiny", {"generated_samples": False, "repool": False}),
+    "t6_rpn": ("iou_uniform", "tiny", {"generated_samples": False}),
+    "t6_generated_norepool": ("iou_uniform", "tiny", {"repool": False}),
+    "iou_uniform_scaled": ("iou_uniform", "tiny_scaled", {}),
+}
+DEFAULT_ROWS = ("faster_rcnn", "iou_uniform", "cascade_rcnn", "cascade_iou_uniform")
+AP_KEYS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
+
+
+def row_config(row: str, seed: int, args: argparse.Namespace):
+    """The row's preset with its overrides and the data, epochs and seed of this comparison."""
+    from workbench.config import apply_overrides
+    from workbench.methods import build_preset
+
+    method, preset, overrides = ROWS[row]
+    cfg = build_preset(method, preset)
+    if overrides:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **overrides))
+    return apply_overrides(cfg, data=args.data, epochs=args.epochs, seed=seed, device=args.device)
+
+
+def train_or_reuse(row: str, seed: int, args: argparse.Namespace) -> Path:
+    from workbench.engine.checkpoint import load_checkpoint
+    from workbench.engine.run_dir import RunDir
+    from workbench.engine.trainer import load_run_config, train
+
+    run_dir = Path(args.out) / row / f"seed_{seed}"
+    run = RunDir(run_dir)
+    if run.last_checkpoint.exists():
+        cfg = load_run_config(run_dir)
+        if load_checkpoint(run.last_checkpoint)["epoch"] < cfg.schedule.epochs:
+            train(cfg, run_dir, resume=True, progress=False)
+        return run_dir
+    train(row_config(row, seed, args), run_dir, progress=False)
+    return run_dir
+
+
+def final_eval(run_dir: Path) -> dict[str, float]:
+    """The AP keys of the evaluation after the last epoch."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = [r for r in records if r.get("kind") == "eval"][-1]
+    return {k: last[k] for k in AP_KEYS if last.get(k) is not None}
+
+
+def mean_spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    lines = ["| row | seeds | " + " | ".join(AP_KEYS) + " |", "|---|---:|" + "---:|" * len(AP_KEYS)]
+    for row, evals in results.items():
+        cells = [mean_spread([e[k] for e in evals if k in e]) for k in AP_KEYS]
+        lines.append(f"| {row} | {len(evals)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="builtin:shapes")
+    parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=list(ROWS))
+    parser.add_argument("--out", default="runs/compare_iou_uniform")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    results: dict[str, list[dict]] = {row: [] for row in args.rows}
+    for seed in args.seeds:
+        for row in args.rows:
+            results[row].append(final_eval(train_or_reuse(row, seed, args)))
+    print(f"\ndata {args.data}, epochs {args.epochs or 'preset'}, seeds {args.seeds}; mean ± sample std\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
