@@ -97,6 +97,8 @@ def test_a_training_step_gives_finite_losses_for_every_switch(switch):
     assert heads.stages[0].predictor._box_predictor[0] is heads.box_predictor_1
     assert len(dict(model.named_parameters(remove_duplicate=False))) == len(list(model.parameters()))
     assert [p["name"] for p in out.raw["box_stages"]] == ["rcnn", "iou"]
+    # in training the first stage only classifies: the IoU head runs on the generated samples
+    assert set(out.raw["box_stages"][0]) == {"name", "rois", "class_logits", "sampled_labels"}
 
 
 def test_the_iou_head_trains_on_generated_samples_of_uniform_iou():

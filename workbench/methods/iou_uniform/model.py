@@ -184,29 +184,38 @@ class IoUPredictor(nn.Module):
 class SplitHead(nn.Module):
     """Pooled features (R, C, S, S) -> ``(class features, box features)``: two heads on one
     RoIAlign pass. The box head is registered by the stage that trains it (the generated-sample
-    stage), so it is held here without being registered a second time."""
+    stage), so it is held here without being registered a second time. With
+    ``box_in_training=False`` the box head is skipped in training mode (box features ``None``):
+    where nothing uses the stage's offsets in training, it spares a head pass over its RoIs."""
 
-    def __init__(self, cls_head: nn.Module, box_head: nn.Module) -> None:
+    def __init__(self, cls_head: nn.Module, box_head: nn.Module, box_in_training: bool = True) -> None:
         super().__init__()
         self.cls_head = cls_head
         self._box_head = (box_head,)
+        self.box_in_training = box_in_training
 
-    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor | None]:
+        if self.training and not self.box_in_training:
+            return self.cls_head(pooled), None
         return self.cls_head(pooled), self._box_head[0](pooled)
 
 
 class SplitPredictor(nn.Module):
     """``(class features, box features)`` -> class logits and the box predictor's outputs
-    (offsets, IoU); the box predictor is held, not registered, as in :class:`SplitHead`."""
+    (offsets, IoU; none for box features ``None``); the box predictor is held, not registered,
+    as in :class:`SplitHead`."""
 
     def __init__(self, cls_predictor: nn.Module, box_predictor: nn.Module) -> None:
         super().__init__()
         self.cls_predictor = cls_predictor
         self._box_predictor = (box_predictor,)
 
-    def forward(self, features: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    def forward(self, features: tuple[Tensor, Tensor | None]) -> dict[str, Tensor]:
         cls_features, box_features = features
-        return {**self.cls_predictor(cls_features), **self._box_predictor[0](box_features)}
+        outputs = dict(self.cls_predictor(cls_features))
+        if box_features is not None:
+            outputs.update(self._box_predictor[0](box_features))
+        return outputs
 
 
 def interval_weight(ious: Tensor, intervals: Sequence[Sequence[float]], weights: Sequence[float]) -> Tensor:
@@ -403,7 +412,7 @@ def iou_uniform_stages(cfg: IoUUniformConfig):
                                name=CLS_STAGE)
         first_names = (IOU_PRED_FIRST,) if cfg.repool else (IOU_PRED_FIRST, IOU_PRED)
         main = dataclasses.replace(
-            main, head=SplitHead(main.head, iou_head),
+            main, head=SplitHead(main.head, iou_head, box_in_training=False),
             predictor=SplitPredictor(ClassOnlyPredictor(base.box_representation_size, base.num_classes + 1),
                                      iou_predictor),
             fields=IoUFields(first_names),
