@@ -15,7 +15,8 @@ Each cascade stage ``k`` (IoU 0.5 / 0.6 / 0.7, offsets coded with (10, 10, 5, 5)
   (0.8, 1.0) and (0.9, 1.0), 20 each (the authors' code, ``../shared/METHODS.md`` section 2).
 
 Both heads of a stage pool the same RoIs; the box head's offsets refine them for the next stage
-(as Cascade R-CNN's regressor does). The box stages, in training order: the three cascade
+(as Cascade R-CNN's regressor does; the last stage's box head therefore runs on the cascade's
+RoIs only at inference). The box stages, in training order: the three cascade
 stages (classification losses; their offsets only refine the boxes), then the three
 generated-sample stages (the box and IoU heads' losses; training only, sharing the heads'
 modules). At inference: the three cascade stages, then the last stage's heads on its refined
@@ -158,7 +159,8 @@ def cascade_iou_uniform_stages(cfg: CascadeIoUUniformConfig):
             )
             cls_predictor = ClassOnlyPredictor(base.box_representation_size, base.num_classes + 1)
             cascade_stages.append(dataclasses.replace(
-                stage, head=SplitHead(stage.head, box_head), predictor=SplitPredictor(cls_predictor, box_predictor),
+                stage, head=SplitHead(stage.head, box_head, box_in_training=k < last),
+                predictor=SplitPredictor(cls_predictor, box_predictor),
                 fields=IoUFields((IOU_PRED_FIRST,) if cfg.repool else (IOU_PRED_FIRST, IOU_PRED)) if k == last else None,
             ))
             source = UniformIoUSource(tuple(intervals), per_interval, cfg.num_candidates, tuple(offsets),
