@@ -1,4 +1,5 @@
-"""Train the ``tiny`` Faster R-CNN preset on the built-in dataset, then torchvision's
+"""Train the previous ``tiny`` Faster R-CNN recipe (ResNet-18-FPN from scratch, recipe ``old`` of
+``learning_curve.py``) on the built-in dataset, then torchvision's
 ``FasterRCNN`` built with the same architecture and trained by the same loop, data and recipe.
 
 Prints a markdown table (wall time, AP, AP50, AP75 on the val split) for docs/benchmarks.md.
@@ -28,9 +29,11 @@ from workbench import methods
 from workbench.config import apply_overrides
 from workbench.engine.trainer import train
 from workbench.methods import Method
-from workbench.methods.faster_rcnn import tiny
 from workbench.modeling import FasterRCNNConfig
 from workbench.structures import Detections, DetectorOutput
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning_curve import old_tiny  # noqa: E402
 
 LOSS_NAMES = {
     "loss_objectness": "loss_rpn_cls",
@@ -93,7 +96,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     methods.METHODS["torchvision_reference"] = __name__
-    cfg = apply_overrides(tiny(), data=args.data, epochs=args.epochs, seed=args.seed)
+    cfg = apply_overrides(old_tiny(), data=args.data, epochs=args.epochs, seed=args.seed)
     runs = {
         "workbench": cfg,
         "torchvision": dataclasses.replace(cfg, method="torchvision_reference", preset="tiny"),
@@ -123,7 +126,7 @@ METHOD = Method(
     description="torchvision's FasterRCNN with the workbench config's settings (benchmark only)",
     model_config_type=FasterRCNNConfig,
     build_model=build_torchvision_like,
-    presets={"tiny": tiny},
+    presets={"tiny": old_tiny},
 )
 
 if __name__ == "__main__":
