@@ -154,3 +154,18 @@ def test_model_overrides_reach_the_baseline_inside_the_cascade():
     assert cfg.model.base.min_size == 96 and cfg.model.repool is False and cfg.model.cascade.resample_later_stages
     with pytest.raises(ConfigError, match="unknown model config fields"):
         train_config("cascade_iou_uniform", "tiny", model_overrides={"no_such_field": 1})
+
+
+@pytest.mark.parametrize("overrides", [{"use_interval_weights": False}, {"repool": False}, {"nms_score": "class"}])
+def test_each_switch_trains_and_detects(overrides):
+    model = _model(**overrides).train()
+    images, targets = _batch()
+    out = model(images, targets, generator=torch.Generator().manual_seed(0))
+    assert len(out.losses) == 11 and all(math.isfinite(float(v.detach())) for v in out.losses.values())
+    out.total_loss().backward()
+    model.eval()
+    with torch.no_grad():
+        det = model(images).detections
+    assert all(len(d) > 0 and set(d.extras) == {"iou_pred", "iou_pred_first"} for d in det)
+    if overrides.get("repool") is False:
+        assert all(torch.equal(d.extras["iou_pred"], d.extras["iou_pred_first"]) for d in det)
