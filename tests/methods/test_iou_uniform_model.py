@@ -328,3 +328,27 @@ def test_images_without_gt_train_with_zero_iou_head_losses(switch):
     assert float(out.losses["loss_rcnn_cls"].detach()) > 0
     out.total_loss().backward()
     assert all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+def test_the_fiftyone_documents_carry_the_predicted_ious():
+    from workbench import records as R
+    from workbench.export.fiftyone import box_documents
+    from workbench.inspection.collect import complete_records
+    from workbench.inspection.traces import ImageTrace
+    from workbench.methods import get_method
+    from workbench.modeling import TraceRecorder
+
+    model = _model().eval()
+    images, _ = _batch()
+    recorder = TraceRecorder()
+    with torch.no_grad():
+        out = model(images, recorder=recorder)
+    trace = ImageTrace(1, "a.png", tuple(images[0].shape[1:]), complete_records(recorder.images[0], out.detections[0]))
+    method = get_method("iou_uniform")
+    for record, count in ((R.DETECTIONS, len(out.detections[0])), (R.REFINED_ROIS, 100)):
+        (view,) = method.views("boxes", record)
+        docs = box_documents(trace, view, ["a", "b", "c"], method.views("attribute", record), view.max_boxes)
+        assert len(docs) == count
+        assert all(0.0 < d[IOU_PRED] < 1.0 and 0.0 < d[IOU_PRED_FIRST] < 1.0 for d in docs)
+    torch.testing.assert_close(torch.tensor([d[IOU_PRED] for d in docs], dtype=torch.float32),
+                               trace.records[R.REFINED_ROIS][IOU_PRED][:100])

@@ -39,7 +39,8 @@ RECORD_VIEWS: tuple[RecordView, ...] = (
                label="IoU predicted from the features of the proposal, before refinement"),
     RecordView(R.REFINED_ROIS, "boxes", field="refined_rois", layer="refined RoIs", max_boxes=100,
                box_label="refined RoI",
-               label="RPN proposals refined by the IoU head, before the score threshold and NMS"),
+               label="RPN proposals refined by the IoU head, before the score threshold and NMS "
+                     "(in the proposals' order)"),
     RecordView(R.REFINED_ROIS, "attribute", field=IOU_PRED, label="IoU predicted for the re-pooled refined RoI"),
     RecordView(R.REFINED_ROIS, "attribute", field=IOU_PRED_FIRST, label="IoU predicted from the proposal's features"),
 )
