@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from timing import interleaved, median_cpu, median_wall
 from torchvision.models import resnet50
 from torchvision.models.detection import RetinaNet, ssd300_vgg16
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision_pair import device_name, print_table, random_batch, time_pair
 
 from workbench.modeling import load_torchvision_retinanet, load_torchvision_ssd
 
@@ -62,55 +62,13 @@ MODELS = {
 }
 
 
-def batch(num_images: int, size: int, device: torch.device, num_classes: int):
-    g = torch.Generator().manual_seed(1)
-    images, targets = [], []
-    for i in range(num_images):
-        height, width = size, size - 64 * (i % 2)
-        images.append(torch.rand(3, height, width, generator=g).to(device))
-        xy = torch.rand(4, 2, generator=g) * torch.tensor([width * 0.6, height * 0.6])
-        wh = 32 + torch.rand(4, 2, generator=g) * torch.tensor([width * 0.35, height * 0.35])
-        boxes = torch.cat([xy, xy + wh], dim=1)
-        labels = torch.randint(1, num_classes + 1, (4,), generator=g)
-        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
-    return images, targets
-
-
-def train_step(model, optimizer, images, targets, workbench: bool) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss = model(images, targets).total_loss() if workbench else sum(model(images, targets).values())
-    loss.backward()
-    optimizer.step()
-
-
-def summarise(name: str, measure: str, times) -> dict[str, object]:
-    tv, wb = times["torchvision"], times["workbench"]
-    return {"model": name, "measure": measure, "tv_wall": median_wall(tv), "wb_wall": median_wall(wb),
-            "tv_cpu": median_cpu(tv), "wb_cpu": median_cpu(wb)}
-
-
 def bench_model(name: str, args, device: torch.device) -> list[dict[str, object]]:
     build_tv, load = MODELS[name]
-    images, targets = batch(args.images, args.size, device, args.num_classes)
+    images, targets = random_batch(args.images, args.size, device, args.num_classes)
     torch.manual_seed(0)
     tv = build_tv(args.size, args.num_classes).to(device).eval()
     wb = load(tv).eval()
-    rows = []
-    with torch.no_grad():
-        times = interleaved({"torchvision": lambda: tv(images), "workbench": lambda: wb(images)},
-                            args.repeats, warmup=args.warmup, device=device)
-    rows.append(summarise(name, "inference", times))
-    tv.train()
-    wb.train()
-    tv_opt = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=args.lr, momentum=0.9)
-    wb_opt = torch.optim.SGD([p for p in wb.parameters() if p.requires_grad], lr=args.lr, momentum=0.9)
-    times = interleaved(
-        {"torchvision": lambda: train_step(tv, tv_opt, images, targets, workbench=False),
-         "workbench": lambda: train_step(wb, wb_opt, images, targets, workbench=True)},
-        args.repeats, warmup=args.warmup, device=device,
-    )
-    rows.append(summarise(name, "train step", times))
-    return rows
+    return time_pair(name, tv, wb, images, targets, args, device)
 
 
 def main() -> None:
@@ -131,24 +89,9 @@ def main() -> None:
     rows = []
     for name in args.models:
         rows.extend(bench_model(name, args, device))
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{args.images} images of {args.size} px, {args.num_classes} classes, median of {args.repeats}; {where}; "
-          f"torch {torch.__version__}\n")
-    cpu = device.type == "cpu"
-    header = "| model | measure | torchvision (s) | workbench (s) | workbench / torchvision |"
-    rule = "|---|---|---:|---:|---:|"
-    if cpu:
-        header += " CPU-time ratio |"
-        rule += "---:|"
-    print(header)
-    print(rule)
-    for row in rows:
-        line = (f"| {row['model']} | {row['measure']} | {row['tv_wall']:.3f} | {row['wb_wall']:.3f} "
-                f"| {row['wb_wall'] / row['tv_wall']:.3f} |")
-        if cpu:
-            line += f" {row['wb_cpu'] / row['tv_cpu']:.3f} |"
-        print(line)
-
+    print(f"\n{args.images} images of {args.size} px, {args.num_classes} classes, median of {args.repeats}; "
+          f"{device_name(device)}; torch {torch.__version__}\n")
+    print_table("model", rows, device)
 
 if __name__ == "__main__":
     main()

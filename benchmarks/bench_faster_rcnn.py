@@ -25,7 +25,7 @@ import torch
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
-from timing import interleaved, median_cpu, median_wall
+from torchvision_pair import device_name, print_table, random_batch, time_pair
 
 from workbench.modeling import load_torchvision_faster_rcnn
 
@@ -44,69 +44,12 @@ def torchvision_model(backbone: str, size: int, num_classes: int) -> torch.nn.Mo
     return model
 
 
-def batch(num_images: int, size: int, device: torch.device):
-    g = torch.Generator().manual_seed(1)
-    images, targets = [], []
-    for i in range(num_images):
-        height, width = size, size - 64 * (i % 2)
-        images.append(torch.rand(3, height, width, generator=g).to(device))
-        xy = torch.rand(4, 2, generator=g) * torch.tensor([width * 0.6, height * 0.6])
-        wh = 32 + torch.rand(4, 2, generator=g) * torch.tensor([width * 0.35, height * 0.35])
-        boxes = torch.cat([xy, xy + wh], dim=1)
-        labels = torch.randint(1, 10, (4,), generator=g)
-        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
-    return images, targets
-
-
-def summarise(backbone: str, measure: str, times: dict[str, list[tuple[float, float]]]) -> dict[str, object]:
-    tv, wb = times["torchvision"], times["workbench"]
-    return {
-        "backbone": backbone,
-        "measure": measure,
-        "tv_wall": median_wall(tv),
-        "wb_wall": median_wall(wb),
-        "tv_cpu": median_cpu(tv),
-        "wb_cpu": median_cpu(wb),
-    }
-
-
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images, targets, workbench: bool) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    if workbench:
-        loss = model(images, targets).total_loss()
-    else:
-        loss = sum(model(images, targets).values())
-    loss.backward()
-    optimizer.step()
-
-
 def bench_backbone(backbone: str, args, device: torch.device) -> list[dict[str, object]]:
-    images, targets = batch(args.images, args.size, device)
-    rows = []
-
+    images, targets = random_batch(args.images, args.size, device, max_label=9)
     torch.manual_seed(0)
     tv = torchvision_model(backbone, args.size, args.num_classes).to(device).eval()
     wb = load_torchvision_faster_rcnn(tv).eval()
-    with torch.no_grad():
-        times = interleaved(
-            {"torchvision": lambda: tv(images), "workbench": lambda: wb(images)},
-            args.repeats, warmup=args.warmup, device=device,
-        )
-    rows.append(summarise(backbone, "inference", times))
-
-    tv.train()
-    wb.train()
-    tv_opt = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=args.lr, momentum=0.9)
-    wb_opt = torch.optim.SGD([p for p in wb.parameters() if p.requires_grad], lr=args.lr, momentum=0.9)
-    times = interleaved(
-        {
-            "torchvision": lambda: train_step(tv, tv_opt, images, targets, workbench=False),
-            "workbench": lambda: train_step(wb, wb_opt, images, targets, workbench=True),
-        },
-        args.repeats, warmup=args.warmup, device=device,
-    )
-    rows.append(summarise(backbone, "train step", times))
-    return rows
+    return time_pair(backbone, tv, wb, images, targets, args, device)
 
 
 def main() -> None:
@@ -129,26 +72,9 @@ def main() -> None:
     for backbone in args.backbones:
         rows.extend(bench_backbone(backbone, args, device))
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{args.images} images, {args.size} px, {args.num_classes} classes, median of {args.repeats}; {name}; "
-          f"torch {torch.__version__}\n")
-    cpu = device.type == "cpu"
-    header = "| backbone | measure | torchvision (s) | workbench (s) | workbench / torchvision |"
-    rule = "|---|---|---:|---:|---:|"
-    if cpu:
-        header += " CPU-time ratio |"
-        rule += "---:|"
-    print(header)
-    print(rule)
-    for row in rows:
-        line = (
-            f"| {row['backbone']} | {row['measure']} | {row['tv_wall']:.3f} | {row['wb_wall']:.3f} "
-            f"| {row['wb_wall'] / row['tv_wall']:.3f} |"
-        )
-        if cpu:
-            line += f" {row['wb_cpu'] / row['tv_cpu']:.3f} |"
-        print(line)
-
+    print(f"\n{args.images} images, {args.size} px, {args.num_classes} classes, median of {args.repeats}; "
+          f"{device_name(device)}; torch {torch.__version__}\n")
+    print_table("backbone", rows, device)
 
 if __name__ == "__main__":
     main()
