@@ -20,15 +20,13 @@ The class logits are spread so that post-processing has detections to rank and s
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torchvision.models import resnet50
 from torchvision.models.detection import RetinaNet, ssd300_vgg16
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
-from torchvision_pair import device_name, print_table, random_batch, time_pair
+from torchvision_pair import device_name, parse_args, print_table, random_batch, time_pair
 
 from workbench.modeling import load_torchvision_retinanet, load_torchvision_ssd
 
@@ -72,26 +70,17 @@ def bench_model(name: str, args, device: torch.device) -> list[dict[str, object]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--images", type=int, default=2, help="images per batch")
-    parser.add_argument("--size", type=int, default=384, help="RetinaNet min_size = max_size; input side (SSD resizes to 300)")
-    parser.add_argument("--num-classes", type=int, default=90, help="foreground classes")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = parse_args(
+        __doc__.splitlines()[0], "--models", list(MODELS), size=384,
+        size_help="RetinaNet min_size = max_size; input side (SSD resizes to 300)", repeats=5,
+    )
     rows = []
     for name in args.models:
         rows.extend(bench_model(name, args, device))
     print(f"\n{args.images} images of {args.size} px, {args.num_classes} classes, median of {args.repeats}; "
           f"{device_name(device)}; torch {torch.__version__}\n")
     print_table("model", rows, device)
+
 
 if __name__ == "__main__":
     main()

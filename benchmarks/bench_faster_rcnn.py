@@ -19,13 +19,11 @@ that the post-processing has detections to rank and suppress, as a trained model
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
-from torchvision_pair import device_name, print_table, random_batch, time_pair
+from torchvision_pair import device_name, parse_args, print_table, random_batch, time_pair
 
 from workbench.modeling import load_torchvision_faster_rcnn
 
@@ -53,20 +51,10 @@ def bench_backbone(backbone: str, args, device: torch.device) -> list[dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    parser.add_argument("--images", type=int, default=2, help="images per batch")
-    parser.add_argument("--size", type=int, default=512, help="min_size = max_size of the transform")
-    parser.add_argument("--num-classes", type=int, default=90, help="foreground classes")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = parse_args(
+        __doc__.splitlines()[0], "--backbones", list(BACKBONES), size=512,
+        size_help="min_size = max_size of the transform", repeats=7,
+    )
 
     rows = []
     for backbone in args.backbones:
@@ -75,6 +63,7 @@ def main() -> None:
     print(f"\n{args.images} images, {args.size} px, {args.num_classes} classes, median of {args.repeats}; "
           f"{device_name(device)}; torch {torch.__version__}\n")
     print_table("backbone", rows, device)
+
 
 if __name__ == "__main__":
     main()

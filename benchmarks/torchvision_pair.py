@@ -4,6 +4,8 @@ step, measured alternately) and the table of their medians."""
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 from timing import interleaved, median_cpu, median_wall
 
@@ -97,3 +99,22 @@ def print_table(first_column: str, rows: list[dict[str, object]], device: torch.
         if cpu:
             line += f" {row['wb_cpu'] / row['tv_cpu']:.3f} |"
         print(line)
+
+
+def parse_args(description: str, option: str, choices: list[str], *, size: int, size_help: str, repeats: int):
+    """The command line both benchmarks take (``option``: which models to time, all of
+    ``choices`` by default), with the intra-op threads set; -> (arguments, device)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(option, nargs="+", default=choices, choices=choices)
+    parser.add_argument("--images", type=int, default=2, help="images per batch")
+    parser.add_argument("--size", type=int, default=size, help=size_help)
+    parser.add_argument("--num-classes", type=int, default=90, help="foreground classes")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return args, torch.device(args.device)
