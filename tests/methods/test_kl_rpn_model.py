@@ -21,25 +21,13 @@ from workbench.inspection.maps import record_map_pixels
 from workbench.methods.kl_rpn.uncertainty import uncertainty_maps
 from workbench.modeling import FasterRCNNConfig, TraceRecorder, build_faster_rcnn, flatten_levels
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread (oversubscribed threads are slow on shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from detector_support import one_thread, painted_batch, small_faster_rcnn  # noqa: F401 (one_thread: autouse)
 
 
 def _base(**overrides) -> FasterRCNNConfig:
-    values = dict(
-        backbone="resnet18_fpn", num_classes=2, min_size=96, max_size=128, fpn_channels=32,
-        anchor_sizes=((16.0,), (32.0,), (64.0,), (128.0,), (256.0,)), box_representation_size=64,
-        rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150, rpn_pre_nms_top_n_test=300,
-        rpn_post_nms_top_n_test=100, box_batch_size_per_image=64, box_score_thresh=0.0, rpn_score_thresh=None,
-    )
-    values.update(overrides)
-    return FasterRCNNConfig(**values)
+    values = dict(num_classes=2, anchor_sizes=((16.0,), (32.0,), (64.0,), (128.0,), (256.0,)), box_score_thresh=0.0,
+                  rpn_score_thresh=None)
+    return small_faster_rcnn(**{**values, **overrides})
 
 
 def _config(**overrides) -> KLRPNConfig:
@@ -47,15 +35,7 @@ def _config(**overrides) -> KLRPNConfig:
 
 
 def _batch():
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 96, 120, generator=g), torch.rand(3, 110, 90, generator=g)]
-    images[0][:, 20:70, 30:90] = torch.tensor([1.0, 0.1, 0.1])[:, None, None]
-    images[1][:, 50:100, 10:60] = torch.tensor([0.1, 0.1, 1.0])[:, None, None]
-    targets = [
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 70.0]]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[10.0, 50.0, 60.0, 100.0]]), "labels": torch.tensor([2])},
-    ]
-    return images, targets
+    return painted_batch(((96, 120), (110, 90)), [[[30.0, 20.0, 90.0, 70.0]], [[10.0, 50.0, 60.0, 100.0]]], [[1], [2]])
 
 
 @pytest.fixture(scope="module")

@@ -28,17 +28,12 @@ from workbench.viz.features import level_magnitude_figure
 from workbench.viz.losses import loss_gradient_figure
 from workbench.viz.sampling import negative_iou_figure, share_above
 
+from detector_support import one_thread  # noqa: F401 (one_thread: autouse)
+
+
 B = math.exp(3.0) - 1.0
 SMALL = dict(min_size=96, max_size=96, fpn_channels=32, box_representation_size=64, rpn_pre_nms_top_n_test=200,
              rpn_post_nms_top_n_test=100, box_batch_size_per_image=32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_loss_curves_by_hand():

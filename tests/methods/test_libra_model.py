@@ -27,13 +27,7 @@ from workbench.modeling.transform import rescale_boxes
 from workbench.ops import box_iou, sample_libra
 from workbench.errors import ConfigError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from detector_support import one_thread, painted_batch  # noqa: F401 (one_thread: autouse)
 
 
 def rcnn_base(**overrides):
@@ -53,15 +47,8 @@ def retina_base(**overrides):
 
 
 def batch():
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 96, 96, generator=g), torch.rand(3, 96, 80, generator=g)]
-    images[0][:, 20:70, 30:90] = torch.tensor([1.0, 0.1, 0.1])[:, None, None]
-    images[1][:, 50:90, 10:60] = torch.tensor([0.1, 0.1, 1.0])[:, None, None]
-    targets = [
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 70.0], [5.0, 5.0, 25.0, 30.0]]), "labels": torch.tensor([1, 2])},
-        {"boxes": torch.tensor([[10.0, 50.0, 60.0, 90.0]]), "labels": torch.tensor([2])},
-    ]
-    return images, targets
+    return painted_batch(((96, 96), (96, 80)), [[[30.0, 20.0, 90.0, 70.0], [5.0, 5.0, 25.0, 30.0]], [[10.0, 50.0, 60.0, 90.0]]],
+                         [[1, 2], [2]])
 
 
 # --- the sampler ---------------------------------------------------------------------------

@@ -33,24 +33,12 @@ from workbench.modeling import (
 from workbench.modeling.backbones import MAX_TRAINABLE_LAYERS
 from workbench.ops import BoxCoder
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread for the module (oversubscribed threads are slow on shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from detector_support import one_thread, small_faster_rcnn  # noqa: F401 (one_thread: autouse)
 
 
 def _small(**overrides) -> FasterRCNNConfig:
-    values = dict(
-        backbone="resnet18_fpn", num_classes=2, min_size=96, max_size=128, fpn_channels=32,
-        box_representation_size=64, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
-        rpn_post_nms_top_n_train=200, box_batch_size_per_image=64, box_score_thresh=0.0,
-    )
-    values.update(overrides)
-    return FasterRCNNConfig(**values)
+    values = dict(num_classes=2, rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=200, box_score_thresh=0.0)
+    return small_faster_rcnn(**{**values, **overrides})
 
 
 def _target():

@@ -24,13 +24,7 @@ from workbench.modeling.assignment import Assignment, HardNegativeSampler
 from workbench.ops import nms_with_ledger
 from workbench.structures import Detections
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from detector_support import one_thread  # noqa: F401 (one_thread: autouse)
 
 
 def test_focal_loss_hand_values():

@@ -18,15 +18,10 @@ from workbench.modeling import (
     retinanet_config_from_torchvision,
 )
 
+from detector_support import one_thread  # noqa: F401 (one_thread: autouse)
+
+
 NUM_CLASSES = 4  # foreground; torchvision counts 5 with its background column
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _images(seed: int) -> list[torch.Tensor]:

@@ -30,15 +30,10 @@ from workbench.modeling.ssd import (
     SSD512_VOC_SCALES,
 )
 
+from detector_support import one_thread  # noqa: F401 (one_thread: autouse)
+
+
 NUM_CLASSES = 5  # foreground; torchvision counts 6 with the background
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("steps", [SSD300_STEPS, None])

@@ -28,35 +28,11 @@ from workbench.modeling import (
 )
 from workbench.ops import box_iou, clip_boxes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread (oversubscribed threads are slow on shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from detector_support import one_thread, small_faster_rcnn, two_image_batch  # noqa: F401 (one_thread: autouse)
 
 
 def _small(**overrides) -> FasterRCNNConfig:
-    values = dict(
-        backbone="resnet18_fpn", num_classes=3, min_size=96, max_size=128, fpn_channels=32,
-        box_representation_size=64, rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
-        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_batch_size_per_image=64,
-        box_score_thresh=0.05,
-    )
-    values.update(overrides)
-    return FasterRCNNConfig(**values)
-
-
-def _batch():
-    g = torch.Generator().manual_seed(3)
-    images = [torch.rand(3, 96, 120, generator=g), torch.rand(3, 110, 90, generator=g)]
-    targets = [
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 70.0], [5.0, 60.0, 40.0, 95.0]]), "labels": torch.tensor([1, 3])},
-        {"boxes": torch.tensor([[10.0, 50.0, 60.0, 100.0]]), "labels": torch.tensor([2])},
-    ]
-    return images, targets
+    return small_faster_rcnn(**{"box_score_thresh": 0.05, **overrides})
 
 
 def _reinit_heads(model: nn.Module, seed: int) -> None:
@@ -70,7 +46,7 @@ def _reinit_heads(model: nn.Module, seed: int) -> None:
 
 
 def _run(model: nn.Module):
-    images, targets = _batch()
+    images, targets = two_image_batch()
     model.train()
     losses = model(images, targets, generator=torch.Generator().manual_seed(5)).losses
     model.eval()
@@ -185,7 +161,7 @@ def test_cascade_of_three_stages_trains_and_detects():
     keys = {k.rsplit(".", 2)[0] for k in model.state_dict() if k.startswith("roi_heads.")}
     assert keys == {f"roi_heads.{p}{s}" for p in ("box_head", "box_predictor") for s in ("", "_1", "_2")}
     assert model.roi_heads.box_predictor_2.bbox_pred.out_features == 4  # class-agnostic
-    images, targets = _batch()
+    images, targets = two_image_batch()
     model.train()
     out = model(images, targets, generator=torch.Generator().manual_seed(0))
     assert set(out.losses) == {
@@ -236,7 +212,7 @@ def test_cascade_of_three_stages_trains_and_detects():
 
 
 def test_stage_loss_weights_multiply_each_stages_losses():
-    images, targets = _batch()
+    images, targets = two_image_batch()
     weighted = _cascade_model().train()
     plain_stages = _cascade(_small(box_score_thresh=0.0))
 
@@ -286,7 +262,7 @@ def test_a_box_source_replaces_the_proposals_in_training_and_fields_reach_the_de
     torch.manual_seed(0)
     model = build_faster_rcnn(cfg, box_stages=stages)
     _reinit_heads(model, 3)
-    images, targets = _batch()
+    images, targets = two_image_batch()
     model.train()
     out = model(images, targets, generator=torch.Generator().manual_seed(0))
     assert source.calls == 1 and {"loss_iou_cls", "loss_iou_box", "loss_rcnn_cls"} <= set(out.losses)
@@ -328,7 +304,7 @@ def test_an_inference_stage_repools_refined_boxes_with_shared_modules():
     baseline = build_faster_rcnn(cfg)
     assert list(model.state_dict()) == list(baseline.state_dict())  # a shared module is registered once
     _reinit_heads(model, 4)
-    images, targets = _batch()
+    images, targets = two_image_batch()
     model.train()
     losses = model(images, targets, generator=torch.Generator().manual_seed(0)).losses
     assert set(losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_rcnn_cls", "loss_rcnn_box"}
@@ -358,7 +334,7 @@ def test_repeated_loss_names_and_conflicting_parts_are_refused():
         return [build_box_stage(cfg, in_channels, names), build_box_stage(cfg, in_channels, names)]
 
     model = build_faster_rcnn(cfg, box_stages=twice)
-    images, targets = _batch()
+    images, targets = two_image_batch()
     with pytest.raises(ValueError, match="repeats loss names"):
         model.train()(images, targets, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError, match="default box stage"):
@@ -401,7 +377,7 @@ def test_builder_parts_neck_rpn_head_sampler_and_box_loss():
     assert isinstance(model.backbone.neck[1], _AddOne)
     stage = model.roi_heads.stages[0]
     assert stage.loss.box_loss is l1 and stage.loss_weight == 3.0
-    images, targets = _batch()
+    images, targets = two_image_batch()
     model.train()(images, targets, generator=torch.Generator().manual_seed(0))
     assert seen["sampled"] == 2  # one call per image
 

@@ -11,18 +11,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from workbench.modeling import TraceRecorder, config_from_torchvision, load_torchvision_faster_rcnn
 
+from detector_support import one_thread  # noqa: F401 (one_thread: autouse)
+
+
 NUM_CLASSES = 5  # foreground; torchvision counts 6 with the background
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread for the whole module (set before the module's fixtures run): on a
-    shared 2-core machine oversubscribed threads are many times slower, and comparisons of two
-    runs need the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _images(seed: int) -> list[torch.Tensor]:

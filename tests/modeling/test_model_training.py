@@ -10,41 +10,25 @@ import torch
 from workbench.modeling import FasterRCNNConfig, build_faster_rcnn
 from workbench.structures import DetectorOutput
 
+from detector_support import one_thread, painted_batch, small_faster_rcnn  # noqa: F401 (one_thread: autouse)
+
+
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_rcnn_cls", "loss_rcnn_box"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread for the whole module (set before the module's fixtures run): on a
-    shared 2-core machine oversubscribed threads are many times slower, and comparisons of two
-    runs need the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(**overrides) -> FasterRCNNConfig:
+    """The small model on larger images, with wider heads and more proposals and RoIs."""
     values = dict(
-        backbone="resnet18_fpn", num_classes=3, min_size=128, max_size=160, fpn_channels=64,
-        box_representation_size=256, rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=300,
+        min_size=128, max_size=160, fpn_channels=64, box_representation_size=256, rpn_pre_nms_top_n_train=500,
+        rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
         box_batch_size_per_image=128,
     )
-    values.update(overrides)
-    return FasterRCNNConfig(**values)
+    return small_faster_rcnn(**{**values, **overrides})
 
 
 def _batch():
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 128, 160, generator=g), torch.rand(3, 144, 112, generator=g)]
-    # paint the objects so they can be learned
-    images[0][:, 20:90, 30:100] = torch.tensor([1.0, 0.1, 0.1])[:, None, None]
-    images[1][:, 60:130, 10:70] = torch.tensor([0.1, 0.1, 1.0])[:, None, None]
-    targets = [
-        {"boxes": torch.tensor([[30.0, 20.0, 100.0, 90.0]]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[10.0, 60.0, 70.0, 130.0]]), "labels": torch.tensor([2])},
-    ]
-    return images, targets
+    # the objects are painted so they can be learned
+    return painted_batch(((128, 160), (144, 112)), [[[30.0, 20.0, 100.0, 90.0]], [[10.0, 60.0, 70.0, 130.0]]], [[1], [2]])
 
 
 @pytest.fixture(scope="module")

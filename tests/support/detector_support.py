@@ -1,0 +1,66 @@
+"""Small detectors and batches that the model tests share, so that each test file states only
+what it changes.
+
+``tests/support`` is on the test path (``pythonpath`` in pyproject.toml); a test module imports
+what it uses by name. ``one_thread`` is an autouse fixture: importing it into a test module turns
+it on for that module only.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.modeling import FasterRCNNConfig
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for the whole module (set before the module's fixtures run): on a
+    shared 2-core machine oversubscribed threads are many times slower, and comparisons of two
+    runs need the same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# a ResNet-18-FPN Faster R-CNN on images of about 100 pixels: a forward pass takes a fraction of a second
+SMALL_FASTER_RCNN = dict(
+    backbone="resnet18_fpn", num_classes=3, min_size=96, max_size=128, fpn_channels=32,
+    box_representation_size=64, rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
+    rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_batch_size_per_image=64,
+)
+
+
+def small_faster_rcnn(**changes) -> FasterRCNNConfig:
+    """``SMALL_FASTER_RCNN`` with ``changes``."""
+    return FasterRCNNConfig(**{**SMALL_FASTER_RCNN, **changes})
+
+
+def two_image_batch():
+    """Two images of different sizes (seeded noise), the first with two objects, the second one."""
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, 96, 120, generator=g), torch.rand(3, 110, 90, generator=g)]
+    targets = [
+        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 70.0], [5.0, 60.0, 40.0, 95.0]]), "labels": torch.tensor([1, 3])},
+        {"boxes": torch.tensor([[10.0, 50.0, 60.0, 100.0]]), "labels": torch.tensor([2])},
+    ]
+    return images, targets
+
+
+PAINT = (torch.tensor([1.0, 0.1, 0.1]), torch.tensor([0.1, 0.1, 1.0]))  # red, then blue
+
+
+def painted_batch(sizes, boxes, labels, seed: int = 0):
+    """Images of the given (height, width) from seeded noise, each with its first box painted a
+    plain colour (red, then blue) so that a few training steps can learn it; targets from
+    ``boxes`` and ``labels`` (one list per image)."""
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.rand(3, h, w, generator=g) for h, w in sizes]
+    targets = []
+    for image, colour, image_boxes, image_labels in zip(images, PAINT, boxes, labels):
+        x1, y1, x2, y2 = (int(v) for v in image_boxes[0])
+        image[:, y1:y2, x1:x2] = colour[:, None, None]
+        targets.append({"boxes": torch.tensor(image_boxes), "labels": torch.tensor(image_labels)})
+    return images, targets
