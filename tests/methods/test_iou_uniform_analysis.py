@@ -71,3 +71,26 @@ def test_a_run_over_a_small_dataset_feeds_the_figures(tmp_path):
         by_class = collect_iou_analysis(model, dataset, indices=[0], batch_size=1)
     assert model.roi_heads.postprocess.use_iou is True
     assert np.isfinite(recall_at_ious(by_class.detections, by_class.ground_truth)["recall"]).all()
+
+
+def test_refined_rois_are_those_the_detections_take_for_the_baseline_too(tmp_path):
+    from workbench.methods.faster_rcnn import build_model as build_baseline
+    from workbench.methods.iou_uniform.analysis import refined_rois
+    from workbench.ops import clip_boxes
+
+    base = FasterRCNNConfig(backbone="resnet18_fpn", num_classes=3, min_size=96, max_size=96, fpn_channels=32,
+                            box_representation_size=64, rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50)
+    images = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(k)) for k in range(2)]
+    for model in (build_iou_uniform_faster_rcnn(IoUUniformConfig(base=base)), build_baseline(base, 3)):
+        model.eval()
+        with torch.no_grad():
+            raw = model(images).raw
+        first = raw["box_stages"][0]
+        stage = model.roi_heads.stages[0]
+        offsets = first["box_regression"]
+        if offsets.shape[1] != 4:  # the baseline: each RoI's best foreground class
+            best = first["class_logits"][:, 1:].argmax(dim=1) + 1
+            offsets = offsets.view(offsets.shape[0], -1, 4)[torch.arange(offsets.shape[0]), best]
+        expected = stage.coder.decode(offsets, torch.cat(first["rois"])).split([r.shape[0] for r in first["rois"]])
+        for got, want, size in zip(refined_rois(model, raw), expected, raw["image_sizes"]):
+            torch.testing.assert_close(got, clip_boxes(want, size))

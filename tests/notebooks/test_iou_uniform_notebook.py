@@ -1,5 +1,5 @@
-"""notebooks/iou_uniform.ipynb: committed clean and thin, and, without a run, shows the IoU
-figures of a freshly built model."""
+"""notebooks/iou_uniform.ipynb: committed clean and thin, and, without runs, shows the IoU
+figures of a freshly built model and baseline."""
 
 from __future__ import annotations
 
@@ -27,16 +27,17 @@ def test_committed_clean_and_thin():
         assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import)]
 
 
-def test_without_a_run_shows_the_four_figures(notebook_env, tmp_path):
+def test_without_runs_shows_the_four_figures(notebook_env, tmp_path):
     nb = execute("iou_uniform", tmp_path, num_images=2)
     assert not errors(nb)
     shown = figures(nb)
-    (histogram,) = [f for f in shown if title(f).startswith("IoU of the training boxes")]
-    assert layers(histogram) == ["RPN proposals", "generated samples"]
+    (histogram,) = [f for f in shown if title(f).startswith("IoU of the boxes")]
+    assert layers(histogram) == ["RPN proposals", "generated samples", "refined RoIs", "refined RoIs, baseline"]
     (gain,) = [f for f in shown if title(f).startswith("Localisation gain")]
-    assert layers(gain) == ["freshly built iou_uniform (untrained)"]
+    assert layers(gain) == ["freshly built iou_uniform (untrained)", "freshly built faster_rcnn (untrained)"]
     (correlation,) = [f for f in shown if title(f).startswith("Predicted against true IoU")]
     assert {"first prediction (proposal features)", "after re-pooling the refined box"} <= set(layers(correlation))
     (recall,) = [f for f in shown if title(f).startswith("Recall against the matching IoU")]
-    assert layers(recall) == ["NMS by class x IoU", "NMS by class score"]
+    assert layers(recall) == ["NMS by class x IoU", "NMS by class score",
+                              "baseline (freshly built faster_rcnn (untrained))"]
     assert not [f for f in shown if title(f).startswith("AP per IoU")]

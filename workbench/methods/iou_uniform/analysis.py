@@ -4,8 +4,8 @@ run over a dataset.
 - the best IoU of the RPN's proposals with the GT, and the IoU of the samples the model's own
   box source generates for the same GT (Fig. 1 (a) / Fig. 6);
 - for every RoI whose proposal overlaps a GT at IoU >= ``low``: its IoU before and after the box
-  head's refinement, with the same GT (Fig. 3), from the ``rpn_proposals`` and ``refined_rois``
-  records of a trace (row ``r`` of one refines row ``r`` of the other);
+  head's refinement, with the same GT (Fig. 3), from the raw outputs (:func:`refined_rois`; a
+  baseline's too, for the comparison);
 - for every detection: its true IoU (best with a GT of its class) and its two predicted IoUs
   (Fig. 8), and the detections and GT per image (recall curves, Fig. 7), with NMS by
   class x IoU or, within :func:`nms_by_class_score`, by the class score alone.
@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workbench import records as R
 from workbench.methods.iou_uniform.model import IOU_PRED, IOU_PRED_FIRST
+from workbench.modeling.box_stages import BOX_REGRESSION, CLASS_LOGITS
+from workbench.modeling.transform import rescale_boxes
 from workbench.ops import box_iou, pairwise_iou
 
 
@@ -88,6 +89,19 @@ def _box_source(model: nn.Module):
     return sources[0] if sources else None
 
 
+def refined_rois(model: nn.Module, raw: dict) -> list[Tensor]:
+    """The proposals of each image refined by the pass whose boxes the detections take (the
+    post-processing's ``box_pass``, else the last inference pass), in network-input pixels, row
+    ``r`` from proposal ``r``: class-agnostic offsets, or those of each RoI's best foreground
+    class (:meth:`workbench.modeling.BoxStage.refine`). Works for any detector built from box
+    stages (the baselines included)."""
+    passes = raw["box_stages"]
+    stages = [s for s in model.roi_heads.stages if s.in_inference]
+    k = getattr(model.roi_heads.postprocess, "box_pass", len(passes) - 1)
+    outputs = {key: passes[k][key] for key in (CLASS_LOGITS, BOX_REGRESSION) if key in passes[k]}
+    return stages[k].refine(outputs, passes[k]["rois"], raw["image_sizes"])
+
+
 @torch.no_grad()
 def collect_iou_analysis(
     model: nn.Module,
@@ -99,28 +113,32 @@ def collect_iou_analysis(
     low: float = 0.5,
     seed: int = 0,
 ) -> IoUAnalysis:
-    """Run ``model`` with a trace over ``dataset[i]`` (``indices``, default all) and gather the
-    arrays of :class:`IoUAnalysis`. Generated samples come from the first box stage with a box
-    source (none: ``generated_iou`` is empty), drawn with a generator seeded by ``seed``, on the
-    GT in original pixels (their IoUs do not depend on the image scale)."""
-    from workbench.engine.inference import iter_model_outputs
-    from workbench.modeling import TraceRecorder
+    """Run ``model`` over ``dataset[i]`` (``indices``, default all) and gather the arrays of
+    :class:`IoUAnalysis` from its raw outputs and detections (any two-stage detector built from
+    box stages; the predicted IoUs are empty for a detector without them). Generated samples
+    come from the first box stage with a box source (none: ``generated_iou`` is empty), drawn
+    with a generator seeded by ``seed``, on the GT in original pixels (their IoUs do not depend
+    on the image scale)."""
+    from workbench.engine.inference import iter_model_outputs, unwrap
 
+    net = unwrap(model)
     indices = list(range(len(dataset))) if indices is None else list(indices)
     gt = {dataset.records[i].image_id: dataset.records[i] for i in indices}
-    source = _box_source(model)
+    source = _box_source(net)
     generator = torch.Generator().manual_seed(seed)
     parts: dict[str, list[Tensor]] = {k: [] for k in ("rpn", "gen", "roi_in", "roi_out", "true", "pred", "first")}
     analysis_dets, analysis_gt = [], []
     for item in iter_model_outputs(model, dataset, device, indices=indices, batch_size=batch_size,
-                                   desc="IoU analysis", recorder_factory=TraceRecorder):
+                                   desc="IoU analysis"):
+        raw = item.output.raw
+        refined = refined_rois(net, raw)
         for i, image_id in enumerate(item.batch.image_ids):
             rec = gt[int(image_id)]
             keep = ~rec.ignore.astype(bool)
             gt_boxes = torch.as_tensor(rec.boxes[keep], dtype=torch.float32).reshape(-1, 4)
             gt_labels = torch.as_tensor(rec.labels[keep], dtype=torch.int64)
-            records = item.recorder.images[i]
-            proposals = records[R.PROPOSALS]["boxes"].cpu()
+            size, original = raw["image_sizes"][i], raw["original_sizes"][i]
+            proposals = rescale_boxes(raw["proposals"][i], size, original).cpu()
             if gt_boxes.shape[0]:
                 parts["rpn"].append(box_iou(gt_boxes, proposals).nan_to_num(0.0).max(dim=0).values)
             if source is not None:
@@ -128,10 +146,9 @@ def collect_iou_analysis(
                 samples = source([proposals], [target], generator, [(rec.height, rec.width)])[0]
                 if samples.shape[0]:
                     parts["gen"].append(box_iou(gt_boxes, samples).max(dim=0).values)
-            if R.REFINED_ROIS in records:
-                before, after = roi_ious(proposals, records[R.REFINED_ROIS]["boxes"].cpu(), gt_boxes, low)
-                parts["roi_in"].append(before)
-                parts["roi_out"].append(after)
+            before, after = roi_ious(proposals, rescale_boxes(refined[i], size, original).cpu(), gt_boxes, low)
+            parts["roi_in"].append(before)
+            parts["roi_out"].append(after)
             det = item.output.detections[i].to("cpu")
             parts["true"].append(detection_ious(det.boxes, det.labels, gt_boxes, gt_labels))
             for key, name in (("pred", IOU_PRED), ("first", IOU_PRED_FIRST)):
@@ -156,12 +173,13 @@ class AnalysisInputs:
 
 
 def _replace_base(model_cfg, **overrides):
-    """``model_cfg`` with ``overrides`` applied to its baseline config (``base``, or the
-    cascade's ``cascade.base``)."""
-    if hasattr(model_cfg, "cascade"):
-        cascade = dataclasses.replace(model_cfg.cascade, base=dataclasses.replace(model_cfg.cascade.base, **overrides))
-        return dataclasses.replace(model_cfg, cascade=cascade)
-    return dataclasses.replace(model_cfg, base=dataclasses.replace(model_cfg.base, **overrides))
+    """``model_cfg`` with ``overrides`` applied to its baseline config: ``base`` (held at any
+    depth, e.g. the cascade's ``cascade.base``), or the config itself when it is the baseline's."""
+    for name in ("cascade", "base"):
+        inner = getattr(model_cfg, name, None)
+        if dataclasses.is_dataclass(inner):
+            return dataclasses.replace(model_cfg, **{name: _replace_base(inner, **overrides)})
+    return dataclasses.replace(model_cfg, **overrides)
 
 
 def analysis_inputs(
@@ -208,4 +226,4 @@ def runs_metrics(runs: dict[str, list[str]] | None) -> dict[str, list[dict]]:
 
 
 __all__ = ["AnalysisInputs", "IoUAnalysis", "analysis_inputs", "collect_iou_analysis", "detection_ious",
-           "nms_by_class_score", "roi_ious", "runs_metrics"]
+           "nms_by_class_score", "refined_rois", "roi_ious", "runs_metrics"]
