@@ -26,7 +26,7 @@ from torchvision.models.detection import RetinaNet, ssd300_vgg16
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
-from torchvision_pair import device_name, parse_args, print_table, random_batch, time_pair
+from torchvision_pair import parse_args, print_report, time_models
 
 from workbench.modeling import load_torchvision_retinanet, load_torchvision_ssd
 
@@ -60,26 +60,16 @@ MODELS = {
 }
 
 
-def bench_model(name: str, args, device: torch.device) -> list[dict[str, object]]:
-    build_tv, load = MODELS[name]
-    images, targets = random_batch(args.images, args.size, device, args.num_classes)
-    torch.manual_seed(0)
-    tv = build_tv(args.size, args.num_classes).to(device).eval()
-    wb = load(tv).eval()
-    return time_pair(name, tv, wb, images, targets, args, device)
-
-
 def main() -> None:
     args, device = parse_args(
         __doc__.splitlines()[0], "--models", list(MODELS), size=384,
         size_help="RetinaNet min_size = max_size; input side (SSD resizes to 300)", repeats=5,
     )
-    rows = []
-    for name in args.models:
-        rows.extend(bench_model(name, args, device))
-    print(f"\n{args.images} images of {args.size} px, {args.num_classes} classes, median of {args.repeats}; "
-          f"{device_name(device)}; torch {torch.__version__}\n")
-    print_table("model", rows, device)
+    rows = time_models(
+        args.models, lambda name: MODELS[name][0](args.size, args.num_classes), lambda name, tv: MODELS[name][1](tv),
+        args, device, max_label=args.num_classes,
+    )
+    print_report(f"{args.images} images of {args.size} px", "model", rows, args, device)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
-from torchvision_pair import device_name, parse_args, print_table, random_batch, time_pair
+from torchvision_pair import parse_args, print_report, time_models
 
 from workbench.modeling import load_torchvision_faster_rcnn
 
@@ -42,27 +42,16 @@ def torchvision_model(backbone: str, size: int, num_classes: int) -> torch.nn.Mo
     return model
 
 
-def bench_backbone(backbone: str, args, device: torch.device) -> list[dict[str, object]]:
-    images, targets = random_batch(args.images, args.size, device, max_label=9)
-    torch.manual_seed(0)
-    tv = torchvision_model(backbone, args.size, args.num_classes).to(device).eval()
-    wb = load_torchvision_faster_rcnn(tv).eval()
-    return time_pair(backbone, tv, wb, images, targets, args, device)
-
-
 def main() -> None:
     args, device = parse_args(
         __doc__.splitlines()[0], "--backbones", list(BACKBONES), size=512,
         size_help="min_size = max_size of the transform", repeats=7,
     )
-
-    rows = []
-    for backbone in args.backbones:
-        rows.extend(bench_backbone(backbone, args, device))
-
-    print(f"\n{args.images} images, {args.size} px, {args.num_classes} classes, median of {args.repeats}; "
-          f"{device_name(device)}; torch {torch.__version__}\n")
-    print_table("backbone", rows, device)
+    rows = time_models(
+        args.backbones, lambda backbone: torchvision_model(backbone, args.size, args.num_classes),
+        lambda backbone, tv: load_torchvision_faster_rcnn(tv), args, device, max_label=9,
+    )
+    print_report(f"{args.images} images, {args.size} px", "backbone", rows, args, device)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ step, measured alternately) and the table of their medians."""
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 import torch
 from timing import interleaved, median_cpu, median_wall
@@ -76,13 +77,27 @@ def time_pair(name: str, tv: torch.nn.Module, wb: torch.nn.Module, images, targe
     return rows
 
 
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+def time_models(names: list[str], build: Callable[[str], torch.nn.Module], load: Callable[[str, torch.nn.Module], torch.nn.Module],
+                args, device: torch.device, max_label: int) -> list[dict[str, object]]:
+    """:func:`time_pair` for each name: ``build(name)`` makes the torchvision model (after
+    ``torch.manual_seed(0)``), ``load(name, tv_model)`` the workbench one with its weights; both
+    run on a fresh :func:`random_batch`."""
+    rows = []
+    for name in names:
+        images, targets = random_batch(args.images, args.size, device, max_label)
+        torch.manual_seed(0)
+        tv = build(name).to(device).eval()
+        wb = load(name, tv).eval()
+        rows.extend(time_pair(name, tv, wb, images, targets, args, device))
+    return rows
 
 
-def print_table(first_column: str, rows: list[dict[str, object]], device: torch.device) -> None:
-    """Wall-clock medians and their ratio (workbench / torchvision); on CPU also the ratio of
-    the CPU-time medians."""
+def print_report(batch: str, first_column: str, rows: list[dict[str, object]], args, device: torch.device) -> None:
+    """A line on the batch (``batch`` describes its images), the classes, the repeats, the device
+    and torch; then the table: wall-clock medians and their ratio (workbench / torchvision), on
+    CPU also the ratio of the CPU-time medians."""
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{batch}, {args.num_classes} classes, median of {args.repeats}; {where}; torch {torch.__version__}\n")
     cpu = device.type == "cpu"
     header = f"| {first_column} | measure | torchvision (s) | workbench (s) | workbench / torchvision |"
     rule = "|---|---|---:|---:|---:|"
