@@ -120,8 +120,30 @@ def _assign(
     return Assignment(labels, matched_gt, max_iou)
 
 
+class _MatchThenAssign:
+    """What the matchers share: a matcher's own rule (``match``: GT-by-candidate IoU (G, A) ->
+    matched GT index or a below/between code per candidate) and its threshold for ignored GT
+    (``ignore_threshold``), then the same assignment (``_assign``)."""
+
+    def match(self, iou: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def ignore_threshold(self) -> float:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        candidates: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor | None = None,
+        gt_ignore: Tensor | None = None,
+    ) -> Assignment:
+        return _assign(candidates, gt_boxes, gt_labels, gt_ignore, self.match, self.ignore_threshold)
+
+
 @dataclass(frozen=True)
-class IoUMatcher:
+class IoUMatcher(_MatchThenAssign):
     """Two-threshold IoU matching (Faster R-CNN's RPN and box head, RetinaNet): best IoU
     ``>= high`` positive, ``< low`` background, in between ignored; ``allow_low_quality`` also
     makes each GT's best candidates positive (``workbench.ops.match_boxes``, equal to
@@ -131,21 +153,12 @@ class IoUMatcher:
     low: float
     allow_low_quality: bool = False
 
-    def __call__(
-        self,
-        candidates: Tensor,
-        gt_boxes: Tensor,
-        gt_labels: Tensor | None = None,
-        gt_ignore: Tensor | None = None,
-    ) -> Assignment:
-        return _assign(
-            candidates,
-            gt_boxes,
-            gt_labels,
-            gt_ignore,
-            lambda iou: match_boxes(iou, self.high, self.low, self.allow_low_quality),
-            self.high,
-        )
+    def match(self, iou: Tensor) -> Tensor:
+        return match_boxes(iou, self.high, self.low, self.allow_low_quality)
+
+    @property
+    def ignore_threshold(self) -> float:
+        return self.high
 
 
 #: The former name of :class:`IoUMatcher` (same fields, same order), kept for existing callers.
@@ -153,7 +166,7 @@ MatcherSettings = IoUMatcher
 
 
 @dataclass(frozen=True)
-class SSDMatcher:
+class SSDMatcher(_MatchThenAssign):
     """SSD / RefineDet matching: each GT first gets one candidate by greedy bipartite matching
     (highest IoU first, ties to the lower candidate then GT index; a GT overlapping no candidate
     gets none), then every other candidate with best IoU ``>= threshold`` matches that GT; the
@@ -163,21 +176,12 @@ class SSDMatcher:
 
     threshold: float = 0.5
 
-    def __call__(
-        self,
-        candidates: Tensor,
-        gt_boxes: Tensor,
-        gt_labels: Tensor | None = None,
-        gt_ignore: Tensor | None = None,
-    ) -> Assignment:
-        return _assign(
-            candidates,
-            gt_boxes,
-            gt_labels,
-            gt_ignore,
-            lambda iou: match_boxes_ssd(iou, self.threshold),
-            self.threshold,
-        )
+    def match(self, iou: Tensor) -> Tensor:
+        return match_boxes_ssd(iou, self.threshold)
+
+    @property
+    def ignore_threshold(self) -> float:
+        return self.threshold
 
 
 def assign_to_gt(
