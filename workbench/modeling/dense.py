@@ -42,10 +42,9 @@ from workbench import records as R
 from workbench.losses import cross_entropy, l1, reduce_loss, smooth_l1
 from workbench.losses.focal import sigmoid_focal_loss
 from workbench.modeling.assignment import Assignment, Matcher, Sampler
-from workbench.modeling.faster_rcnn import check_targets, to_original
+from workbench.modeling.faster_rcnn import detections_to_original, start_batch
 from workbench.modeling.rpn import flatten_levels
 from workbench.modeling.trace import TraceRecorder, grouped_nms
-from workbench.modeling.transform import ImageBatch
 from workbench.ops import BoxCoder, clip_boxes
 from workbench.structures import Detections, DetectorOutput
 
@@ -388,13 +387,7 @@ class DenseDetector(nn.Module):
         ``raw``: the head outputs per level under their names, ``anchors`` (per level),
         ``image_sizes``, ``original_sizes``, ``padded_size``.
         """
-        if targets is not None:
-            check_targets(targets, len(images))
-        elif self.training:
-            raise ValueError("a detector in training mode needs targets")
-        batch, net_targets = self.transform(images, targets, generator)
-        if recorder is not None:
-            recorder.start(len(batch))
+        batch, net_targets = start_batch(self.transform, images, targets, self.training, generator, recorder)
         features = self.backbone(batch.tensor)
         levels = list(features.values()) if isinstance(features, Mapping) else list(features)
         head_out = self.head(levels)
@@ -422,22 +415,8 @@ class DenseDetector(nn.Module):
             with torch.no_grad():
                 detached = {name: value.detach() for name, value in flat.items()}
                 in_network = self.postprocess(detached, anchors, level_counts, batch.image_sizes, recorder)
-            detections = self._to_original(in_network, batch, recorder)
+            detections = detections_to_original(in_network, batch, recorder)
         return DetectorOutput(raw=raw, losses=losses, detections=detections)
-
-    def _to_original(
-        self, detections: Sequence[Detections], batch: ImageBatch, recorder: TraceRecorder | None
-    ) -> list[Detections]:
-        out = [
-            to_original(det, size, original)
-            for det, size, original in zip(detections, batch.image_sizes, batch.original_sizes)
-        ]
-        if recorder is not None:
-            for i, (size, original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
-                recorder.rescale_boxes(i, original[1] / size[1], original[0] / size[0])
-            for i, det in enumerate(out):
-                recorder.put(i, R.DETECTIONS, boxes=det.boxes, scores=det.scores, labels=det.labels)
-        return out
 
     def assign(self, anchors: Tensor, targets: Sequence[Mapping[str, Tensor]]) -> tuple[list[Assignment], Tensor, Tensor]:
         """Match the anchors to each image's GT: assignments, labels (N, A) and encoded box

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 
+from workbench import records as R
 from workbench.errors import ConfigError
 from workbench.losses import smooth_l1
 from workbench.modeling.anchor_generator import AnchorGenerator
@@ -59,7 +60,7 @@ from workbench.modeling.rpn import (
     SigmoidObjectness,
 )
 from workbench.modeling.trace import TraceRecorder
-from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, rescale_boxes
+from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD, ImageBatch, ImageTransform, rescale_boxes
 from workbench.ops import BoxCoder
 from workbench.structures import Detections, DetectorOutput
 
@@ -157,13 +158,7 @@ class FasterRCNN(nn.Module):
         ``generator`` drives the samplers (and a random ``min_size`` choice); ``recorder``, when
         given, collects the per-image trace without changing any output.
         """
-        if targets is not None:
-            check_targets(targets, len(images))
-        elif self.training:
-            raise ValueError("a detector in training mode needs targets")
-        batch, net_targets = self.transform(images, targets, generator)
-        if recorder is not None:
-            recorder.start(len(batch))
+        batch, net_targets = start_batch(self.transform, images, targets, self.training, generator, recorder)
         features = self.backbone(batch.tensor)
         rpn_out = self.rpn(features, batch.padded_size, batch.image_sizes, net_targets, generator, recorder)
         roi_out = self.roi_heads(
@@ -171,16 +166,46 @@ class FasterRCNN(nn.Module):
         )
         raw = {**rpn_out.raw, **roi_out.raw}
         raw.update(image_sizes=batch.image_sizes, original_sizes=batch.original_sizes, padded_size=batch.padded_size)
-        detections = [
-            to_original(det, size, original)
-            for det, size, original in zip(roi_out.detections, batch.image_sizes, batch.original_sizes)
-        ]
-        if recorder is not None:
-            for i, (size, original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
-                recorder.rescale_boxes(i, original[1] / size[1], original[0] / size[0])
-            for i, det in enumerate(detections):
-                recorder.put(i, "detections", boxes=det.boxes, scores=det.scores, labels=det.labels)
+        detections = detections_to_original(roi_out.detections, batch, recorder)
         return DetectorOutput(raw=raw, losses={**rpn_out.losses, **roi_out.losses}, detections=detections)
+
+
+def start_batch(
+    transform: Callable,
+    images: Sequence[Tensor],
+    targets: Sequence[Mapping[str, Tensor]] | None,
+    training: bool,
+    generator: torch.Generator | None,
+    recorder: TraceRecorder | None,
+) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
+    """How a detector's forward starts: the targets checked (required in ``training``), the
+    images and targets transformed to network input, and the recorder (when given) started
+    for the batch."""
+    if targets is not None:
+        check_targets(targets, len(images))
+    elif training:
+        raise ValueError("a detector in training mode needs targets")
+    batch, net_targets = transform(images, targets, generator)
+    if recorder is not None:
+        recorder.start(len(batch))
+    return batch, net_targets
+
+
+def detections_to_original(
+    detections: Sequence[Detections], batch: ImageBatch, recorder: TraceRecorder | None
+) -> list[Detections]:
+    """How a detector's forward ends: each image's detections in its original pixels; with a
+    recorder, the trace's boxes rescaled the same way and the detections recorded."""
+    out = [
+        to_original(det, size, original)
+        for det, size, original in zip(detections, batch.image_sizes, batch.original_sizes)
+    ]
+    if recorder is not None:
+        for i, (size, original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
+            recorder.rescale_boxes(i, original[1] / size[1], original[0] / size[0])
+        for i, det in enumerate(out):
+            recorder.put(i, R.DETECTIONS, boxes=det.boxes, scores=det.scores, labels=det.labels)
+    return out
 
 
 def to_original(det: Detections, size: tuple[int, int], original: tuple[int, int]) -> Detections:
