@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 
 import torch
+from dataset_step import dataset_batch, train_step
 from timing import interleaved, median_wall
 
 from workbench.methods import build_preset, get_method
@@ -58,22 +59,6 @@ def load_models(args) -> dict[str, torch.nn.Module]:
     return models
 
 
-def batch(args):
-    from workbench.data.sources import open_dataset
-
-    dataset = open_dataset(args.data, "val")
-    samples = [dataset[i] for i in range(args.images)]
-    images = [s.image.float() / 255.0 for s in samples]
-    targets = [{"boxes": s.boxes, "labels": s.labels} for s in samples]
-    return images, targets
-
-
-def train_step(model, optimizer, images, targets) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    model(images, targets, generator=torch.Generator().manual_seed(0)).total_loss().backward()
-    optimizer.step()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="builtin:shapes")
@@ -91,7 +76,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     models = load_models(args)
-    images, targets = batch(args)
+    images, targets = dataset_batch(args.data, args.images)
     for model in models.values():
         model.eval()
     with torch.no_grad():

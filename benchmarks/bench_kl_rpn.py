@@ -25,6 +25,7 @@ import dataclasses
 import gc
 
 import torch
+from dataset_step import dataset_batch, train_step
 from timing import interleaved, median_wall
 
 from workbench.methods import build_preset, get_method
@@ -42,22 +43,6 @@ def load_models(args) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
     kl = get_method("kl_rpn").build_model(build_preset("kl_rpn", "tiny").model, args.num_classes)
     return base, kl
-
-
-def batch(args):
-    from workbench.data.sources import open_dataset
-
-    dataset = open_dataset(args.data, "val")
-    samples = [dataset[i] for i in range(args.images)]
-    images = [s.image.float() / 255.0 for s in samples]
-    targets = [{"boxes": s.boxes, "labels": s.labels} for s in samples]
-    return images, targets
-
-
-def train_step(model, optimizer, images, targets, generator_seed: int) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    model(images, targets, generator=torch.Generator().manual_seed(generator_seed)).total_loss().backward()
-    optimizer.step()
 
 
 def optimizer_of(model: torch.nn.Module, method: str, own: bool, lr_scale: float) -> torch.optim.Optimizer:
@@ -107,7 +92,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     base, kl = load_models(args)
-    images, targets = batch(args)
+    images, targets = dataset_batch(args.data, args.images)
     rows = []
 
     base.eval()
