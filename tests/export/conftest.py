@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from export_support import DENSE_METHODS, DENSE_OVERRIDES
 
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.data.shapes import ShapesConfig, generate_shapes
@@ -126,3 +127,53 @@ def kl_run(tmp_path_factory, shapes_root) -> Path:
     torch.set_num_threads(1)
     predict_run(run, device="cpu", progress=False, trace=True)
     return run
+
+
+def small_dense_config(data_root: Path, method: str) -> TrainConfig:
+    """The ``tiny`` preset of a single-stage ``method``, shrunk
+    (``export_support.DENSE_OVERRIDES``), for one epoch of two steps."""
+    from workbench.pipelines.params import train_config
+
+    return train_config(method, "tiny", data=str(data_root), epochs=1, batch_size=4, device="cpu", seed=7,
+                        model_overrides=DENSE_OVERRIDES[method])
+
+
+def _cli(*args: str) -> str:
+    """Run ``workbench ARGS`` in this process; its standard output (fails on a non-zero exit)."""
+    import contextlib
+    import io
+
+    from workbench.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    assert code == 0, f"`workbench {' '.join(args)}` exited with {code}:\n{out.getvalue()[-3000:]}"
+    return out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def dense_runs(tmp_path_factory, shapes_root) -> dict[str, Path]:
+    """method -> a trained single-stage run with traces of its val split (``workbench predict
+    --trace``, as for any run)."""
+    from workbench.engine.trainer import train
+
+    runs = {}
+    for method in DENSE_METHODS:
+        run = tmp_path_factory.mktemp("runs") / f"{method}_run"
+        torch.set_num_threads(1)
+        train(small_dense_config(shapes_root, method), run, progress=False)
+        _cli("predict", "--run", str(run), "--trace", "--device", "cpu", "-q")
+        runs[method] = run
+    return runs
+
+
+@pytest.fixture(scope="session")
+def dense_exports(fiftyone_db, dense_runs) -> dict[str, tuple[Path, str, str]]:
+    """method -> (run, dataset name, output of ``workbench export fiftyone``): every
+    single-stage run exported by the command line, views from its method's declaration."""
+    exports = {}
+    for method, run in dense_runs.items():
+        name = f"wb-dense-{method}"
+        exports[method] = (run, name, _cli("export", "fiftyone", "--run", str(run), "--name", name, "-q"))
+    return exports

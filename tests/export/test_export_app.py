@@ -1,5 +1,6 @@
 """`workbench export fiftyone` and `workbench app` from the command line, and the App in headless
-Chromium: the grid shows every sample and the sidebar lists the workbench's fields.
+Chromium: the grid shows every sample and the sidebar lists the workbench's fields, for a
+two-stage run and, served by the same App, each single-stage run (``conftest.dense_exports``).
 
 The screenshot and the page's DOM are saved under ``test-output/`` at the repository root; the
 screenshot is the one in the README (``docs/fiftyone_app.png``), taken as a returning user sees the
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import pytest
 from chromium_page import capture_app
-from export_support import TEST_OUTPUT, listening_addresses, stop_process
+from export_support import DENSE_METHODS, TEST_OUTPUT, listening_addresses, stop_process
 
+from workbench.export.app import dataset_url
 from workbench.export.database import free_port
 from workbench.methods import get_method
 
@@ -77,15 +79,15 @@ def test_app_is_bound_to_loopback_and_prints_the_dataset_url(app):
     assert listening_addresses(port) == {"127.0.0.1"}
 
 
-def _loaded_page(url: str, attempts: int = 4):
+def _loaded_page(url: str, attempts: int = 4, stem: str = "fiftyone_app"):
     """DOM and screenshot of the App once every grid tile is drawn (the first loads can be slow)."""
     TEST_OUTPUT.mkdir(exist_ok=True)
     page = None
     for _ in range(attempts):
-        page = capture_app(url, TEST_OUTPUT / "fiftyone_app.png", min_tiles=NUM_SAMPLES)
+        page = capture_app(url, TEST_OUTPUT / f"{stem}.png", min_tiles=NUM_SAMPLES)
         if page.drawn_tiles >= NUM_SAMPLES:
             break
-    (TEST_OUTPUT / "fiftyone_app_dom.html").write_text(page.dom)
+    (TEST_OUTPUT / f"{stem}_dom.html").write_text(page.dom)
     return page
 
 
@@ -107,6 +109,21 @@ def test_the_app_renders_the_grid_and_lists_the_fields(app):
         assert image.size == (1400, 900)
         colors = image.convert("RGB").resize((140, 90)).getcolors(maxcolors=140 * 90)
     assert colors is not None and len(colors) > 50  # a rendered page, not a blank one
+
+
+@pytest.mark.parametrize("method", DENSE_METHODS)
+def test_the_app_lists_a_single_stage_runs_detections_and_suppressed_boxes(app, dense_exports, method):
+    """The fields come from the method's declaration (its detections and the boxes its final NMS
+    suppressed), as for any run; a single-stage detector has no proposals."""
+    _, port, _, _ = app
+    _, name, _ = dense_exports[method]
+    page = _loaded_page(dataset_url(name, port=port), stem=f"fiftyone_app_{method}")
+    assert page.tiles == NUM_SAMPLES and page.drawn_tiles == NUM_SAMPLES, "the grid did not finish loading"
+    declared = [v.field for v in get_method(method).record_views if v.app and v.kind != "attribute"]
+    assert {"predictions", "suppressed"} <= set(declared)
+    for field in ("ground_truth", *declared, "eval_tp", "eval_fp", "eval_fn"):
+        assert f'data-cy="checkbox-{field}"' in page.dom, f"the sidebar of {name} does not list {field}"
+    assert 'data-cy="checkbox-proposals"' not in page.dom
 
 
 def test_ctrl_c_stops_the_app_and_its_server(app):
