@@ -65,6 +65,19 @@ def _finish(model: nn.Module, tv_model: nn.Module, state: "OrderedDict[str, torc
     return model.to(device).train(tv_model.training)
 
 
+def _coder_and_postprocess(tv_model: nn.Module) -> dict[str, Any]:
+    """The config fields that torchvision's ``RetinaNet`` and ``SSD`` hold in the same
+    attributes: the box coder's and the post-processing's."""
+    return dict(
+        box_weights=tuple(float(w) for w in tv_model.box_coder.weights),
+        score_thresh=float(tv_model.score_thresh),
+        topk_candidates=int(tv_model.topk_candidates),
+        nms_thresh=float(tv_model.nms_thresh),
+        detections_per_img=int(tv_model.detections_per_img),
+        box_decode_clamp=float(tv_model.box_coder.bbox_xform_clip),
+    )
+
+
 def retinanet_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> RetinaNetConfig:
     """A :class:`RetinaNetConfig` with every setting of a torchvision ``RetinaNet``."""
     body, fpn = tv_model.backbone.body, tv_model.backbone.fpn
@@ -104,12 +117,7 @@ def retinanet_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> 
         fg_iou_thresh=float(matcher.high_threshold),
         bg_iou_thresh=float(matcher.low_threshold),
         allow_low_quality_matches=bool(matcher.allow_low_quality_matches),
-        box_weights=tuple(float(w) for w in tv_model.box_coder.weights),
-        score_thresh=float(tv_model.score_thresh),
-        topk_candidates=int(tv_model.topk_candidates),
-        nms_thresh=float(tv_model.nms_thresh),
-        detections_per_img=int(tv_model.detections_per_img),
-        box_decode_clamp=float(tv_model.box_coder.bbox_xform_clip),
+        **_coder_and_postprocess(tv_model),
     )
     values.update(overrides)
     return RetinaNetConfig(**values)
@@ -203,12 +211,7 @@ def ssd_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> SSDCon
         anchor_clip=bool(generator.clip),
         iou_thresh=float(matcher.high_threshold),
         neg_pos_ratio=float(tv_model.neg_to_pos_ratio),
-        box_weights=tuple(float(w) for w in tv_model.box_coder.weights),
-        score_thresh=float(tv_model.score_thresh),
-        topk_candidates=int(tv_model.topk_candidates),
-        nms_thresh=float(tv_model.nms_thresh),
-        detections_per_img=int(tv_model.detections_per_img),
-        box_decode_clamp=float(tv_model.box_coder.bbox_xform_clip),
+        **_coder_and_postprocess(tv_model),
     )
     values.update(overrides)
     return SSDConfig(**values)
