@@ -12,6 +12,7 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import Method
@@ -67,20 +68,26 @@ def tiny_optimizer() -> OptimizerConfig:
     return OptimizerConfig(name="adamw", lr=3e-4, reference_batch_size=4, weight_decay=1e-4, grad_clip_norm=10.0)
 
 
-def tiny() -> TrainConfig:
-    """The miniature regime: :func:`tiny_model` with ImageNet weights on ``builtin:shapes``
-    (1,000 training images of 256 px), batch 4, AdamW, 3 epochs with a short warm-up and a
-    cosine decay. Every method's ``tiny`` preset starts from this one."""
+def miniature(method: str, model: Any, optimizer: OptimizerConfig | None = None) -> TrainConfig:
+    """The ``tiny`` preset of ``method`` in the miniature regime: ``model`` on ``builtin:shapes``
+    (1,000 training images of 256 px), batch 4, ``optimizer`` (by default
+    :func:`tiny_optimizer`), 3 epochs with a short warm-up and a cosine decay."""
     return TrainConfig(
-        method="faster_rcnn",
+        method=method,
         preset="tiny",
-        model=tiny_model(),
+        model=model,
         data=DataConfig(spec="builtin:shapes"),
-        optimizer=tiny_optimizer(),
+        optimizer=tiny_optimizer() if optimizer is None else optimizer,
         schedule=ScheduleConfig(epochs=3, warmup_iters=50, warmup_factor=1e-2, decay="cosine"),
         batch_size=4,
         log_every_steps=20,
     )
+
+
+def tiny() -> TrainConfig:
+    """The miniature regime (:func:`miniature`) with :func:`tiny_model` and ImageNet weights.
+    Every two-stage method's ``tiny`` preset starts from this one."""
+    return miniature("faster_rcnn", tiny_model())
 
 
 def tiny_scratch() -> TrainConfig:
@@ -90,15 +97,24 @@ def tiny_scratch() -> TrainConfig:
     return dataclasses.replace(cfg, preset="tiny_scratch", model=tiny_model(weights=None))
 
 
-def r50_fpn_1x() -> TrainConfig:
+def coco_1x(method: str, model: Any, lr: float, warmup_iters: int) -> TrainConfig:
+    """The ``r50_fpn_1x`` preset of ``method``: the COCO 1x schedule (SGD at ``lr`` for 16
+    images, momentum 0.9, weight decay 1e-4, a linear warm-up over ``warmup_iters`` iterations,
+    lr x0.1 after epochs 8 and 11 of 12), batch 2."""
     return TrainConfig(
-        method="faster_rcnn",
+        method=method,
         preset="r50_fpn_1x",
-        model=FasterRCNNConfig(),
-        optimizer=OptimizerConfig(name="sgd", lr=0.02, reference_batch_size=16, momentum=0.9, weight_decay=1e-4),
-        schedule=ScheduleConfig(epochs=12, warmup_iters=500, warmup_factor=1e-3, decay="step", milestones=(8, 11)),
+        model=model,
+        optimizer=OptimizerConfig(name="sgd", lr=lr, reference_batch_size=16, momentum=0.9, weight_decay=1e-4),
+        schedule=ScheduleConfig(
+            epochs=12, warmup_iters=warmup_iters, warmup_factor=1e-3, decay="step", milestones=(8, 11)
+        ),
         batch_size=2,
     )
+
+
+def r50_fpn_1x() -> TrainConfig:
+    return coco_1x("faster_rcnn", FasterRCNNConfig(), lr=0.02, warmup_iters=500)
 
 
 METHOD = Method(

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
+from workbench.config import TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method
+from workbench.methods.faster_rcnn import coco_1x, miniature
 from workbench.modeling.dense import DenseDetector
 from workbench.modeling.retinanet import RetinaNetConfig, build_retinanet, retinanet_anchor_sizes
 
@@ -46,28 +47,12 @@ def tiny_model(weights: str | None = "IMAGENET1K_V1") -> RetinaNetConfig:
 
 
 def tiny() -> TrainConfig:
-    return TrainConfig(
-        method="retinanet",
-        preset="tiny",
-        model=tiny_model(),
-        data=DataConfig(spec="builtin:shapes"),
-        optimizer=OptimizerConfig(name="adamw", lr=3e-4, reference_batch_size=4, weight_decay=1e-4,
-                                  grad_clip_norm=10.0),
-        schedule=ScheduleConfig(epochs=3, warmup_iters=50, warmup_factor=1e-2, decay="cosine"),
-        batch_size=4,
-        log_every_steps=20,
-    )
+    """The miniature regime of the baseline Faster R-CNN (its data, AdamW, schedule and batch)."""
+    return miniature("retinanet", tiny_model())
 
 
 def r50_fpn_1x() -> TrainConfig:
-    return TrainConfig(
-        method="retinanet",
-        preset="r50_fpn_1x",
-        model=RetinaNetConfig(backbone_weights="IMAGENET1K_V1"),
-        optimizer=OptimizerConfig(name="sgd", lr=0.01, reference_batch_size=16, momentum=0.9, weight_decay=1e-4),
-        schedule=ScheduleConfig(epochs=12, warmup_iters=1000, warmup_factor=1e-3, decay="step", milestones=(8, 11)),
-        batch_size=2,
-    )
+    return coco_1x("retinanet", RetinaNetConfig(backbone_weights="IMAGENET1K_V1"), lr=0.01, warmup_iters=1000)
 
 
 METHOD = Method(

@@ -18,6 +18,7 @@ import dataclasses
 
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method
+from workbench.methods.faster_rcnn import miniature
 from workbench.modeling.dense import DenseDetector
 from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD
 from workbench.modeling.ssd import (
@@ -101,17 +102,10 @@ def tiny_model() -> SSDConfig:
 
 
 def tiny() -> TrainConfig:
-    return TrainConfig(
-        method="ssd",
-        preset="tiny",
-        model=tiny_model(),
-        data=DataConfig(spec="builtin:shapes"),
-        optimizer=OptimizerConfig(name="adamw", lr=1e-3, reference_batch_size=4, weight_decay=5e-4,
-                                  grad_clip_norm=10.0),
-        schedule=ScheduleConfig(epochs=3, warmup_iters=50, warmup_factor=1e-2, decay="cosine"),
-        batch_size=4,
-        log_every_steps=20,
-    )
+    """The miniature regime of the baseline Faster R-CNN, with AdamW at lr 1e-3 and weight
+    decay 5e-4 for a model trained from scratch."""
+    optimizer = OptimizerConfig(name="adamw", lr=1e-3, reference_batch_size=4, weight_decay=5e-4, grad_clip_norm=10.0)
+    return miniature("ssd", tiny_model(), optimizer)
 
 
 METHOD = Method(
