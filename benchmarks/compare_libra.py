@@ -87,18 +87,12 @@ def row_config(row: str, seed: int, args: argparse.Namespace):
 
 
 def train_or_reuse(row: str, seed: int, args: argparse.Namespace) -> Path:
-    from workbench.engine.checkpoint import load_checkpoint
-    from workbench.engine.run_dir import RunDir
-    from workbench.engine.trainer import load_run_config, train
+    """``OUT/<row>/seed_<seed>``, trained there unless a finished run is there (an interrupted
+    one is resumed)."""
+    from workbench.pipelines.runs import train_or_resume
 
     run_dir = Path(args.out) / row / f"seed_{seed}"
-    run = RunDir(run_dir)
-    if run.last_checkpoint.exists():
-        cfg = load_run_config(run_dir)
-        if load_checkpoint(run.last_checkpoint)["epoch"] < cfg.schedule.epochs:
-            train(cfg, run_dir, resume=True, progress=False)
-        return run_dir
-    train(row_config(row, seed, args), run_dir, progress=False)
+    train_or_resume(row_config(row, seed, args), run_dir)
     return run_dir
 
 
