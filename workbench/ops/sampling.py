@@ -74,11 +74,24 @@ def sample_random(
     num_neg = min(num_samples - num_pos, negative.numel())
     chosen_pos = positive[_randperm(positive.numel(), generator, labels.device)[:num_pos]]
     chosen_neg = negative[_randperm(negative.numel(), generator, labels.device)[:num_neg]]
+    return _as_masks(labels, chosen_pos, chosen_neg)
+
+
+def _as_masks(labels: Tensor, chosen_pos: Tensor, chosen_neg: Tensor) -> tuple[Tensor, Tensor]:
+    """Chosen positions -> ``(pos_mask, neg_mask)`` of ``labels``' shape."""
     pos_mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
     neg_mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
     pos_mask[chosen_pos] = True
     neg_mask[chosen_neg] = True
     return pos_mask, neg_mask
+
+
+def _all_or_none(total: int, num: int, device: torch.device) -> Tensor:
+    """The choice of ``num`` of ``total`` that needs no draw: all of them when ``total <= num``,
+    else (``num <= 0``) none."""
+    if total <= num:
+        return torch.arange(total, device=device)
+    return torch.zeros((0,), dtype=torch.int64, device=device)
 
 
 def sample_instance_balanced_positive(
@@ -96,10 +109,8 @@ def sample_instance_balanced_positive(
     """
     total = pos_gt_index.numel()
     device = pos_gt_index.device
-    if total <= num:
-        return torch.arange(total, device=device)
-    if num <= 0:
-        return torch.zeros((0,), dtype=torch.int64, device=device)
+    if total <= num or num <= 0:
+        return _all_or_none(total, num, device)
     num_gt = int(torch.unique(pos_gt_index).numel())
     quota = -(-num // num_gt)
     rank = _random_rank_in_group(pos_gt_index.to(torch.int64), generator)
@@ -134,10 +145,8 @@ def sample_iou_balanced_negative(
     """
     total = neg_max_iou.numel()
     device = neg_max_iou.device
-    if total <= num:
-        return torch.arange(total, device=device)
-    if num <= 0:
-        return torch.zeros((0,), dtype=torch.int64, device=device)
+    if total <= num or num <= 0:
+        return _all_or_none(total, num, device)
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
 
@@ -212,11 +221,7 @@ def sample_libra(
             matched_max_iou[negative], num_neg, generator, num_bins, floor_thr, floor_fraction
         )
     ]
-    pos_mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
-    neg_mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
-    pos_mask[chosen_pos] = True
-    neg_mask[chosen_neg] = True
-    return pos_mask, neg_mask
+    return _as_masks(labels, chosen_pos, chosen_neg)
 
 
 def sample_hard_negatives_batched(
