@@ -67,6 +67,13 @@ def _id_problem(entry: Mapping, key: str) -> str | None:
     return None
 
 
+def _unknown_id_problem(entry: Mapping, key: str, known: set, what: str) -> str | None:
+    """``entry[key]`` not among the ``known`` ids: ``'<key>' <id> <what>``."""
+    if entry[key] in known:
+        return None
+    return f"'{key}' {entry[key]} {what}"
+
+
 def _number_problem(entry: Mapping, key: str) -> str | None:
     value = entry[key]
     if not _is_number(value):
@@ -159,16 +166,8 @@ def _gt_annotation_problem(ann: Any, image_ids: set, category_ids: set) -> str |
                 if "iscrowd" in ann and ann["iscrowd"] not in (0, 1)
                 else None
             ),
-            lambda: (
-                None
-                if ann["image_id"] in image_ids
-                else f"'image_id' {ann['image_id']} is not in 'images'"
-            ),
-            lambda: (
-                None
-                if ann["category_id"] in category_ids
-                else f"'category_id' {ann['category_id']} is not in 'categories'"
-            ),
+            lambda: _unknown_id_problem(ann, "image_id", image_ids, "is not in 'images'"),
+            lambda: _unknown_id_problem(ann, "category_id", category_ids, "is not in 'categories'"),
         ]
     )
 
@@ -245,16 +244,8 @@ def _result_problem(entry: Any, image_ids: set, category_ids: set) -> str | None
             lambda: _id_problem(entry, "category_id"),
             lambda: bbox_problem(entry["bbox"]),
             lambda: _number_problem(entry, "score"),
-            lambda: (
-                None
-                if entry["image_id"] in image_ids
-                else f"'image_id' {entry['image_id']} is not an image of the ground truth"
-            ),
-            lambda: (
-                None
-                if entry["category_id"] in category_ids
-                else f"'category_id' {entry['category_id']} is not a category of the ground truth"
-            ),
+            lambda: _unknown_id_problem(entry, "image_id", image_ids, "is not an image of the ground truth"),
+            lambda: _unknown_id_problem(entry, "category_id", category_ids, "is not a category of the ground truth"),
         ]
     )
 
