@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from workbench.data.shapes import ShapesConfig
@@ -115,3 +116,17 @@ def write_voc(root: Path, images: dict = VOC_IMAGES, splits: dict | None = None)
         (main / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
     (main / "car_trainval.txt").write_text("000005 -1\n000007  1\n")
     return root
+
+
+def assert_centre_rule(original, cropped, x0: int, y0: int) -> tuple[int, int]:
+    """Assert that ``cropped``, the crop of the sample ``original`` starting at ``(x0, y0)``,
+    kept exactly the boxes whose centre lies inside it (with their labels), shifted by the
+    offset and clipped to the crop; -> (boxes kept, boxes dropped)."""
+    ch, cw = cropped.size
+    centres = (original.boxes[:, :2] + original.boxes[:, 2:]) / 2
+    inside = (centres[:, 0] > x0) & (centres[:, 0] < x0 + cw) & (centres[:, 1] > y0) & (centres[:, 1] < y0 + ch)
+    assert cropped.labels.tolist() == original.labels[inside].tolist()
+    expected = original.boxes[inside] - torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+    expected = torch.minimum(expected.clamp(min=0), torch.tensor([cw, ch, cw, ch], dtype=torch.float32))
+    assert torch.allclose(cropped.boxes, expected)
+    return int(inside.sum()), int((~inside).sum())
