@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,25 @@ def layers(figure: dict) -> list[str]:
 def title(figure: dict) -> str:
     text = figure["layout"].get("title", {})
     return text.get("text", "") if isinstance(text, dict) else str(text)
+
+
+def assert_clean_and_thin(name: str, kernel: str | None = None) -> None:
+    """``notebooks/<name>.ipynb`` is committed without outputs; its first code cell, and only
+    that one, is the parameters cell and assigns literals; the other cells define nothing and
+    import only from ``workbench``. With ``kernel``, its kernelspec is that one."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert code[0].metadata.get("tags") == ["parameters"]
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+    if kernel is not None:
+        assert nb.metadata["kernelspec"]["name"] == kernel
+    for node in ast.parse(code[0].source).body:
+        assert isinstance(node, ast.Assign)
+        ast.literal_eval(node.value)
+    for cell in code[1:]:
+        tree = ast.parse(cell.source)
+        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))]
+        imports = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert all(m.startswith("workbench") for m in imports)
+        assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import)]

@@ -3,27 +3,11 @@ the sampling figure and the pyramid figure of a freshly built model."""
 
 from __future__ import annotations
 
-import ast
-
-import nbformat
-from notebook_runs import NOTEBOOKS, errors, execute, figures, layers, title
+from notebook_runs import assert_clean_and_thin, errors, execute, figures, layers, title
 
 
 def test_committed_clean_and_thin():
-    nb = nbformat.read(NOTEBOOKS / "libra.ipynb", as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code)
-    assert code[0].metadata.get("tags") == ["parameters"]
-    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
-    for node in ast.parse(code[0].source).body:
-        assert isinstance(node, ast.Assign)
-        ast.literal_eval(node.value)
-    for cell in code[1:]:
-        tree = ast.parse(cell.source)
-        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))]
-        imports = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-        assert all(m.startswith("workbench") for m in imports)
-        assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import)]
+    assert_clean_and_thin("libra")
 
 
 def test_without_a_run_shows_the_three_figures(notebook_env, tmp_path):
