@@ -19,11 +19,10 @@ at most 1.3x for both; the extra pooling passes are the method's price).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import torch
-from dataset_step import dataset_batch, train_step
+from dataset_step import dataset_batch, method_parser, parse_method_args, train_step
 from timing import interleaved, median_wall
 
 from workbench.methods import build_preset, get_method
@@ -60,20 +59,12 @@ def load_models(args) -> dict[str, torch.nn.Module]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="builtin:shapes")
-    parser.add_argument("--images", type=int, default=4, help="images per batch (the tiny presets' batch)")
-    parser.add_argument("--num-classes", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
+    parser = method_parser(__doc__.splitlines()[0], data="builtin:shapes", repeats=5, warmup=1)
     parser.add_argument("--per-interval", type=int, default=None,
                         help="generated samples per GT and interval of iou_uniform (default the preset's 16)")
     parser.add_argument("--run", action="append", default=[], metavar="METHOD=RUN_DIR",
                         help="a trained run of a method's tiny preset (repeatable)")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    args = parse_method_args(parser)
 
     models = load_models(args)
     images, targets = dataset_batch(args.data, args.images)

@@ -20,12 +20,11 @@ not loaded; the counts do not depend on them).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 
 import torch
-from dataset_step import dataset_batch, train_step
+from dataset_step import dataset_batch, method_parser, parse_method_args, train_step
 from timing import interleaved, median_wall
 
 from workbench.methods import build_preset, get_method
@@ -77,19 +76,11 @@ def parameter_rows(num_classes: int) -> list[tuple[str, int, int]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="builtin:shapes?train=300&val=100")
-    parser.add_argument("--images", type=int, default=4, help="images per batch (the tiny presets' batch)")
-    parser.add_argument("--num-classes", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
+    parser = method_parser(__doc__.splitlines()[0], data="builtin:shapes?train=300&val=100", repeats=11, warmup=2)
     parser.add_argument("--baseline-run", help="run directory of a trained faster_rcnn tiny")
     parser.add_argument("--kl-run", help="run directory of a trained kl_rpn tiny")
     parser.add_argument("--param-classes", type=int, default=80, help="classes for the parameter counts (COCO)")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    args = parse_method_args(parser)
 
     base, kl = load_models(args)
     images, targets = dataset_batch(args.data, args.images)

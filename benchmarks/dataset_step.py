@@ -3,6 +3,8 @@ split as a batch, and one seeded training step of a workbench detector."""
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 
@@ -24,3 +26,24 @@ def train_step(model, optimizer, images, targets, generator_seed: int = 0) -> No
     optimizer.zero_grad(set_to_none=True)
     model(images, targets, generator=torch.Generator().manual_seed(generator_seed)).total_loss().backward()
     optimizer.step()
+
+
+def method_parser(description: str, *, data: str, repeats: int, warmup: int) -> argparse.ArgumentParser:
+    """The options every method benchmark takes (the dataset, the batch, the classes, the
+    repeats and the threads); a script adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default=data)
+    parser.add_argument("--images", type=int, default=4, help="images per batch (the tiny presets' batch)")
+    parser.add_argument("--num-classes", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--threads", type=int, default=None)
+    return parser
+
+
+def parse_method_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The parsed command line, with torch's intra-op threads set from ``--threads``."""
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return args
