@@ -38,6 +38,16 @@ def _batch():
     return painted_batch(((96, 120), (110, 90)), [[[30.0, 20.0, 90.0, 70.0]], [[10.0, 50.0, 60.0, 100.0]]], [[1], [2]])
 
 
+def _traced_eval(model):
+    """The batch through ``model`` in evaluation mode with a recorder: (images, output, recorder)."""
+    images, _ = _batch()
+    model.eval()
+    recorder = TraceRecorder()
+    with torch.no_grad():
+        out = model(images, recorder=recorder)
+    return images, out, recorder
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -102,11 +112,7 @@ def test_no_sigmoid_anywhere_in_a_kl_rpn_forward(model, monkeypatch):
 
 
 def test_proposal_scores_are_the_log_objectness_of_their_anchors(model):
-    images, _ = _batch()
-    model.eval()
-    recorder = TraceRecorder()
-    with torch.no_grad():
-        out = model(images, recorder=recorder)
+    images, out, recorder = _traced_eval(model)
     for i in range(2):
         record = recorder.images[i]["rpn_proposals"]
         assert record["sigma"].shape == (record["boxes"].shape[0], 4)
@@ -168,11 +174,7 @@ def test_a_few_adam_steps_lower_the_loss_on_a_fixed_batch():
 
 
 def test_uncertainty_maps_come_with_eval_outputs_and_cover_the_original_image(model):
-    images, _ = _batch()
-    model.eval()
-    recorder = TraceRecorder()
-    with torch.no_grad():
-        out = model(images, recorder=recorder)
+    images, out, recorder = _traced_eval(model)
     cfg = _config()
     sigma_min, sigma_max = math.exp(0.5 * cfg.log_var_min), math.exp(0.5 * cfg.log_var_max)
     for i, image in enumerate(images):
