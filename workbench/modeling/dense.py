@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -228,8 +228,36 @@ def _finish(
     return Detections(boxes[keep], scores[keep], labels[keep], extras)
 
 
+class _CandidatesThenNMS:
+    """What the dense post-processings share: per image, the candidates that their own
+    ``_candidates`` yields (boxes (network-input pixels), scores, labels, levels and anchor
+    index), recorded, then class-wise NMS and the ``detections_per_image`` best."""
+
+    def _candidates(
+        self, preds: Mapping[str, Tensor], anchors: Tensor, level_counts: Sequence[int],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        preds: Mapping[str, Tensor],
+        anchors: Tensor,
+        level_counts: Sequence[int],
+        image_sizes: Sequence[tuple[int, int]],
+        recorder: TraceRecorder | None = None,
+    ) -> list[Detections]:
+        out = []
+        candidates = self._candidates(preds, anchors, level_counts, image_sizes)
+        for i, (boxes, scores, labels, levels, anchor_index) in enumerate(candidates):
+            _record_candidates(recorder, i, boxes, scores, labels, levels, anchor_index)
+            out.append(_finish(boxes, scores, labels, anchor_index, self.nms_thresh, self.detections_per_image,
+                               self.with_anchor_index, recorder, i))
+        return out
+
+
 @dataclass(frozen=True)
-class SigmoidPostprocess:
+class SigmoidPostprocess(_CandidatesThenNMS):
     """RetinaNet's post-processing (torchvision ``RetinaNet.postprocess_detections``): per image
     and level, sigmoid scores of every (anchor, class) pair, those above ``score_thresh``
     (strict), the ``topk_candidates`` best of them, decoded and clipped; then class-wise NMS over
@@ -245,17 +273,12 @@ class SigmoidPostprocess:
     first_label: int = 1
     with_anchor_index: bool = False
 
-    def __call__(
-        self,
-        preds: Mapping[str, Tensor],
-        anchors: Tensor,
-        level_counts: Sequence[int],
+    def _candidates(
+        self, preds: Mapping[str, Tensor], anchors: Tensor, level_counts: Sequence[int],
         image_sizes: Sequence[tuple[int, int]],
-        recorder: TraceRecorder | None = None,
-    ) -> list[Detections]:
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
         logits, deltas = preds["cls_logits"], preds["deltas"]
         num_classes = logits.shape[-1]
-        out = []
         for i, image_size in enumerate(image_sizes):
             boxes_l, scores_l, labels_l, levels_l, index_l = [], [], [], [], []
             offset = 0
@@ -274,16 +297,11 @@ class SigmoidPostprocess:
                 levels_l.append(torch.full_like(flat_index, level))
                 index_l.append(anchor_index)
                 offset += count
-            boxes, scores, labels = torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l)
-            anchor_index = torch.cat(index_l)
-            _record_candidates(recorder, i, boxes, scores, labels, torch.cat(levels_l), anchor_index)
-            out.append(_finish(boxes, scores, labels, anchor_index, self.nms_thresh, self.detections_per_image,
-                               self.with_anchor_index, recorder, i))
-        return out
+            yield torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l), torch.cat(levels_l), torch.cat(index_l)
 
 
 @dataclass(frozen=True)
-class SoftmaxPostprocess:
+class SoftmaxPostprocess(_CandidatesThenNMS):
     """SSD's post-processing (torchvision ``SSD.postprocess_detections``): per image, softmax
     scores (column 0 the background), every anchor decoded and clipped; per foreground class
     the anchors scoring above ``score_thresh`` (strict), the ``topk_candidates`` best of them;
@@ -296,14 +314,10 @@ class SoftmaxPostprocess:
     detections_per_image: int = 200
     with_anchor_index: bool = False
 
-    def __call__(
-        self,
-        preds: Mapping[str, Tensor],
-        anchors: Tensor,
-        level_counts: Sequence[int],
+    def _candidates(
+        self, preds: Mapping[str, Tensor], anchors: Tensor, level_counts: Sequence[int],
         image_sizes: Sequence[tuple[int, int]],
-        recorder: TraceRecorder | None = None,
-    ) -> list[Detections]:
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
         probabilities = F.softmax(preds["cls_logits"], dim=-1)
         deltas = preds["deltas"]
         num_classes = probabilities.shape[-1]
@@ -311,7 +325,6 @@ class SoftmaxPostprocess:
         levels = torch.repeat_interleave(
             torch.arange(len(level_counts), device=device), torch.tensor(list(level_counts), device=device)
         )
-        out = []
         for i, image_size in enumerate(image_sizes):
             decoded = clip_boxes(self.box_coder.decode(deltas[i], anchors), image_size)
             by_class = probabilities[i].t().contiguous()  # (K, A): one contiguous row per class
@@ -326,11 +339,7 @@ class SoftmaxPostprocess:
                 scores_l.append(scores)
                 labels_l.append(torch.full_like(index, label))
             anchor_index = torch.cat(index_l)
-            boxes, scores, labels = decoded[anchor_index], torch.cat(scores_l), torch.cat(labels_l)
-            _record_candidates(recorder, i, boxes, scores, labels, levels[anchor_index], anchor_index)
-            out.append(_finish(boxes, scores, labels, anchor_index, self.nms_thresh, self.detections_per_image,
-                               self.with_anchor_index, recorder, i))
-        return out
+            yield decoded[anchor_index], torch.cat(scores_l), torch.cat(labels_l), levels[anchor_index], anchor_index
 
 
 class DenseDetector(nn.Module):
