@@ -18,7 +18,7 @@ from workbench.modeling import (
     retinanet_config_from_torchvision,
 )
 
-from detector_support import one_thread  # noqa: F401 (one_thread: autouse)
+from detector_support import one_thread, torchvision_dense_parts  # noqa: F401 (one_thread: autouse)
 
 
 NUM_CLASSES = 4  # foreground; torchvision counts 5 with its background column
@@ -109,11 +109,8 @@ def test_same_losses_as_torchvision(pair):
         {"boxes": torch.tensor([[20.0, 30.0, 120.0, 150.0], [100.0, 40.0, 250.0, 190.0]]), "labels": torch.tensor([1, 3])},
         {"boxes": torch.tensor([[10.0, 10.0, 90.0, 200.0]]), "labels": torch.tensor([4])},
     ]
+    net_targets, head, anchors = torchvision_dense_parts(tv, images, targets)
     with torch.no_grad():
-        batch, net_targets = tv.transform(images, [dict(t) for t in targets])
-        features = list(tv.backbone(batch.tensors).values())
-        head = tv.head(features)
-        anchors = tv.anchor_generator(batch, features)
         expected = tv.compute_loss(net_targets, head, anchors)
         got = wb(images, targets).losses
     torch.testing.assert_close(got["loss_dense_cls"], expected["classification"], rtol=1e-4, atol=1e-6)

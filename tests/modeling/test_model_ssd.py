@@ -30,7 +30,7 @@ from workbench.modeling.ssd import (
     SSD512_VOC_SCALES,
 )
 
-from detector_support import one_thread  # noqa: F401 (one_thread: autouse)
+from detector_support import one_thread, torchvision_dense_parts  # noqa: F401 (one_thread: autouse)
 
 
 NUM_CLASSES = 5  # foreground; torchvision counts 6 with the background
@@ -140,11 +140,8 @@ def test_same_losses_as_torchvision(pair):
     ]
     from torchvision.ops import box_iou
 
+    net_targets, head, anchors = torchvision_dense_parts(tv, images, targets)
     with torch.no_grad():
-        batch, net_targets = tv.transform(images, [dict(t) for t in targets])
-        features = list(tv.backbone(batch.tensors).values())
-        head = tv.head(features)
-        anchors = tv.anchor_generator(batch, features)
         matched = [tv.proposal_matcher(box_iou(t["boxes"], a)) for t, a in zip(net_targets, anchors)]
         expected = tv.compute_loss(net_targets, head, anchors, matched)
         got = wb(images, targets).losses

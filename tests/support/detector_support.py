@@ -64,3 +64,14 @@ def painted_batch(sizes, boxes, labels, seed: int = 0):
         image[:, y1:y2, x1:x2] = colour[:, None, None]
         targets.append({"boxes": torch.tensor(image_boxes), "labels": torch.tensor(image_labels)})
     return images, targets
+
+
+def torchvision_dense_parts(tv_model, images, targets):
+    """What torchvision's single-stage detectors (``RetinaNet``, ``SSD``) compute their loss
+    from, without gradients: (targets in network pixels, head outputs, anchors per image)."""
+    with torch.no_grad():
+        batch, net_targets = tv_model.transform(images, [dict(t) for t in targets])
+        features = list(tv_model.backbone(batch.tensors).values())
+        head = tv_model.head(features)
+        anchors = tv_model.anchor_generator(batch, features)
+    return net_targets, head, anchors
