@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.models.detection import retinanet_resnet50_fpn
 
-from workbench.methods import build_preset, get_method
+from workbench.methods import build_preset
 from workbench.methods.retinanet import tiny_model
 from workbench.modeling import (
     RetinaNetConfig,
@@ -18,7 +18,7 @@ from workbench.modeling import (
     retinanet_config_from_torchvision,
 )
 
-from detector_support import one_thread, torchvision_dense_parts  # noqa: F401 (one_thread: autouse)
+from detector_support import one_thread, preset_training_step, torchvision_dense_parts  # noqa: F401 (one_thread: autouse)
 
 
 NUM_CLASSES = 4  # foreground; torchvision counts 5 with its background column
@@ -121,17 +121,6 @@ def test_tiny_preset_trains_a_step():
     cfg = build_preset("retinanet", "tiny")
     assert cfg.model.backbone == "mobilenet_v2_fpn"
     model_cfg = dataclasses.replace(cfg.model, backbone_weights=None, backbone_norm="bn", min_size=96, max_size=128)
-    torch.manual_seed(0)
-    model = get_method("retinanet").build_model(model_cfg, 3).train()
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 96, 128, generator=g), torch.rand(3, 120, 100, generator=g)]
-    targets = [
-        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 100.0], [5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([2, 3])},
-    ]
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    loss = model(images, targets).total_loss()
-    loss.backward()
-    optimizer.step()
+    model, _, loss = preset_training_step("retinanet", model_cfg, lr=0.01)
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -30,7 +30,7 @@ from workbench.modeling.ssd import (
     SSD512_VOC_SCALES,
 )
 
-from detector_support import one_thread, torchvision_dense_parts  # noqa: F401 (one_thread: autouse)
+from detector_support import one_thread, preset_training_step, torchvision_dense_parts  # noqa: F401 (one_thread: autouse)
 
 
 NUM_CLASSES = 5  # foreground; torchvision counts 6 with the background
@@ -152,19 +152,7 @@ def test_same_losses_as_torchvision(pair):
 def test_tiny_preset_trains_a_step():
     cfg = build_preset("ssd", "tiny")
     model_cfg = dataclasses.replace(cfg.model, size=128)
-    torch.manual_seed(0)
-    model = get_method("ssd").build_model(model_cfg, 3).train()
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 96, 128, generator=g), torch.rand(3, 120, 100, generator=g)]
-    targets = [
-        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 100.0], [5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([2, 3])},
-    ]
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    out = model(images, targets)
-    loss = out.total_loss()
-    loss.backward()
-    optimizer.step()
+    model, out, loss = preset_training_step("ssd", model_cfg, lr=1e-3)
     assert torch.isfinite(loss) and float(out.losses["loss_dense_box"].detach()) > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

@@ -75,3 +75,24 @@ def torchvision_dense_parts(tv_model, images, targets):
         head = tv_model.head(features)
         anchors = tv_model.anchor_generator(batch, features)
     return net_targets, head, anchors
+
+
+def preset_training_step(method: str, model_cfg, lr: float):
+    """One SGD step (at ``lr``) of ``method``'s model for 3 classes built from ``model_cfg``
+    (seed 0) in training mode, on two small seeded images: -> (model, output, total loss)."""
+    from workbench.methods import get_method
+
+    torch.manual_seed(0)
+    model = get_method(method).build_model(model_cfg, 3).train()
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 96, 128, generator=g), torch.rand(3, 120, 100, generator=g)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 100.0], [5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([2, 3])},
+    ]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    out = model(images, targets)
+    loss = out.total_loss()
+    loss.backward()
+    optimizer.step()
+    return model, out, loss
