@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from detector_support import one_thread_per_test  # noqa: F401 (autouse: one thread for each test here)
 from export_support import DENSE_METHODS, DENSE_OVERRIDES
 
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
@@ -67,15 +68,6 @@ def _detach_fiftyone() -> None:
     disconnect = getattr(database, "_disconnect", None)
     if disconnect is not None:
         disconnect()
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small models: extra threads only contend on shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small_train_config(data_root: Path, method: str = "faster_rcnn") -> TrainConfig:

@@ -3,7 +3,7 @@ what it changes.
 
 ``tests/support`` is on the test path (``pythonpath`` in pyproject.toml); a test module imports
 what it uses by name. ``one_thread`` is an autouse fixture: importing it into a test module turns
-it on for that module only.
+it on for that module only (``one_thread_per_test``: for each test of a conftest's folder).
 """
 
 from __future__ import annotations
@@ -23,6 +23,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_thread_per_test():
+    """One intra-op thread for each test (for small tensors and models, extra threads only
+    contend on shared cores); a conftest that imports it turns it on for its folder."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # a ResNet-18-FPN Faster R-CNN on images of about 100 pixels: a forward pass takes a fraction of a second
