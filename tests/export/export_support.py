@@ -1,4 +1,5 @@
-"""Helpers shared by the export tests: listening sockets, processes, headless Chromium."""
+"""Helpers shared by the export tests: listening sockets, processes, headless Chromium, and
+checks of exported samples."""
 
 from __future__ import annotations
 
@@ -94,3 +95,23 @@ def capture_page(url: str, screenshot: Path, timeout: float = 120) -> PageCaptur
                f"--screenshot={screenshot}", url]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     return PageCapture(result.stdout, screenshot, result.stderr)
+
+
+def samples_by_image(dataset, data) -> dict[int, object]:
+    """Image id -> sample of the FiftyOne ``dataset`` exported from ``data`` (filepaths identify
+    the images)."""
+    ids = {str(data.image_path(i).resolve()): data.image_ids[i] for i in range(len(data))}
+    return {ids[s.filepath]: s for s in dataset}
+
+
+def assert_suppressed_link_to_predictions(sample, expected: int, threshold: float) -> int:
+    """The sample holds ``expected`` suppressed boxes, each naming a prediction of the sample of
+    its label and at least its confidence, at an IoU above the NMS ``threshold``; -> how many."""
+    predictions = {p.id: p for p in sample.predictions.detections}
+    suppressed = sample.suppressed.detections
+    assert len(suppressed) == expected
+    for box in suppressed:
+        suppressor = predictions[box.suppressed_by]
+        assert suppressor.label == box.label and suppressor.confidence >= box.confidence
+        assert threshold < box.suppressor_iou <= 1.0
+    return len(suppressed)

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from export_support import DENSE_METHODS
+from export_support import DENSE_METHODS, assert_suppressed_link_to_predictions, samples_by_image
 
 from workbench import records as R
 from workbench.data.sources import open_dataset
@@ -40,11 +40,6 @@ def exported(request, dense_exports):
     return method, fo.load_dataset(name), traces, data, output
 
 
-def _samples_by_image(dataset, data) -> dict[int, object]:
-    ids = {str(data.image_path(i).resolve()): data.image_ids[i] for i in range(len(data))}
-    return {ids[s.filepath]: s for s in dataset}
-
-
 def test_the_methods_declare_the_single_stage_views_and_their_traces_hold_them(dense_runs):
     for method, run in dense_runs.items():
         assert get_method(method).record_views == SINGLE_STAGE_VIEWS
@@ -68,7 +63,7 @@ def test_the_dataset_has_the_declared_fields_and_the_evaluation(exported):
 
 def test_predictions_are_the_traced_detections(exported):
     _, dataset, traces, data, _ = exported
-    samples = _samples_by_image(dataset, data)
+    samples = samples_by_image(dataset, data)
     total = 0
     for trace in traces:
         det = trace[R.DETECTIONS]
@@ -84,19 +79,13 @@ def test_predictions_are_the_traced_detections(exported):
 
 def test_suppressed_boxes_name_a_prediction_of_their_sample(exported):
     _, dataset, traces, data, output = exported
-    samples = _samples_by_image(dataset, data)
+    samples = samples_by_image(dataset, data)
     total = 0
     for trace in traces:
-        sample = samples[trace.image_id]
-        predictions = {p.id: p for p in sample.predictions.detections}
-        suppressed = sample.suppressed.detections
-        assert len(suppressed) == exported_suppressed_count(trace)
         threshold = float(trace[R.FINAL_NMS][R.NMS_IOU_THRESHOLD])
-        for box in suppressed:
-            suppressor = predictions[box.suppressed_by]
-            assert suppressor.label == box.label and suppressor.confidence >= box.confidence
-            assert threshold < box.suppressor_iou <= 1.0
-        total += len(suppressed)
+        total += assert_suppressed_link_to_predictions(
+            samples[trace.image_id], exported_suppressed_count(trace), threshold
+        )
     assert total > 0 and dataset.count("suppressed.detections") == total
     assert f"{total} suppressed" in output
 
@@ -105,7 +94,7 @@ def test_evaluation_marks_true_false_positives_and_misses(exported):
     _, dataset, _, data, _ = exported
     assert dataset.list_evaluations() == ["eval"]
     assert dataset.get_evaluation_info("eval").config.pred_field == "predictions"
-    samples = _samples_by_image(dataset, data)
+    samples = samples_by_image(dataset, data)
     for record in data.records:
         sample = samples[record.image_id]
         preds = sample.predictions.detections

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from export_support import assert_suppressed_link_to_predictions, samples_by_image
 from PIL import Image
 
 from workbench.data.sources import open_dataset
@@ -31,17 +32,11 @@ def exported(fiftyone_db, kl_run):
     return dataset, summary, traces, data
 
 
-def _samples_by_image(dataset, data) -> dict[int, object]:
-    """Image id -> sample (filepaths identify the images)."""
-    ids = {str(data.image_path(i).resolve()): data.image_ids[i] for i in range(len(data))}
-    return {ids[s.filepath]: s for s in dataset}
-
-
 def test_one_sample_per_traced_image_with_metadata(exported):
     dataset, summary, traces, data = exported
     assert len(dataset) == len(traces) == summary.num_samples == 4
     assert dataset.persistent and dataset.name == NAME
-    samples = _samples_by_image(dataset, data)
+    samples = samples_by_image(dataset, data)
     assert sorted(samples) == sorted(traces.image_ids)
     for sample in samples.values():
         assert Path(sample.filepath).is_file()
@@ -52,7 +47,7 @@ def test_one_sample_per_traced_image_with_metadata(exported):
 
 def test_ground_truth_has_every_box_and_the_crowd_flag(exported):
     dataset, _, _, data = exported
-    samples = _samples_by_image(dataset, data)
+    samples = samples_by_image(dataset, data)
     for index, record in enumerate(data.records):
         gt = samples[record.image_id].ground_truth.detections
         assert len(gt) == len(record)
@@ -65,7 +60,7 @@ def test_ground_truth_has_every_box_and_the_crowd_flag(exported):
 
 def test_predictions_are_the_runs_detections(exported, kl_run):
     dataset, _, traces, data = exported
-    samples = _samples_by_image(dataset, data)
+    samples = samples_by_image(dataset, data)
     results = json.loads((kl_run / "predictions" / "val.json").read_text())
     for trace in traces:
         det = trace["detections"]
@@ -83,7 +78,7 @@ def test_predictions_are_the_runs_detections(exported, kl_run):
 
 def test_proposals_are_the_top_100_post_nms_proposals_with_sigma(exported):
     dataset, _, traces, data = exported
-    samples = _samples_by_image(dataset, data)
+    samples = samples_by_image(dataset, data)
     for trace in traces:
         record = trace["rpn_proposals"]
         assert record["scores"].shape[0] == 150
@@ -103,19 +98,11 @@ def _exported_suppressions(trace) -> int:
 
 def test_suppressed_boxes_name_a_prediction_of_their_sample(exported):
     dataset, summary, traces, data = exported
-    samples = _samples_by_image(dataset, data)
+    samples = samples_by_image(dataset, data)
     total = 0
     for trace in traces:
-        sample = samples[trace.image_id]
-        predictions = {p.id: p for p in sample.predictions.detections}
-        suppressed = sample.suppressed.detections
-        assert len(suppressed) == _exported_suppressions(trace)
         threshold = float(trace["rcnn_nms"]["iou_threshold"])
-        for box in suppressed:
-            suppressor = predictions[box.suppressed_by]
-            assert suppressor.label == box.label and suppressor.confidence >= box.confidence
-            assert threshold < box.suppressor_iou <= 1.0
-        total += len(suppressed)
+        total += assert_suppressed_link_to_predictions(samples[trace.image_id], _exported_suppressions(trace), threshold)
     assert total > 0 and summary.counts["suppressed"] == total
     assert dataset.count("suppressed.detections") == total
 
@@ -151,7 +138,7 @@ def test_evaluation_marks_true_false_positives_and_misses(exported):
     assert dataset.list_evaluations() == ["eval"]
     info = dataset.get_evaluation_info("eval")
     assert info.config.method == "coco" and info.config.compute_mAP
-    samples = _samples_by_image(dataset, data)
+    samples = samples_by_image(dataset, data)
     for record in data.records:
         sample = samples[record.image_id]
         preds = sample.predictions.detections
