@@ -115,3 +115,12 @@ def assert_suppressed_link_to_predictions(sample, expected: int, threshold: floa
         assert suppressor.label == box.label and suppressor.confidence >= box.confidence
         assert threshold < box.suppressor_iou <= 1.0
     return len(suppressed)
+
+
+def assert_evaluation_marks(sample, record) -> None:
+    """The sample's predictions are marked true or false positives, and its counts add up: TP +
+    FP its predictions, TP + FN the non-ignored ground truth of its ``record``."""
+    preds = sample.predictions.detections
+    assert {p.eval for p in preds} <= {"tp", "fp"}
+    assert sample.eval_tp + sample.eval_fp == len(preds)
+    assert sample.eval_tp + sample.eval_fn == int((~record.ignore.astype(bool)).sum())

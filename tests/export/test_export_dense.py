@@ -12,7 +12,12 @@ import dataclasses
 
 import numpy as np
 import pytest
-from export_support import DENSE_METHODS, assert_suppressed_link_to_predictions, samples_by_image
+from export_support import (
+    DENSE_METHODS,
+    assert_evaluation_marks,
+    assert_suppressed_link_to_predictions,
+    samples_by_image,
+)
 
 from workbench import records as R
 from workbench.data.sources import open_dataset
@@ -97,10 +102,7 @@ def test_evaluation_marks_true_false_positives_and_misses(exported):
     samples = samples_by_image(dataset, data)
     for record in data.records:
         sample = samples[record.image_id]
-        preds = sample.predictions.detections
-        assert {p.eval for p in preds} <= {"tp", "fp"}
-        assert sample.eval_tp + sample.eval_fp == len(preds)
-        assert sample.eval_tp + sample.eval_fn == int((~record.ignore.astype(bool)).sum())
+        assert_evaluation_marks(sample, record)
     assert 0.0 <= dataset.load_evaluation_results("eval").mAP() <= 1.0
 
 
