@@ -156,10 +156,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_methods(args: argparse.Namespace) -> int:
     from workbench.methods import METHODS, get_method
 
+    width = max(len(name) for name in METHODS)
     for name in METHODS:
         method = get_method(name)
-        print(f"{name:<14} {method.description}")
-        print(f"{'':<14} presets: {', '.join(method.presets)}")
+        print(f"{name:<{width}}  {method.description}")
+        print(f"{'':<{width}}  presets: {', '.join(method.presets)}")
     return 0
 
 
