@@ -16,42 +16,16 @@ from workbench.config import train_config_from_dict
 from workbench.errors import ConfigError
 from workbench.methods import METHODS, TWO_STAGE_VIEWS, build_preset, get_method
 from workbench.methods.cascade_rcnn import CascadeRCNNConfig, build_cascade_rcnn
-from workbench.modeling import AllCandidates, FasterRCNNConfig, RandomSampler
+from workbench.modeling import AllCandidates, RandomSampler
 from workbench.modeling.transform import rescale_boxes
 from workbench.ops import clip_boxes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _base(**overrides) -> FasterRCNNConfig:
-    values = dict(
-        backbone="resnet18_fpn", num_classes=3, min_size=96, max_size=128, fpn_channels=32,
-        box_representation_size=64, rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
-        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_batch_size_per_image=64,
-    )
-    values.update(overrides)
-    return FasterRCNNConfig(**values)
-
-
-def _batch():
-    g = torch.Generator().manual_seed(3)
-    images = [torch.rand(3, 96, 120, generator=g), torch.rand(3, 110, 90, generator=g)]
-    targets = [
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 70.0], [5.0, 60.0, 40.0, 95.0]]), "labels": torch.tensor([1, 3])},
-        {"boxes": torch.tensor([[10.0, 50.0, 60.0, 100.0]]), "labels": torch.tensor([2])},
-    ]
-    return images, targets
+from detector_support import one_thread, small_faster_rcnn, two_image_batch  # noqa: F401 (one_thread: autouse)
 
 
 def _model(**overrides):
     torch.manual_seed(0)
-    return build_cascade_rcnn(CascadeRCNNConfig(base=_base(), **overrides))
+    return build_cascade_rcnn(CascadeRCNNConfig(base=small_faster_rcnn(), **overrides))
 
 
 def test_three_stages_with_the_papers_settings():
@@ -73,7 +47,7 @@ def test_three_stages_with_the_papers_settings():
 @pytest.mark.parametrize("resample", [False, True])
 def test_a_training_step_gives_finite_weighted_losses(resample):
     model = _model(resample_later_stages=resample).train()
-    images, targets = _batch()
+    images, targets = two_image_batch()
     out = model(images, targets, generator=torch.Generator().manual_seed(0))
     assert set(out.losses) == {"loss_rpn_cls", "loss_rpn_box"} | {
         f"loss_{s}_{k}" for s in ("rcnn", "rcnn_stage2", "rcnn_stage3") for k in ("cls", "box")}
@@ -94,7 +68,7 @@ def test_stage_loss_weights_scale_the_losses():
     weighted = _model()
     plain = _model(stage_loss_weights=(1.0, 1.0, 1.0))
     plain.load_state_dict(weighted.state_dict())
-    images, targets = _batch()
+    images, targets = two_image_batch()
     with torch.no_grad():
         a = weighted.train()(images, targets, generator=torch.Generator().manual_seed(1)).losses
         b = plain.train()(images, targets, generator=torch.Generator().manual_seed(1)).losses
@@ -104,7 +78,7 @@ def test_stage_loss_weights_scale_the_losses():
 
 def test_detections_average_the_class_scores_of_the_three_stages():
     model = _model().eval()
-    images, _ = _batch()
+    images, _ = two_image_batch()
     with torch.no_grad():
         out = model(images)
     passes = out.raw["box_stages"]

@@ -4,7 +4,6 @@ detections' true and predicted IoUs, and a run over a small generated dataset.""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from workbench.data.shapes import ShapesConfig, generate_shapes
@@ -19,13 +18,7 @@ from workbench.methods.iou_uniform.model import IoUUniformConfig, build_iou_unif
 from workbench.modeling import FasterRCNNConfig
 from workbench.viz.iou import iou_correlation_figure, localisation_gain, recall_at_ious
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from detector_support import one_thread  # noqa: F401 (one_thread: autouse)
 
 
 def test_roi_ious_keep_the_proposals_gt_by_hand():

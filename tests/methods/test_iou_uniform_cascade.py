@@ -17,40 +17,15 @@ from workbench.errors import ConfigError
 from workbench.methods import METHODS, build_preset, get_method
 from workbench.methods.cascade_rcnn import CascadeRCNNConfig
 from workbench.methods.iou_uniform.cascade import CascadeIoUUniformConfig, build_cascade_iou_uniform
-from workbench.modeling import FasterRCNNConfig
 from workbench.modeling.transform import rescale_boxes
 from workbench.ops import clip_boxes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _base() -> FasterRCNNConfig:
-    return FasterRCNNConfig(
-        backbone="resnet18_fpn", num_classes=3, min_size=96, max_size=128, fpn_channels=32,
-        box_representation_size=64, rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
-        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_batch_size_per_image=64,
-    )
-
-
-def _batch():
-    g = torch.Generator().manual_seed(3)
-    images = [torch.rand(3, 96, 120, generator=g), torch.rand(3, 110, 90, generator=g)]
-    targets = [
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 70.0], [5.0, 60.0, 40.0, 95.0]]), "labels": torch.tensor([1, 3])},
-        {"boxes": torch.tensor([[10.0, 50.0, 60.0, 100.0]]), "labels": torch.tensor([2])},
-    ]
-    return images, targets
+from detector_support import one_thread, small_faster_rcnn, two_image_batch  # noqa: F401 (one_thread: autouse)
 
 
 def _model(**overrides):
     torch.manual_seed(0)
-    return build_cascade_iou_uniform(CascadeIoUUniformConfig(cascade=CascadeRCNNConfig(base=_base()), **overrides))
+    return build_cascade_iou_uniform(CascadeIoUUniformConfig(cascade=CascadeRCNNConfig(base=small_faster_rcnn()), **overrides))
 
 
 def test_each_parameter_is_registered_once():
@@ -62,7 +37,7 @@ def test_each_parameter_is_registered_once():
 
 def test_training_runs_the_cascade_and_the_generated_samples_of_each_stage():
     model = _model().train()
-    images, targets = _batch()
+    images, targets = two_image_batch()
     out = model(images, targets, generator=torch.Generator().manual_seed(0))
     assert set(out.losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_rcnn_cls", "loss_rcnn_stage2_cls",
                                "loss_rcnn_stage3_cls"} | {
@@ -100,7 +75,7 @@ def test_training_runs_the_cascade_and_the_generated_samples_of_each_stage():
 @pytest.mark.parametrize("repool", [True, False])
 def test_detections_average_the_stages_and_multiply_the_last_iou(repool):
     model = _model(repool=repool).eval()
-    images, _ = _batch()
+    images, _ = two_image_batch()
     with torch.no_grad():
         out = model(images)
     passes = out.raw["box_stages"]
@@ -159,7 +134,7 @@ def test_model_overrides_reach_the_baseline_inside_the_cascade():
 @pytest.mark.parametrize("overrides", [{"use_interval_weights": False}, {"repool": False}, {"nms_score": "class"}])
 def test_each_switch_trains_and_detects(overrides):
     model = _model(**overrides).train()
-    images, targets = _batch()
+    images, targets = two_image_batch()
     out = model(images, targets, generator=torch.Generator().manual_seed(0))
     assert len(out.losses) == 11 and all(math.isfinite(float(v.detach())) for v in out.losses.values())
     out.total_loss().backward()

@@ -20,42 +20,15 @@ from workbench.methods.iou_uniform.model import (
     build_iou_uniform_faster_rcnn,
     interval_weight,
 )
-from workbench.modeling import FasterRCNNConfig
 from workbench.modeling.transform import rescale_boxes
 from workbench.ops import BoxCoder, clip_boxes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _base(**overrides) -> FasterRCNNConfig:
-    values = dict(
-        backbone="resnet18_fpn", num_classes=3, min_size=96, max_size=128, fpn_channels=32,
-        box_representation_size=64, rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=150,
-        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_batch_size_per_image=64,
-    )
-    values.update(overrides)
-    return FasterRCNNConfig(**values)
-
-
-def _batch():
-    g = torch.Generator().manual_seed(3)
-    images = [torch.rand(3, 96, 120, generator=g), torch.rand(3, 110, 90, generator=g)]
-    targets = [
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 70.0], [5.0, 60.0, 40.0, 95.0]]), "labels": torch.tensor([1, 3])},
-        {"boxes": torch.tensor([[10.0, 50.0, 60.0, 100.0]]), "labels": torch.tensor([2])},
-    ]
-    return images, targets
+from detector_support import one_thread, small_faster_rcnn, two_image_batch  # noqa: F401 (one_thread: autouse)
 
 
 def _model(**overrides):
     torch.manual_seed(0)
-    return build_iou_uniform_faster_rcnn(IoUUniformConfig(base=_base(), **overrides))
+    return build_iou_uniform_faster_rcnn(IoUUniformConfig(base=small_faster_rcnn(), **overrides))
 
 
 def _net_targets(out, images, targets):
@@ -81,7 +54,7 @@ SWITCHES = {
 @pytest.mark.parametrize("switch", sorted(SWITCHES))
 def test_a_training_step_gives_finite_losses_for_every_switch(switch):
     model = _model(**SWITCHES[switch]).train()
-    images, targets = _batch()
+    images, targets = two_image_batch()
     out = model(images, targets, generator=torch.Generator().manual_seed(0))
     assert set(out.losses) == {"loss_rpn_cls", "loss_rpn_box", "loss_rcnn_cls", "loss_iouhead_box", "loss_iouhead_iou"}
     assert all(math.isfinite(float(v.detach())) for v in out.losses.values())
@@ -102,7 +75,7 @@ def test_a_training_step_gives_finite_losses_for_every_switch(switch):
 
 def test_the_iou_head_trains_on_generated_samples_of_uniform_iou():
     model = _model().train()
-    images, targets = _batch()
+    images, targets = two_image_batch()
     out = model(images, targets, generator=torch.Generator().manual_seed(0))
     iou_pass = out.raw["box_stages"][1]
     for i, gt in enumerate(_net_targets(out, images, targets)):
@@ -121,7 +94,7 @@ def test_the_iou_head_trains_on_generated_samples_of_uniform_iou():
 @pytest.mark.parametrize("count,factor", [("equal", 1), ("double", 2)])
 def test_sample_count_follows_the_classification_stages_positives(count, factor):
     model = _model(sample_count=count).train()
-    images, targets = _batch()
+    images, targets = two_image_batch()
     out = model(images, targets, generator=torch.Generator().manual_seed(0))
     cls_pass, iou_pass = out.raw["box_stages"]
     for i in range(2):
@@ -131,7 +104,7 @@ def test_sample_count_follows_the_classification_stages_positives(count, factor)
 
 def test_without_generated_samples_the_iou_head_trains_on_positive_proposals():
     model = _model(generated_samples=False).train()
-    images, targets = _batch()
+    images, targets = two_image_batch()
     out = model(images, targets, generator=torch.Generator().manual_seed(0))
     iou_pass = out.raw["box_stages"][1]
     for i, gt in enumerate(_net_targets(out, images, targets)):
@@ -172,7 +145,7 @@ def test_interval_weights_reach_the_models_loss():
     differ by the weights of the samples' intervals, recomputed from the raw outputs."""
     weighted, plain = _model(), _model(use_interval_weights=False)
     plain.load_state_dict(weighted.state_dict())
-    images, targets = _batch()
+    images, targets = two_image_batch()
     weighted.train(), plain.train()
     with torch.no_grad():
         a = weighted(images, targets, generator=torch.Generator().manual_seed(4))
@@ -219,7 +192,7 @@ def _by_hand(out, use_iou: bool, iou_pass_index: int):
 @pytest.mark.parametrize("switch", ["default", "no_repool", "class_score_nms"])
 def test_detections_are_scored_by_class_times_the_second_iou(switch):
     model = _model(**SWITCHES[switch]).eval()
-    images, _ = _batch()
+    images, _ = two_image_batch()
     with torch.no_grad():
         out = model(images)
     passes = out.raw["box_stages"]
@@ -248,7 +221,7 @@ def test_detections_are_scored_by_class_times_the_second_iou(switch):
 def test_without_repooling_the_first_iou_is_the_prediction():
     with_repool, without = _model(), _model(repool=False)
     without.load_state_dict(with_repool.state_dict())  # the re-pooling pass adds no parameters
-    images, _ = _batch()
+    images, _ = two_image_batch()
     with torch.no_grad():
         a, b = with_repool.eval()(images), without.eval()(images)
     torch.testing.assert_close(a.raw["box_stages"][0]["iou"], b.raw["box_stages"][0]["iou"])
@@ -289,7 +262,7 @@ def test_a_trace_records_every_refined_roi_and_the_detections_carry_both_ious():
     from workbench.modeling import TraceRecorder
 
     model = _model().eval()
-    images, _ = _batch()
+    images, _ = two_image_batch()
     recorder = TraceRecorder()
     with torch.no_grad():
         plain = model(images)
@@ -320,7 +293,7 @@ def test_a_trace_records_every_refined_roi_and_the_detections_carry_both_ious():
 @pytest.mark.parametrize("switch", ["default", "equal", "rpn_samples"])
 def test_images_without_gt_train_with_zero_iou_head_losses(switch):
     model = _model(**SWITCHES[switch]).train()
-    images, _ = _batch()
+    images, _ = two_image_batch()
     empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}
     out = model(images, [empty, empty], generator=torch.Generator().manual_seed(0))
     assert float(out.losses["loss_iouhead_box"].detach()) == 0.0 == float(out.losses["loss_iouhead_iou"].detach())
@@ -338,7 +311,7 @@ def test_the_fiftyone_documents_carry_the_predicted_ious():
     from workbench.modeling import TraceRecorder
 
     model = _model().eval()
-    images, _ = _batch()
+    images, _ = two_image_batch()
     recorder = TraceRecorder()
     with torch.no_grad():
         out = model(images, recorder=recorder)
