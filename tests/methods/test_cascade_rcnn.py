@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
 from torchvision.ops import box_iou as tv_box_iou
 
 from workbench.config import train_config_from_dict
@@ -17,10 +16,8 @@ from workbench.errors import ConfigError
 from workbench.methods import METHODS, TWO_STAGE_VIEWS, build_preset, get_method
 from workbench.methods.cascade_rcnn import CascadeRCNNConfig, build_cascade_rcnn
 from workbench.modeling import AllCandidates, RandomSampler
-from workbench.modeling.transform import rescale_boxes
-from workbench.ops import clip_boxes
 
-from detector_support import one_thread, small_faster_rcnn, two_image_batch  # noqa: F401 (one_thread: autouse)
+from detector_support import detections_by_hand, one_thread, small_faster_rcnn, two_image_batch  # noqa: F401 (one_thread: autouse)
 
 
 def _model(**overrides):
@@ -84,19 +81,11 @@ def test_detections_average_the_class_scores_of_the_three_stages():
     passes = out.raw["box_stages"]
     scores = sum(F.softmax(p["class_logits"], dim=1) for p in passes) / 3
     last = model.roi_heads.stages[2]
-    start = 0
-    for i, det in enumerate(out.detections):
-        rows = slice(start, start + passes[2]["rois"][i].shape[0])
-        start = rows.stop
-        size = out.raw["image_sizes"][i]
-        boxes = clip_boxes(last.coder.decode(passes[2]["box_regression"][rows], passes[2]["rois"][i]), size)
-        s = scores[rows, 1:]
-        roi, label = torch.where(s > 0.05)
-        keep = batched_nms(boxes[roi], s[roi, label], label, 0.5)[:100]
-        assert len(det) == keep.numel() > 0
-        torch.testing.assert_close(det.boxes, rescale_boxes(boxes[roi[keep]], size, out.raw["original_sizes"][i]))
-        torch.testing.assert_close(det.scores, s[roi, label][keep])
-        assert torch.equal(det.labels, label[keep] + 1)
+    for det, hand in zip(out.detections, detections_by_hand(out, passes[2], last.coder, scores), strict=True):
+        assert len(det) == hand.scores.numel() > 0
+        torch.testing.assert_close(det.boxes, hand.boxes)
+        torch.testing.assert_close(det.scores, hand.scores)
+        assert torch.equal(det.labels, hand.labels)
 
 
 def test_registered_with_presets_from_the_baseline():

@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
 from torchvision.ops import box_iou as tv_box_iou
 
 from workbench.config import train_config_from_dict
@@ -17,10 +16,9 @@ from workbench.errors import ConfigError
 from workbench.methods import METHODS, build_preset, get_method
 from workbench.methods.cascade_rcnn import CascadeRCNNConfig
 from workbench.methods.iou_uniform.cascade import CascadeIoUUniformConfig, build_cascade_iou_uniform
-from workbench.modeling.transform import rescale_boxes
 from workbench.ops import clip_boxes
 
-from detector_support import one_thread, small_faster_rcnn, two_image_batch  # noqa: F401 (one_thread: autouse)
+from detector_support import detections_by_hand, one_thread, small_faster_rcnn, two_image_batch  # noqa: F401 (one_thread: autouse)
 
 
 def _model(**overrides):
@@ -83,22 +81,15 @@ def test_detections_average_the_stages_and_multiply_the_last_iou(repool):
     probs = sum(F.softmax(p["class_logits"], dim=1) for p in passes[:3]) / 3
     scores = probs * passes[-1]["iou"][:, None]
     coder = model.roi_heads.stages[2].coder
-    start = 0
-    for i, det in enumerate(out.detections):
-        rows = slice(start, start + passes[2]["rois"][i].shape[0])
-        start = rows.stop
-        size = out.raw["image_sizes"][i]
-        boxes = clip_boxes(coder.decode(passes[2]["box_regression"][rows], passes[2]["rois"][i]), size)
+    expected = detections_by_hand(out, passes[2], coder, scores)
+    for i, (det, hand) in enumerate(zip(out.detections, expected, strict=True)):
         if repool:
-            torch.testing.assert_close(passes[3]["rois"][i], boxes)
-        s = scores[rows, 1:]
-        roi, label = torch.where(s > 0.05)
-        keep = batched_nms(boxes[roi], s[roi, label], label, 0.5)[:100]
-        assert len(det) == keep.numel() > 0
-        torch.testing.assert_close(det.boxes, rescale_boxes(boxes[roi[keep]], size, out.raw["original_sizes"][i]))
-        torch.testing.assert_close(det.scores, s[roi, label][keep])
-        torch.testing.assert_close(det.extras["iou_pred"], passes[-1]["iou"][rows][roi[keep]])
-        torch.testing.assert_close(det.extras["iou_pred_first"], passes[2]["iou"][rows][roi[keep]])
+            torch.testing.assert_close(passes[3]["rois"][i], hand.refined)
+        assert len(det) == hand.scores.numel() > 0
+        torch.testing.assert_close(det.boxes, hand.boxes)
+        torch.testing.assert_close(det.scores, hand.scores)
+        torch.testing.assert_close(det.extras["iou_pred"], passes[-1]["iou"][hand.roi])
+        torch.testing.assert_close(det.extras["iou_pred_first"], passes[2]["iou"][hand.roi])
 
 
 def test_registered_with_presets_and_read_back_from_json():

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
 from torchvision.ops import box_iou as tv_box_iou
 
 from workbench.errors import ConfigError
@@ -23,7 +22,7 @@ from workbench.methods.iou_uniform.model import (
 from workbench.modeling.transform import rescale_boxes
 from workbench.ops import BoxCoder, clip_boxes
 
-from detector_support import one_thread, small_faster_rcnn, two_image_batch  # noqa: F401 (one_thread: autouse)
+from detector_support import detections_by_hand, one_thread, small_faster_rcnn, two_image_batch  # noqa: F401 (one_thread: autouse)
 
 
 def _model(**overrides):
@@ -175,18 +174,7 @@ def _by_hand(out, use_iou: bool, iou_pass_index: int):
     probs = F.softmax(passes[0]["class_logits"], dim=1)
     iou = passes[iou_pass_index]["iou"]
     scores = probs * iou[:, None] if use_iou else probs
-    start, expected = 0, []
-    for i, proposals in enumerate(passes[0]["rois"]):
-        rows = slice(start, start + proposals.shape[0])
-        start += proposals.shape[0]
-        size = out.raw["image_sizes"][i]
-        boxes = clip_boxes(coder.decode(passes[0]["box_regression"][rows], proposals), size)
-        s = scores[rows, 1:]
-        roi, label = torch.where(s > 0.05)
-        keep = batched_nms(boxes[roi], s[roi, label], label, 0.5)[:100]
-        boxes_i = rescale_boxes(boxes[roi[keep]], size, out.raw["original_sizes"][i])
-        expected.append((boxes_i, s[roi, label][keep], label[keep] + 1, roi[keep] + rows.start))
-    return expected
+    return detections_by_hand(out, passes[0], coder, scores)
 
 
 @pytest.mark.parametrize("switch", ["default", "no_repool", "class_score_nms"])
@@ -209,13 +197,13 @@ def test_detections_are_scored_by_class_times_the_second_iou(switch):
             torch.testing.assert_close(passes[1]["rois"][i], refined)
         assert not torch.equal(passes[1]["iou"], passes[0]["iou"])
     expected = _by_hand(out, use_iou=switch != "class_score_nms", iou_pass_index=-1)
-    for det, (boxes, scores, labels, roi) in zip(out.detections, expected):
+    for det, hand in zip(out.detections, expected):
         assert len(det) > 0 and set(det.extras) == {IOU_PRED, IOU_PRED_FIRST}
-        torch.testing.assert_close(det.boxes, boxes)
-        torch.testing.assert_close(det.scores, scores)
-        assert torch.equal(det.labels, labels)
-        torch.testing.assert_close(det.extras[IOU_PRED_FIRST], passes[0]["iou"][roi])
-        torch.testing.assert_close(det.extras[IOU_PRED], passes[-1]["iou"][roi])
+        torch.testing.assert_close(det.boxes, hand.boxes)
+        torch.testing.assert_close(det.scores, hand.scores)
+        assert torch.equal(det.labels, hand.labels)
+        torch.testing.assert_close(det.extras[IOU_PRED_FIRST], passes[0]["iou"][hand.roi])
+        torch.testing.assert_close(det.extras[IOU_PRED], passes[-1]["iou"][hand.roi])
 
 
 def test_without_repooling_the_first_iou_is_the_prediction():

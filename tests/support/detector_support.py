@@ -8,10 +8,15 @@ it on for that module only (``one_thread_per_test``: for each test of a conftest
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 import torch
+from torchvision.ops import batched_nms
 
 from workbench.modeling import FasterRCNNConfig
+from workbench.modeling.transform import rescale_boxes
+from workbench.ops import clip_boxes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -106,3 +111,32 @@ def preset_training_step(method: str, model_cfg, lr: float):
     loss.backward()
     optimizer.step()
     return model, out, loss
+
+
+class HandDetections(NamedTuple):
+    """One image's detections recomputed by ``detections_by_hand``."""
+
+    refined: torch.Tensor  # every RoI's box decoded and clipped, in network-input pixels
+    boxes: torch.Tensor  # the detections' boxes, in original-image pixels
+    scores: torch.Tensor
+    labels: torch.Tensor  # 1-based: 0 is the background
+    roi: torch.Tensor  # each detection's RoI: its row among the RoIs of all images
+
+
+def detections_by_hand(out, stage: dict, coder, scores: torch.Tensor) -> list[HandDetections]:
+    """Detections recomputed from a two-stage model's raw outputs, one per image: ``stage``'s box
+    regression decoded by ``coder`` onto its RoIs and clipped, the foreground ``scores`` (RoIs of
+    all images x classes, background first) above 0.05, per-class NMS at 0.5 (torchvision), the
+    top 100, boxes rescaled to the original image."""
+    start, expected = 0, []
+    for i, rois in enumerate(stage["rois"]):
+        rows = slice(start, start + rois.shape[0])
+        start = rows.stop
+        size = out.raw["image_sizes"][i]
+        refined = clip_boxes(coder.decode(stage["box_regression"][rows], rois), size)
+        s = scores[rows, 1:]
+        roi, label = torch.where(s > 0.05)
+        keep = batched_nms(refined[roi], s[roi, label], label, 0.5)[:100]
+        boxes = rescale_boxes(refined[roi[keep]], size, out.raw["original_sizes"][i])
+        expected.append(HandDetections(refined, boxes, s[roi, label][keep], label[keep] + 1, roi[keep] + rows.start))
+    return expected
