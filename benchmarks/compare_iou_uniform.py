@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import statistics
 from pathlib import Path
 
 import torch
+from seed_table import ap_table_lines, final_eval
 
 #: Row name -> (method, preset, overrides of the IoU-uniform model config).
 ROWS: dict[str, tuple[str, str, dict]] = {
@@ -68,42 +67,13 @@ def row_config(row: str, seed: int, args: argparse.Namespace):
 
 
 def train_or_reuse(row: str, seed: int, args: argparse.Namespace) -> Path:
-    from workbench.engine.checkpoint import load_checkpoint
-    from workbench.engine.run_dir import RunDir
-    from workbench.engine.trainer import load_run_config, train
+    """``OUT/<row>/seed_<seed>``, trained there unless a finished run is there (an interrupted
+    one is resumed)."""
+    from workbench.pipelines.runs import train_or_resume
 
     run_dir = Path(args.out) / row / f"seed_{seed}"
-    run = RunDir(run_dir)
-    if run.last_checkpoint.exists():
-        cfg = load_run_config(run_dir)
-        if load_checkpoint(run.last_checkpoint)["epoch"] < cfg.schedule.epochs:
-            train(cfg, run_dir, resume=True, progress=False)
-        return run_dir
-    train(row_config(row, seed, args), run_dir, progress=False)
+    train_or_resume(row_config(row, seed, args), run_dir)
     return run_dir
-
-
-def final_eval(run_dir: Path) -> dict[str, float]:
-    """The AP keys of the evaluation after the last epoch."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    last = [r for r in records if r.get("kind") == "eval"][-1]
-    return {k: last[k] for k in AP_KEYS if last.get(k) is not None}
-
-
-def mean_spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
-def table(results: dict[str, list[dict]]) -> str:
-    lines = ["| row | seeds | " + " | ".join(AP_KEYS) + " |", "|---|---:|" + "---:|" * len(AP_KEYS)]
-    for row, evals in results.items():
-        cells = [mean_spread([e[k] for e in evals if k in e]) for k in AP_KEYS]
-        lines.append(f"| {row} | {len(evals)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -123,9 +93,9 @@ def main() -> None:
     results: dict[str, list[dict]] = {row: [] for row in args.rows}
     for seed in args.seeds:
         for row in args.rows:
-            results[row].append(final_eval(train_or_reuse(row, seed, args)))
+            results[row].append(final_eval(train_or_reuse(row, seed, args), AP_KEYS))
     print(f"\ndata {args.data}, epochs {args.epochs or 'preset'}, seeds {args.seeds}; mean ± sample std\n")
-    print(table(results))
+    print("\n".join(ap_table_lines(results, AP_KEYS)))
 
 
 if __name__ == "__main__":

@@ -40,11 +40,15 @@ import dataclasses
 import json
 import logging
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_table import ap_table_lines, final_eval  # noqa: E402
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 OFF_RCNN = {"iou_balanced_sampling": False, "balanced_pyramid": False, "balanced_l1": False}
@@ -96,12 +100,6 @@ def train_or_reuse(row: str, seed: int, args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def final_eval(run_dir: Path) -> dict[str, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in records if r["kind"] == "eval"][-1]
-    return {k: last[k] for k in AP_KEYS if k in last}
-
-
 def hard_negative_shares(run_dir: Path, num_images: int, seed: int, split: str) -> dict[str, float]:
     """Share of negatives above IoU 0.05 (all, random-sampled, IoU-balanced-sampled) among the
     candidates the box stage samples from: the RPN's proposals with its training settings on the
@@ -123,7 +121,7 @@ def measure(row: str, run_dir: Path, args: argparse.Namespace) -> dict:
     from workbench.engine.trainer import load_run_config
 
     cfg = load_run_config(run_dir)
-    result = {"row": row, "seed": cfg.seed, **final_eval(run_dir)}
+    result = {"row": row, "seed": cfg.seed, **final_eval(run_dir, AP_KEYS)}
     if ROWS[row][0] in ("faster_rcnn", "libra_rcnn"):
         result["hard_negatives"] = hard_negative_shares(run_dir, args.negatives_images, cfg.seed,
                                                         cfg.data.train_split)
@@ -179,19 +177,8 @@ def time_model(run_dir: Path, repeats: int, batch_size: int) -> dict[str, float]
             "pyramid_in_inference": statistics.median(pyramid_t[1:])}
 
 
-def mean_spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def ap_table(results: dict[str, list[dict]]) -> str:
-    lines = ["| row | seeds | " + " | ".join(AP_KEYS) + " |", "|---|---:|" + "---:|" * len(AP_KEYS)]
-    for row, rows in results.items():
-        cells = [mean_spread([r[k] for r in rows if k in r]) for k in AP_KEYS]
-        lines.append(f"| {row} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines = ap_table_lines(results, AP_KEYS)
     shares = {row: rows for row, rows in results.items() if all("hard_negatives" in r for r in rows) and rows}
     if shares:
         names = list(next(iter(shares.values()))[0]["hard_negatives"])
