@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 from pathlib import Path
 
-import torch
-from seed_table import ap_table_lines, final_eval
+from seed_table import ap_table_lines, final_eval, over_seeds
 
 #: Row name -> (method, preset, overrides of the IoU-uniform model config).
 ROWS: dict[str, tuple[str, str, dict]] = {
@@ -86,15 +84,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-
-    results: dict[str, list[dict]] = {row: [] for row in args.rows}
-    for seed in args.seeds:
-        for row in args.rows:
-            results[row].append(final_eval(train_or_reuse(row, seed, args), AP_KEYS))
-    print(f"\ndata {args.data}, epochs {args.epochs or 'preset'}, seeds {args.seeds}; mean ± sample std\n")
+    results = over_seeds(args, lambda row, seed: final_eval(train_or_reuse(row, seed, args), AP_KEYS))
     print("\n".join(ap_table_lines(results, AP_KEYS)))
 
 

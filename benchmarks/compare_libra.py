@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import statistics
 import sys
 import time
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seed_table import ap_table_lines, final_eval  # noqa: E402
+from seed_table import ap_table_lines, final_eval, over_seeds  # noqa: E402
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 OFF_RCNN = {"iou_balanced_sampling": False, "balanced_pyramid": False, "balanced_l1": False}
@@ -205,15 +204,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/compare_libra")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-
-    results: dict[str, list[dict]] = {row: [] for row in args.rows}
-    for seed in args.seeds:
-        for row in args.rows:
-            results[row].append(measure(row, train_or_reuse(row, seed, args), args))
-    print(f"\ndata {args.data}, epochs {args.epochs or 'preset'}, seeds {args.seeds}; mean ± sample std\n")
+    results = over_seeds(args, lambda row, seed: measure(row, train_or_reuse(row, seed, args), args))
     print(ap_table(results))
     if args.cost:
         seed = args.seeds[0]

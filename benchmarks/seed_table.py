@@ -1,11 +1,31 @@
-"""What the comparison scripts share: the AP of a run's last evaluation, and the markdown table
-of each row's mean ± sample std over its seeds."""
+"""What the comparison scripts share: the grid of rows x seeds, the AP of a run's last
+evaluation, and the markdown table of each row's mean ± sample std over its seeds."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import statistics
 from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def over_seeds(args: argparse.Namespace, measure: Callable[[str, int], dict]) -> dict[str, list[dict]]:
+    """``measure(row, seed)`` of every row of ``args.rows`` for every seed of ``args.seeds`` (seed
+    by seed), with INFO logging and ``args.threads`` intra-op threads (when given): row -> one
+    result per seed. Prints the line that names the data, epochs and seeds of the table."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    results: dict[str, list[dict]] = {row: [] for row in args.rows}
+    for seed in args.seeds:
+        for row in args.rows:
+            results[row].append(measure(row, seed))
+    print(f"\ndata {args.data}, epochs {args.epochs or 'preset'}, seeds {args.seeds}; mean ± sample std\n")
+    return results
 
 
 def final_eval(run_dir: Path, keys: tuple[str, ...]) -> dict[str, float]:
