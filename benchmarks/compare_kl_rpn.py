@@ -49,12 +49,40 @@ AP_KEYS = ("AP", "AP50", "AP75")
 AR_KEYS = ("AR@100", "AR@300", "AR@1000")
 
 
+def previous_tiny(name: str):
+    """A compared row's ``tiny`` preset as it was before the miniature regime (ResNet-18-FPN
+    from scratch; the baseline with SGD lr 0.02, KL-RPN with Adam lr 3e-4), to rerun the first
+    comparison recorded in docs/benchmarks.md."""
+    import sys
+
+    from workbench.config import OptimizerConfig
+    from workbench.methods.kl_rpn import ADAM_BETAS, kl_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from learning_curve import old_tiny
+
+    base = old_tiny()
+    kl = dataclasses.replace(
+        base, method="kl_rpn", model=kl_model(base.model),
+        optimizer=OptimizerConfig(name="adam", lr=3e-4, reference_batch_size=4, betas=ADAM_BETAS,
+                                  weight_decay=1e-4, grad_clip_norm=10.0),
+    )
+    if name == BASELINE_WITH_KL_OPTIMIZER:
+        return dataclasses.replace(base, optimizer=kl.optimizer)
+    if name == KL_RPN_LAMBDA_1:
+        return dataclasses.replace(kl, model=dataclasses.replace(kl.model, rcnn_loss_weight=1.0))
+    return kl if name == "kl_rpn" else base
+
+
 def preset_config(name: str, seed: int, args: argparse.Namespace):
-    """The ``tiny`` preset of a compared row with the data, epochs and seed of this comparison."""
+    """The ``tiny`` preset of a compared row with the data, epochs and seed of this comparison
+    (with ``--previous-presets``, the presets before the miniature regime)."""
     from workbench.config import apply_overrides
     from workbench.methods import build_preset
 
-    if name == BASELINE_WITH_KL_OPTIMIZER:
+    if args.previous_presets:
+        cfg = previous_tiny(name)
+    elif name == BASELINE_WITH_KL_OPTIMIZER:
         cfg = dataclasses.replace(build_preset("faster_rcnn", "tiny"), optimizer=build_preset("kl_rpn", "tiny").optimizer)
     elif name == KL_RPN_LAMBDA_1:
         cfg = build_preset("kl_rpn", "tiny")
@@ -159,6 +187,9 @@ def main() -> None:
                         help=f"rows to compare; {BASELINE_WITH_KL_OPTIMIZER}: the baseline with KL-RPN's Adam; "
                              f"{KL_RPN_LAMBDA_1}: KL-RPN with lambda = 1 on the second-stage losses")
     parser.add_argument("--out", default="runs/compare_kl_rpn")
+    parser.add_argument("--previous-presets", action="store_true",
+                        help="the tiny presets before the miniature regime (ResNet-18-FPN from scratch), "
+                             "to rerun the first recorded comparison")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--figure", help="write the offset histograms (first seed) to this file (.html, or .png)")
     args = parser.parse_args()
