@@ -199,3 +199,24 @@ def test_a_checkpoint_that_fails_to_serialise_keeps_the_previous_one(tmp_path):
         save_atomic({"epoch": 2, "bad": Unpicklable()}, path)
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_written_files_get_ordinary_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
+    import stat
+
+    from workbench.atomic import _process_umask, write_text_atomic
+
+    umask = os.umask(0o022)
+    _process_umask.cache_clear()
+    try:
+        new = write_text_atomic(tmp_path / "new.json", "{}")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        write_text_atomic(kept, "new")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_text() == "new"
+    finally:
+        os.umask(umask)
+        _process_umask.cache_clear()

@@ -24,12 +24,30 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions the written file gets: those of the file it replaces, else what ``open``
+    would give a new file (``0o666`` less the umask), not ``mkstemp``'s private ``0o600``."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_process_umask()
+
+
+@functools.lru_cache(maxsize=1)
+def _process_umask() -> int:
+    """The umask, read once (reading it means setting it, briefly)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _sync_dir(folder: Path) -> None:
@@ -61,6 +79,7 @@ def atomic_output(path: Path | str) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
