@@ -113,7 +113,8 @@ def runs_with_proposals(runs) -> list:
 def proposal_sections(runs, *, max_images: int, top_n: int, device: str) -> list[Section]:
     """Proposal recall of every run with proposals and their offsets to the ground truth by
     objectness (none without such runs)."""
-    from workbench.pipelines.runs import objectness_offsets_of_runs, run_proposal_recall
+    from workbench.evaluation.proposals import run_proposal_recall
+    from workbench.pipelines.runs import objectness_offsets_of_runs
     from workbench.viz.proposals import objectness_offsets_figure
     from workbench.viz.tables import metrics_table_figure
 

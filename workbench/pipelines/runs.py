@@ -7,7 +7,6 @@
 - :func:`ensure_traces`: the run's saved traces of a split, predicting with traces first when
   there are none;
 - :func:`select_traces`, :func:`run_dataset`, :func:`load_run`: what the figures need;
-- :func:`run_proposal_recall`: class-agnostic AR@100/300/1000 of the run's RPN.
 """
 
 from __future__ import annotations
@@ -78,14 +77,6 @@ def evaluate_run_detailed(
     return evaluation
 
 
-def _gt_subset(dataset, image_ids: Sequence[int]) -> dict:
-    """The dataset's COCO dict restricted to ``image_ids``."""
-    gt = dataset.to_coco_dict()
-    keep = set(int(i) for i in image_ids)
-    return {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
-            "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
-
-
 def category_names(dataset) -> dict[int, str]:
     """Category id -> name (for precision-recall legends)."""
     return {int(c["id"]): str(c["name"]) for c in dataset.categories}
@@ -147,27 +138,6 @@ def load_run(run_dir: Path | str, name: str | None = None) -> RunSummary:
     )
 
 
-def run_proposal_recall(
-    run_dir: Path | str, *, max_images: int | None = 100, top_n: int = 1000, which: str = "best",
-    split: str | None = None, device: str = "cpu",
-) -> dict[str, float]:
-    """Class-agnostic proposal recall (``AR@100``, ``AR@300``, ``AR@1000`` and ``R50@N``,
-    ``R70@N``) of the run's RPN with ``top_n`` proposals per image, on the first
-    ``max_images`` images of ``split``."""
-    from workbench.engine.trainer import load_trained_model, resolve_device
-    from workbench.evaluation import coco_gt_from_dict, proposal_recall
-    from workbench.methods.kl_rpn.analysis import rpn_proposals, settings_with_top_n
-
-    device = str(resolve_device(device))
-    model, cfg, _ = load_trained_model(run_dir, which, device)
-    dataset = run_dataset(run_dir, split)
-    indices = list(range(len(dataset) if max_images is None else min(max_images, len(dataset))))
-    proposals = rpn_proposals(model, dataset, indices=indices, device=device, batch_size=cfg.batch_size,
-                              settings=settings_with_top_n(model, top_n))
-    coco_gt = coco_gt_from_dict(_gt_subset(dataset, list(proposals)), source=str(run_dir))
-    return proposal_recall(coco_gt, proposals)
-
-
 def evaluation_from_predictions(run_dir: Path | str, split: str | None = None):
     """:class:`workbench.evaluation.CocoEvaluation` of the COCO results that ``workbench
     predict`` wrote to ``RUN/predictions/<split>.json`` (it predicts the whole split) against
@@ -188,10 +158,10 @@ def objectness_offsets_of_runs(
     runs: Sequence[RunSummary], *, max_images: int | None = 100, device: str = "cpu", which: str = "best"
 ) -> dict[str, tuple[Any, Any]]:
     """Run name -> ``(high, low)`` offsets of its highest- and lowest-objectness proposals to
-    their ground truth (KL-RPN paper Fig. 3; see :mod:`workbench.methods.kl_rpn.analysis`),
+    their ground truth (KL-RPN paper Fig. 3; see :mod:`workbench.evaluation.proposals`),
     ready for :func:`workbench.viz.proposals.objectness_offsets_figure`."""
     from workbench.engine.trainer import resolve_device
-    from workbench.methods.kl_rpn.analysis import run_objectness_offsets
+    from workbench.evaluation.proposals import run_objectness_offsets
 
     device = str(resolve_device(device))
     out = {}
