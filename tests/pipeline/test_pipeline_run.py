@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -103,6 +104,88 @@ def test_changed_parameters_rerun_that_step_and_the_ones_after(tmp_path, noteboo
     assert [o.status for o in outcomes] == ["skipped", "ran", "ran"]
     steps = [line.split()[0] for line in log_lines(out / "log.txt")]
     assert steps == ["first", "second", "third", "second_v2", "third"]
+
+
+GROUPED = """
+parameters:
+  log_file: "{out}/log.txt"
+  fail_if_exists: ""
+steps:
+  - name: before
+    notebook: ../notebooks/log.ipynb
+    parameters: {step: before}
+  - name: left
+    group: train
+    notebook: ../notebooks/sleep.ipynb
+  - name: right
+    group: train
+    notebook: ../notebooks/sleep.ipynb
+  - name: after
+    notebook: ../notebooks/log.ipynb
+    parameters: {step: after}
+"""
+
+SLEEP_BODY = """
+import os, time, json
+start = time.time()
+print(f"{step} is running", flush=True)
+if Path(fail_if_exists).name and Path(fail_if_exists).exists():
+    raise ValueError(f"broken on purpose in {step}")
+time.sleep(seconds)
+with open(log_file, "a") as f:
+    f.write(json.dumps({"step": step, "start": start, "end": time.time(),
+                        "threads": os.environ.get("OMP_NUM_THREADS")}) + "\\n")
+"""
+
+
+def grouped_pipeline(tmp_path: Path, notebooks: Path, seconds: float = 2.0) -> Path:
+    body = "from pathlib import Path\n" + SLEEP_BODY
+    params = f'step = "?"\nlog_file = "log.txt"\nfail_if_exists = ""\nseconds = {seconds}'
+    write_notebook(notebooks / "sleep.ipynb", params, body)
+    text = GROUPED.replace("notebook: ../notebooks/sleep.ipynb",
+                           "notebook: ../notebooks/sleep.ipynb\n    parameters: {step: STEP, fail_if_exists: \"{out}/broken_STEP\"}")
+    text = text.replace("STEP", "left", 2).replace("STEP", "right", 2)
+    return write_pipeline(tmp_path, text)
+
+
+def test_a_group_runs_its_steps_at_the_same_time_with_the_threads_shared(tmp_path, notebooks, monkeypatch, capsys):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    out = tmp_path / "out"
+    path = grouped_pipeline(tmp_path, notebooks)
+    outcomes = run_pipeline(load_pipeline(path, out))
+
+    assert [o.name for o in outcomes if o.status == "ran"][0] == "before"
+    assert outcomes[-1].name == "after" and {o.name for o in outcomes[1:3]} == {"left", "right"}
+    import json
+    lines = log_lines(out / "log.txt")
+    assert lines[0].startswith("before") and lines[-1].startswith("after")
+    runs = {r["step"]: r for r in map(json.loads, lines[1:3])}
+    assert runs["left"]["start"] < runs["right"]["end"] and runs["right"]["start"] < runs["left"]["end"]
+    assert runs["left"]["threads"] == runs["right"]["threads"] == "2"  # 4 CPUs shared by 2 steps
+    assert "OMP_NUM_THREADS" not in os.environ  # restored after the group
+    printed = capsys.readouterr().out
+    assert "[left] left is running" in printed and "[right] right is running" in printed
+    assert "left, right: together, 2 thread(s) each" in printed
+    state = json.loads((out / "pipeline_state.json").read_text())
+    assert set(state["steps"]) == {"before", "left", "right", "after"}
+
+
+def test_a_failing_step_of_a_group_lets_the_other_finish_and_resume_runs_only_it(tmp_path, notebooks):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "broken_left").touch()
+    path = grouped_pipeline(tmp_path, notebooks, seconds=0.5)
+    with pytest.raises(PipelineError, match="step 'left'.*broken on purpose in left"):
+        run_pipeline(load_pipeline(path, out), echo=lambda line: None)
+    import json
+    assert [json.loads(line)["step"] for line in log_lines(out / "log.txt")[1:]] == ["right"]
+    assert set(json.loads((out / "pipeline_state.json").read_text())["steps"]) == {"before", "right"}
+
+    (out / "broken_left").unlink()
+    outcomes = run_pipeline(load_pipeline(path, out), echo=lambda line: None)
+    assert [(o.name, o.status) for o in outcomes] == [
+        ("before", "skipped"), ("right", "skipped"), ("left", "ran"), ("after", "ran")]
 
 
 TRAIN_BODY = """

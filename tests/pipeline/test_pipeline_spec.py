@@ -47,6 +47,9 @@ steps:
         ("steps:\n  - {name: a, command: [x]}\n  - {name: a, command: [y]}", "used twice"),
         ("steps:\n  - {name: a, command: [x], colour: red}", "unknown keys ['colour']"),
         ("steps: [a, b", "not valid YAML (line"),
+        ("steps:\n  - {name: a, command: [x], group: 3}", "'group' must be a non-empty string"),
+        ("steps:\n  - {name: a, command: [x], group: g}\n  - {name: b, command: [y]}\n"
+         "  - {name: c, command: [z], group: g}", "steps of a group must be consecutive"),
     ],
 )
 def test_malformed_files_give_one_line(tmp_path, capsys, text, message):

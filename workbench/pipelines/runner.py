@@ -16,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,20 +85,21 @@ def command_argv(command: tuple[str, ...]) -> list[str]:
 
 
 def run_notebook(step: Step, *, kernel_name: str = KERNEL_NAME, log_output: bool = False,
-                 stream_output: bool = True) -> None:
+                 stream_output: bool = True, streams: dict[str, Any] | None = None) -> None:
     """Execute the step's notebook with papermill into ``step.output``.
 
     With ``stream_output`` what the notebook's cells print (stdout and stderr: the training's
     progress lines, for one) is copied to this process's stdout and stderr while the cell
     runs, as ``papermill --log-output`` would show it but without papermill's own cell
     markers. ``log_output`` streams everything through papermill's logger instead (cell
-    markers and results included).
+    markers and results included). ``streams`` gives papermill other ``stdout_file`` and
+    ``stderr_file`` objects (a group's labelled streams).
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     step.output.parent.mkdir(parents=True, exist_ok=True)
-    streams = {}
+    streams = dict(streams or {})
     if stream_output and not log_output:
         streams = {"stdout_file": sys.stdout, "stderr_file": sys.stderr}
     try:
@@ -158,6 +162,18 @@ def is_finished(state: dict[str, Any], step: Step) -> bool:
     return bool(entry) and entry.get("fingerprint") == step.fingerprint()
 
 
+def step_batches(steps: tuple[Step, ...]) -> list[list[Step]]:
+    """The steps cut into batches that run one after the other: a step on its own, or the
+    consecutive steps of one group (which run concurrently)."""
+    batches: list[list[Step]] = []
+    for step in steps:
+        if batches and step.group is not None and batches[-1][0].group == step.group:
+            batches[-1].append(step)
+        else:
+            batches.append([step])
+    return batches
+
+
 def run_pipeline(
     pipeline: Pipeline,
     *,
@@ -167,37 +183,131 @@ def run_pipeline(
     stream_output: bool = True,
     echo: Callable[[str], None] | None = None,
 ) -> list[StepOutcome]:
-    """Run the pipeline's steps in order (see the module docstring for resuming). What the
-    notebooks print is streamed while they run (``stream_output``, see :func:`run_notebook`)."""
+    """Run the pipeline's steps in order, a group's steps concurrently (see the module
+    docstring for resuming). What the notebooks print is streamed while they run
+    (``stream_output``, see :func:`run_notebook`); a group's lines carry their step's name."""
     echo = echo or _print_flushed
     pipeline.out.mkdir(parents=True, exist_ok=True)
     state = {"steps": {}} if fresh else read_state(pipeline)
     state.update(pipeline=pipeline.name, source=str(pipeline.source))
     outcomes: list[StepOutcome] = []
     resuming = True
+    numbers = {step.name: number for number, step in enumerate(pipeline.steps, start=1)}
     total = len(pipeline.steps)
-    for number, step in enumerate(pipeline.steps, start=1):
-        resuming = resuming and is_finished(state, step)
-        if resuming:
-            echo(f"[{number}/{total}] {step.name}: finished before, skipped")
-            outcomes.append(StepOutcome(step.name, "skipped", 0.0, step.output))
+    options = {"kernel_name": kernel_name, "log_output": log_output, "stream_output": stream_output}
+    for batch in step_batches(pipeline.steps):
+        to_run = []
+        for step in batch:
+            if resuming and is_finished(state, step):
+                echo(f"[{numbers[step.name]}/{total}] {step.name}: finished before, skipped")
+                outcomes.append(StepOutcome(step.name, "skipped", 0.0, step.output))
+            else:
+                to_run.append(step)
+        resuming = resuming and not to_run
+        if not to_run:
             continue
-        state["steps"].pop(step.name, None)
+        for step in to_run:
+            state["steps"].pop(step.name, None)
         write_state(pipeline, state)
-        echo(f"[{number}/{total}] {step.name}: {_describe(step)}")
-        start = time.perf_counter()
-        run_step(step, pipeline, kernel_name=kernel_name, log_output=log_output, stream_output=stream_output)
-        seconds = time.perf_counter() - start
-        state["steps"][step.name] = {
-            "fingerprint": step.fingerprint(),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 2),
-            "output": str(step.output) if step.output else None,
-        }
-        write_state(pipeline, state)
-        echo(f"[{number}/{total}] {step.name}: done in {seconds:.1f} s")
-        outcomes.append(StepOutcome(step.name, "ran", seconds, step.output))
+
+        def finished(step: Step, seconds: float) -> None:
+            state["steps"][step.name] = {
+                "fingerprint": step.fingerprint(),
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(seconds, 2),
+                "output": str(step.output) if step.output else None,
+            }
+            write_state(pipeline, state)
+            echo(f"[{numbers[step.name]}/{total}] {step.name}: done in {seconds:.1f} s")
+            outcomes.append(StepOutcome(step.name, "ran", seconds, step.output))
+
+        if len(to_run) == 1:
+            step = to_run[0]
+            echo(f"[{numbers[step.name]}/{total}] {step.name}: {_describe(step)}")
+            start = time.perf_counter()
+            run_step(step, pipeline, **options)
+            finished(step, time.perf_counter() - start)
+        else:
+            _run_together(to_run, pipeline, options, numbers, total, echo, finished)
     return outcomes
+
+
+def _run_together(steps: list[Step], pipeline: Pipeline, options: dict[str, Any], numbers: dict[str, int],
+                  total: int, echo: Callable[[str], None], finished: Callable[[Step, float], None]) -> None:
+    """Run a group's steps at the same time, sharing the CPU's threads out between them. Every
+    step runs to its end even when another fails (nothing written is lost); the first failure
+    is raised once all have stopped."""
+    threads = max(1, (os.cpu_count() or 1) // len(steps))
+    echo(f"[{numbers[steps[0].name]}-{numbers[steps[-1].name]}/{total}] "
+         f"{', '.join(s.name for s in steps)}: together, {threads} thread(s) each")
+    for step in steps:
+        echo(f"[{numbers[step.name]}/{total}] {step.name}: {_describe(step)}")
+    errors: list[BaseException] = []
+    with _thread_budget(threads), _papermill_logging(options["log_output"]):
+        with ThreadPoolExecutor(max_workers=len(steps)) as pool:
+            starts = {}
+            futures = {}
+            for step in steps:
+                starts[step.name] = time.perf_counter()
+                futures[pool.submit(_run_labelled, step, pipeline, options)] = step
+            for future in as_completed(futures):
+                step = futures[future]
+                try:
+                    future.result()
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others end
+                    errors.append(exc)
+                    continue
+                finished(step, time.perf_counter() - starts[step.name])
+    if errors:
+        raise errors[0]
+
+
+def _run_labelled(step: Step, pipeline: Pipeline, options: dict[str, Any]) -> None:
+    """One step of a group; a notebook's streamed output is prefixed with the step's name."""
+    if step.kind == "notebook" and options["stream_output"] and not options["log_output"]:
+        run_notebook(step, kernel_name=options["kernel_name"], log_output=False, stream_output=False,
+                     streams={"stdout_file": _Labelled(step.name, sys.stdout),
+                              "stderr_file": _Labelled(step.name, sys.stderr)})
+    else:
+        run_step(step, pipeline, **options)
+
+
+class _Labelled:
+    """A text stream that writes whole lines to ``target``, each prefixed with ``[label]``, so
+    that the lines of concurrent steps stay apart."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, label: str, target: Any) -> None:
+        self.label = label
+        self.target = target
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        if lines:
+            with self._lock:
+                self.target.write("".join(f"[{self.label}] {line}\n" for line in lines))
+                self.target.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _thread_budget(threads: int):
+    """``OMP_NUM_THREADS`` for the kernels and processes started inside (torch reads it when it
+    is imported), unless the user has set it."""
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def _print_flushed(line: str) -> None:

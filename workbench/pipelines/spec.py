@@ -14,6 +14,12 @@ A pipeline is a YAML file::
       - name: export
         command: [workbench, export, fiftyone, --run, "{out}/runs/faster_rcnn"]
 
+Consecutive steps that name the same ``group`` are independent of each other and run at the
+same time, each in its own kernel or process, with the CPU's threads shared out between them
+(``OMP_NUM_THREADS``, unless it is set already); the next step starts once all of them
+finished. Two training runs on a 2-core machine finish sooner side by side, one thread each,
+than one after the other with two threads each.
+
 A step has either ``notebook`` (run with papermill, the executed copy kept at ``output``) or
 ``command`` (a list of arguments; a leading ``workbench`` runs this interpreter's workbench).
 ``{out}`` in any string (parameters, outputs, command arguments; nested lists and dicts too) is
@@ -26,6 +32,7 @@ parameter on every notebook step whose notebook declares it in its ``parameters`
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -34,7 +41,7 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 
-STEP_KEYS = {"name", "notebook", "command", "parameters", "output"}
+STEP_KEYS = {"name", "notebook", "command", "parameters", "output", "group"}
 TOP_KEYS = {"name", "output", "parameters", "steps"}
 
 
@@ -51,6 +58,9 @@ class Step:
     output: Path | None = None
     command: tuple[str, ...] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: Steps of one group run concurrently (see the module docstring); not part of the
+    #: fingerprint, since it changes when a step runs, not what it computes.
+    group: str | None = None
 
     @property
     def kind(self) -> str:
@@ -130,19 +140,38 @@ def _check_step(path: Path, number: int, raw: Any, seen: set[str]) -> str:
         raise PipelineError(f"{path}: step '{name}': 'parameters' must be a mapping")
     if "command" in raw and (not isinstance(raw["command"], list) or not raw["command"]):
         raise PipelineError(f"{path}: step '{name}': 'command' must be a non-empty list of arguments")
+    if "group" in raw and (not isinstance(raw["group"], str) or not raw["group"]):
+        raise PipelineError(f"{path}: step '{name}': 'group' must be a non-empty string")
     return name
+
+
+def _check_groups(path: Path, steps: list[Step]) -> None:
+    """A group's steps stand next to each other (a step between them would have to run both
+    before and after them)."""
+    closed: set[str] = set()
+    for previous, step in zip([None, *steps], steps):
+        group = step.group
+        if group is not None and group in closed and (previous is None or previous.group != group):
+            raise PipelineError(
+                f"{path}: step '{step.name}' is in group '{group}', but the group's earlier steps are not "
+                "right before it; the steps of a group must be consecutive"
+            )
+        if group is not None:
+            closed.add(group)
 
 
 def _resolve_step(raw: dict[str, Any], shared: dict[str, Any], names: dict[str, str], base: Path, out: Path) -> Step:
     raw = substitute(raw, names)
     name = raw["name"]
+    group = raw.get("group")
     if "command" in raw:
-        return Step(name=name, command=tuple(str(a) for a in raw["command"]))
+        return Step(name=name, command=tuple(str(a) for a in raw["command"]), group=group)
     notebook = Path(raw["notebook"])
     notebook = notebook if notebook.is_absolute() else (base / notebook)
     output = Path(raw.get("output") or out / "notebooks" / f"{name}.ipynb")
     parameters = {**shared, **raw.get("parameters", {})}
-    return Step(name=name, notebook=notebook.resolve(), output=output.absolute(), parameters=parameters)
+    return Step(name=name, notebook=notebook.resolve(), output=output.absolute(), parameters=parameters,
+                group=group)
 
 
 def notebook_parameters(path: Path) -> set[str]:
@@ -176,7 +205,7 @@ def apply_overrides(steps: list[Step], overrides: dict[str, Any], source: Path) 
         declared = notebook_parameters(step.notebook)
         mine = {k: v for k, v in overrides.items() if k in declared}
         used |= set(mine)
-        out.append(Step(step.name, step.notebook, step.output, step.command, {**step.parameters, **mine}))
+        out.append(dataclasses.replace(step, parameters={**step.parameters, **mine}))
     unused = sorted(set(overrides) - used)
     if unused:
         raise PipelineError(f"{source}: no notebook of this pipeline has the parameter(s) {', '.join(unused)}")
@@ -203,6 +232,7 @@ def load_pipeline(
     for number, raw in enumerate(document["steps"], start=1):
         seen.add(_check_step(path, number, raw, seen))
         steps.append(_resolve_step(raw, shared, names, base, out_dir))
+    _check_groups(path, steps)
     for step in steps:
         if step.notebook is not None and not step.notebook.is_file():
             raise PipelineError(f"{path}: step '{step.name}': no such notebook {step.notebook}")
