@@ -9,6 +9,7 @@ passes the parts it replaces to :func:`build_faster_rcnn`; the box branch is a s
 
 from workbench.modeling.anchor_generator import AnchorGenerator
 from workbench.modeling.assignment import (
+    AllCandidates,
     Assignment,
     HardNegativeSampler,
     IoUMatcher,
@@ -20,7 +21,7 @@ from workbench.modeling.assignment import (
     assign_to_gt,
 )
 from workbench.modeling.backbones import BACKBONES, FeatureExtractor, SingleLevel, build_backbone
-from workbench.modeling.box_stages import AllCandidates, BoxSource, BoxStage, StageLoss, StageOutput
+from workbench.modeling.box_stages import BoxSource, BoxStage, StageLoss, StageOutput
 from workbench.modeling.faster_rcnn import (
     FasterRCNN,
     FasterRCNNConfig,

@@ -35,6 +35,7 @@ from workbench.ops import (
 )
 
 __all__ = [
+    "AllCandidates",
     "Assignment",
     "HardNegativeSampler",
     "IoUMatcher",
@@ -224,6 +225,22 @@ class RandomSampler:
         losses: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         return sample_random(assignment.labels, self.num_samples, self.positive_fraction, generator)
+
+
+@dataclass(frozen=True)
+class AllCandidates:
+    """Sampler that keeps every candidate that is not ignored (positives ``labels > 0``,
+    negatives ``labels == 0``; ``-1`` stays out): detectron2's later cascade stages train on all
+    the boxes the previous stage refined without sampling again, and RetinaNet on every anchor
+    (its focal loss does the balancing). ``generator`` and ``losses`` are not used."""
+
+    def __call__(
+        self,
+        assignment: Assignment,
+        generator: torch.Generator | None = None,
+        losses: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        return assignment.labels > 0, assignment.labels == 0
 
 
 @dataclass(frozen=True)

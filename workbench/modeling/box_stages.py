@@ -80,21 +80,6 @@ class StageLoss(Protocol):
 RoIFields = Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]]
 
 
-@dataclass(frozen=True)
-class AllCandidates:
-    """Sampler that keeps every candidate that is not ignored (positives ``labels > 0``,
-    negatives ``labels == 0``): detectron2's later cascade stages train on all the boxes the
-    previous stage refined, without sampling again."""
-
-    def __call__(
-        self,
-        assignment: Assignment,
-        generator: torch.Generator | None = None,
-        losses: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        return assignment.labels > 0, assignment.labels == 0
-
-
 def append_gt(proposals: Tensor, target: Mapping[str, Tensor]) -> Tensor:
     """Proposals (P, 4) followed by the target's non-ignored GT boxes."""
     gt_boxes = target["boxes"].to(proposals.dtype)

@@ -41,9 +41,9 @@ from torch import Tensor, nn
 from workbench import records as R
 from workbench.losses import cross_entropy, l1, reduce_loss, smooth_l1
 from workbench.losses.focal import sigmoid_focal_loss
-from workbench.modeling.assignment import Assignment, Matcher, Sampler
+from workbench.modeling.assignment import AllCandidates, Assignment, Matcher, Sampler
 from workbench.modeling.faster_rcnn import detections_to_original, start_batch
-from workbench.modeling.rpn import flatten_levels
+from workbench.modeling.rpn import level_ids, run_head_on_anchors
 from workbench.modeling.trace import TraceRecorder, grouped_nms
 from workbench.ops import BoxCoder, clip_boxes
 from workbench.structures import Detections, DetectorOutput
@@ -91,15 +91,10 @@ class DensePostprocess(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class AllAnchors:
-    """Sampler that keeps every positive and every negative (RetinaNet: the focal loss does the
-    balancing); ignored anchors (``-1``) stay out. ``generator`` and ``losses`` are not used."""
-
-    def __call__(
-        self, assignment: Assignment, generator: torch.Generator | None = None, losses: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        return assignment.labels > 0, assignment.labels == 0
+#: RetinaNet's sampler: every positive and every negative anchor (the focal loss does the
+#: balancing); the same sampler as the cascade's later stages, under the name the dense
+#: detectors have used.
+AllAnchors = AllCandidates
 
 
 @dataclass(frozen=True)
@@ -321,10 +316,7 @@ class SoftmaxPostprocess(_CandidatesThenNMS):
         probabilities = F.softmax(preds["cls_logits"], dim=-1)
         deltas = preds["deltas"]
         num_classes = probabilities.shape[-1]
-        device = anchors.device
-        levels = torch.repeat_interleave(
-            torch.arange(len(level_counts), device=device), torch.tensor(list(level_counts), device=device)
-        )
+        levels = level_ids(level_counts, anchors.device)
         for i, image_size in enumerate(image_sizes):
             decoded = clip_boxes(self.box_coder.decode(deltas[i], anchors), image_size)
             by_class = probabilities[i].t().contiguous()  # (K, A): one contiguous row per class
@@ -397,30 +389,19 @@ class DenseDetector(nn.Module):
         ``image_sizes``, ``original_sizes``, ``padded_size``.
         """
         batch, net_targets = start_batch(self.transform, images, targets, self.training, generator, recorder)
-        features = self.backbone(batch.tensor)
-        levels = list(features.values()) if isinstance(features, Mapping) else list(features)
-        head_out = self.head(levels)
-        anchors_per_level = self.anchor_generator(
-            batch.padded_size, [tuple(f.shape[-2:]) for f in levels], dtype=levels[0].dtype, device=levels[0].device
-        )
-        per_location = self.anchor_generator.num_anchors_per_location()
-        flat = {name: flatten_levels(outs, per_location) for name, outs in head_out.items()}
-        anchors = torch.cat(anchors_per_level, dim=0)
-        level_counts = [int(a.shape[0]) for a in anchors_per_level]
+        out = run_head_on_anchors(self.head, self.anchor_generator, self.backbone(batch.tensor), batch.padded_size)
+        flat, anchors, level_counts = out.flat, out.anchors, out.level_counts
 
-        raw: dict[str, object] = dict(head_out)
-        raw.update(anchors=anchors_per_level, image_sizes=batch.image_sizes, original_sizes=batch.original_sizes,
+        raw: dict[str, object] = dict(out.head_out)
+        raw.update(anchors=out.anchors_per_level, image_sizes=batch.image_sizes, original_sizes=batch.original_sizes,
                    padded_size=batch.padded_size)
         losses = {} if net_targets is None else self._losses(flat, anchors, net_targets, generator)
         detections: list[Detections] = []
         if not self.training:
             if recorder is not None:
-                level_ids = torch.repeat_interleave(
-                    torch.arange(len(level_counts), device=anchors.device),
-                    torch.tensor(level_counts, device=anchors.device),
-                )
+                levels = level_ids(level_counts, anchors.device)
                 for i in range(len(batch)):
-                    recorder.put(i, R.ANCHORS, boxes=anchors, levels=level_ids)
+                    recorder.put(i, R.ANCHORS, boxes=anchors, levels=levels)
             with torch.no_grad():
                 detached = {name: value.detach() for name, value in flat.items()}
                 in_network = self.postprocess(detached, anchors, level_counts, batch.image_sizes, recorder)

@@ -68,6 +68,49 @@ def flatten_levels(per_level: Sequence[Tensor], anchors_per_location: Sequence[i
     return torch.cat(flat, dim=1)
 
 
+@dataclass
+class HeadOnAnchors:
+    """A head's outputs over the feature levels and the anchors they refer to: ``head_out``
+    name -> per level (N, A_l * C, H_l, W_l) as the head returned them, ``flat`` name ->
+    (N, A, C) (:func:`flatten_levels`), ``anchors_per_level`` [(A_l H_l W_l, 4)], ``anchors``
+    (A, 4) (the levels concatenated) and ``level_counts`` (the anchors of each level)."""
+
+    head_out: dict[str, list[Tensor]]
+    flat: dict[str, Tensor]
+    anchors_per_level: list[Tensor]
+    anchors: Tensor
+    level_counts: list[int]
+
+
+def run_head_on_anchors(
+    head: nn.Module,
+    anchor_generator: nn.Module,
+    features: Mapping[str, Tensor] | Sequence[Tensor],
+    padded_size: tuple[int, int],
+) -> HeadOnAnchors:
+    """What the RPN and the dense detectors start with: ``head`` over every feature level and
+    ``anchor_generator``'s anchors for a batch padded to ``padded_size``, flattened to anchor
+    order (level, y, x, anchor)."""
+    levels = list(features.values()) if isinstance(features, Mapping) else list(features)
+    head_out = head(levels)
+    first = levels[0]
+    anchors_per_level = anchor_generator(
+        padded_size, [tuple(f.shape[-2:]) for f in levels], dtype=first.dtype, device=first.device
+    )
+    per_location = anchor_generator.num_anchors_per_location()
+    flat = {name: flatten_levels(outs, per_location) for name, outs in head_out.items()}
+    anchors = torch.cat(anchors_per_level, dim=0)
+    level_counts = [int(a.shape[0]) for a in anchors_per_level]
+    return HeadOnAnchors(head_out, flat, anchors_per_level, anchors, level_counts)
+
+
+def level_ids(level_counts: Sequence[int], device: torch.device) -> Tensor:
+    """The level (int64) of each anchor, for anchors ordered by level with ``level_counts`` per level."""
+    return torch.repeat_interleave(
+        torch.arange(len(level_counts), device=device), torch.tensor(list(level_counts), device=device)
+    )
+
+
 class ProposalScoring(Protocol):
     """Ranks anchors from the flat head outputs and turns the rank key into a proposal score."""
 
@@ -245,20 +288,12 @@ class RegionProposalNetwork(nn.Module):
 
         ``targets`` (boxes in network-input pixels, optional ``ignore``) add the losses.
         """
-        levels = list(features.values()) if isinstance(features, Mapping) else list(features)
-        head_out = self.head(levels)
-        first = levels[0]
-        anchors_per_level = self.anchor_generator(
-            padded_size, [tuple(f.shape[-2:]) for f in levels], dtype=first.dtype, device=first.device
-        )
-        per_location = self.anchor_generator.num_anchors_per_location()
-        flat = {name: flatten_levels(outs, per_location) for name, outs in head_out.items()}
-        anchors = torch.cat(anchors_per_level, dim=0)
-        level_counts = [int(a.shape[0]) for a in anchors_per_level]
+        out = run_head_on_anchors(self.head, self.anchor_generator, features, padded_size)
+        flat, anchors = out.flat, out.anchors
 
-        proposals, scores, fields = self._propose(flat, anchors, level_counts, image_sizes, recorder)
-        raw: dict[str, object] = {f"rpn_{name}": outs for name, outs in head_out.items()}
-        raw["anchors"] = anchors_per_level
+        proposals, scores, fields = self._propose(flat, anchors, out.level_counts, image_sizes, recorder)
+        raw: dict[str, object] = {f"rpn_{name}": outs for name, outs in out.head_out.items()}
+        raw["anchors"] = out.anchors_per_level
         raw["proposals"] = proposals
         raw["proposal_scores"] = scores
         if self.proposal_fields is not None:
@@ -283,10 +318,7 @@ class RegionProposalNetwork(nn.Module):
             top = top_n_per_level(rank, level_counts, self.settings.pre_nms_top_n(self.training))
             top_rank = torch.gather(rank, 1, top)
             top_scores = self.scoring.score(top_rank)
-            level_ids = torch.repeat_interleave(
-                torch.arange(len(level_counts), device=anchors.device),
-                torch.tensor(level_counts, device=anchors.device),
-            )
+            levels = level_ids(level_counts, anchors.device)
             deltas = flat["deltas"].detach()
             post_n = self.settings.post_nms_top_n(self.training)
             proposals, scores, fields = [], [], []
@@ -294,9 +326,9 @@ class RegionProposalNetwork(nn.Module):
                 idx = top[i]
                 boxes = self.box_coder.decode(deltas[i, idx], anchors[idx])
                 if recorder is not None:
-                    recorder.put(i, "anchors", boxes=anchors, levels=level_ids)
+                    recorder.put(i, "anchors", boxes=anchors, levels=levels)
                 kept_boxes, kept_scores, kept_fields = select_proposals(
-                    boxes, top_scores[i], level_ids[idx], image_size, self.settings, post_n, recorder, i,
+                    boxes, top_scores[i], levels[idx], image_size, self.settings, post_n, recorder, i,
                     fields={name: value[i, idx] for name, value in extra.items()},
                 )
                 if recorder is not None:
