@@ -5,12 +5,17 @@
 - :func:`open_trained_run`: all of it plus the dataset split to predict on, as a
   :class:`TrainedRun` (what ``workbench predict`` / ``evaluate`` / ``export`` start from).
 
+- :func:`figure_model`: a run's model and dataset, or without a run a freshly built, untrained
+  model of a method's ``tiny`` preset (:func:`untrained_model`) and a dataset: what the method
+  analyses draw their figures on, before and after a run exists.
+
 ``which`` is ``best`` (falling back to ``last`` when a run has no evaluation yet), ``last``, or
 the path of a checkpoint file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,5 +103,66 @@ def open_trained_run(
     return TrainedRun(Path(run_dir), which, model, cfg, state, dataset, spec, split, dev)
 
 
-__all__ = ["TrainedRun", "checkpoint_path", "load_run_config", "load_trained_model", "open_trained_run",
-           "resolve_device"]
+def replace_base(model_cfg: Any, **overrides: Any) -> Any:
+    """``model_cfg`` with ``overrides`` applied to its baseline config: ``base`` (held at any
+    depth, e.g. the IoU-uniform cascade's ``cascade.base``), or the config itself when it is the
+    baseline's."""
+    for name in ("cascade", "base"):
+        inner = getattr(model_cfg, name, None)
+        if dataclasses.is_dataclass(inner):
+            return dataclasses.replace(model_cfg, **{name: replace_base(inner, **overrides)})
+    return dataclasses.replace(model_cfg, **overrides)
+
+
+def untrained_model(method: str, num_classes: int, **base_overrides: Any) -> nn.Module:
+    """A freshly built model of ``method``'s ``tiny`` preset without pretrained weights (batch
+    norm trainable), with ``base_overrides`` applied to its baseline config (e.g.
+    ``min_size=96``), in evaluation mode."""
+    from workbench.methods import build_preset, get_method
+
+    cfg = replace_base(build_preset(method, "tiny").model, backbone_weights=None, backbone_norm="bn",
+                       **base_overrides)
+    return get_method(method).build_model(cfg, num_classes).eval()
+
+
+@dataclass
+class FigureModel:
+    """A model (evaluation mode, on ``device``) and the dataset to compute figures on; ``source``
+    says which, in words (a run's checkpoint or a freshly built model)."""
+
+    model: nn.Module
+    dataset: Any
+    source: str
+    device: torch.device
+
+
+def figure_model(
+    run_dir: Path | str | None = None,
+    *,
+    method: str,
+    data: str = "builtin:shapes?train=8&val=4&size=96",
+    split: str | None = None,
+    min_size: int = 96,
+    seed: int = 0,
+    device: str = "cpu",
+    which: str = "best",
+) -> FigureModel:
+    """With ``run_dir``, the run's checkpoint ``which`` (``best`` or ``last``) and its ``split``
+    (default its validation split); without, a freshly built ``method`` (:func:`untrained_model`,
+    seeded by ``seed``, inputs of ``min_size`` pixels) and split ``split`` (default ``val``) of
+    ``data``: its untrained heads give meaningless outputs, but every figure can be drawn
+    before a run exists."""
+    if run_dir is not None:
+        run = open_trained_run(run_dir, which, split=split, device=device)
+        return FigureModel(run.model, run.dataset, f"{run.cfg.method} run {run_dir} ({run.split})", run.device)
+    from workbench.data.sources import open_dataset
+
+    dataset = open_dataset(data, split or "val", progress=False)
+    torch.manual_seed(seed)
+    model = untrained_model(method, len(dataset.class_names), min_size=min_size, max_size=min_size)
+    dev = torch.device(device)
+    return FigureModel(model.to(dev), dataset, f"freshly built {method} (untrained)", dev)
+
+
+__all__ = ["FigureModel", "TrainedRun", "checkpoint_path", "figure_model", "load_run_config", "load_trained_model",
+           "open_trained_run", "replace_base", "resolve_device", "untrained_model"]

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,49 +173,19 @@ class AnalysisInputs:
     source: str
 
 
-def _replace_base(model_cfg, **overrides):
-    """``model_cfg`` with ``overrides`` applied to its baseline config: ``base`` (held at any
-    depth, e.g. the cascade's ``cascade.base``), or the config itself when it is the baseline's."""
-    for name in ("cascade", "base"):
-        inner = getattr(model_cfg, name, None)
-        if dataclasses.is_dataclass(inner):
-            return dataclasses.replace(model_cfg, **{name: _replace_base(inner, **overrides)})
-    return dataclasses.replace(model_cfg, **overrides)
-
-
 def analysis_inputs(
-    run_dir: str | None = None,
-    *,
-    method: str = "iou_uniform",
-    data: str = "builtin:shapes?train=8&val=4&size=96",
-    split: str | None = None,
-    num_images: int = 4,
-    min_size: int = 96,
-    seed: int = 0,
-    device: str = "cpu",
-    which: str = "best",
+    run_dir: str | None = None, *, method: str = "iou_uniform", num_images: int = 4, **options: Any
 ) -> AnalysisInputs:
-    """With ``run_dir``, the run's checkpoint ``which`` on the first ``num_images`` images of
-    its ``split`` (default its validation split); without, a freshly built ``method`` (its
-    ``tiny`` preset without pretrained weights, inputs of ``min_size`` pixels, seeded by
-    ``seed``) on images of ``data``: its untrained heads give meaningless IoUs, but every figure
-    can be drawn before a run exists."""
-    if run_dir is not None:
-        from workbench.engine.loading import open_trained_run
+    """The first ``num_images`` images and the model of
+    :func:`workbench.engine.loading.figure_model` (``options``: its ``data``, ``split``,
+    ``min_size``, ``seed``, ``device`` and ``which``): with ``run_dir`` the run's checkpoint on
+    its split, without it a freshly built ``method`` whose untrained heads give meaningless
+    IoUs, but every figure can be drawn before a run exists."""
+    from workbench.engine.loading import figure_model
 
-        run = open_trained_run(run_dir, which, split=split, device=device)
-        count = min(num_images, len(run.dataset))
-        return AnalysisInputs(run.model, run.dataset, list(range(count)), f"{run.cfg.method} run {run_dir}")
-    from workbench.data.sources import open_dataset
-    from workbench.methods import build_preset, get_method
-
-    dataset = open_dataset(data, split or "val", progress=False)
-    cfg = _replace_base(build_preset(method, "tiny").model, backbone_weights=None, backbone_norm="bn",
-                        min_size=min_size, max_size=min_size)
-    torch.manual_seed(seed)
-    model = get_method(method).build_model(cfg, len(dataset.class_names)).to(device).eval()
-    count = min(num_images, len(dataset))
-    return AnalysisInputs(model, dataset, list(range(count)), f"freshly built {method} (untrained)")
+    opened = figure_model(run_dir, method=method, **options)
+    count = min(num_images, len(opened.dataset))
+    return AnalysisInputs(opened.model, opened.dataset, list(range(count)), opened.source)
 
 
 def runs_metrics(runs: dict[str, list[str]] | None) -> dict[str, list[dict]]:

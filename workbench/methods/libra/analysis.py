@@ -16,7 +16,6 @@ network-input pixels of the model that made them.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -228,48 +227,27 @@ def dataset_inputs(dataset: Any, num_images: int, device: str | torch.device = "
 
 
 def figure_inputs(
-    run_dir: str | None = None,
-    *,
-    method: str = "libra_rcnn",
-    data: str = "builtin:shapes?train=8&val=4&size=96",
-    split: str | None = None,
-    num_images: int = 4,
-    min_size: int = 96,
-    seed: int = 0,
-    device: str = "cpu",
-    which: str = "best",
+    run_dir: str | None = None, *, method: str = "libra_rcnn", num_images: int = 4, **options: Any
 ) -> FigureInputs:
-    """The model and images the figures are computed on: with ``run_dir``, the run's checkpoint
-    ``which`` (``best`` or ``last``) on ``num_images`` images of its ``split`` (default its validation split); without,
-    a freshly built ``method`` (:func:`untrained_model`, seeded by ``seed``, inputs of
-    ``min_size`` pixels) on images of ``data`` (default split ``val``): its untrained RPN gives
-    random proposals."""
-    if run_dir is not None:
-        from workbench.engine.loading import open_trained_run
+    """The model and images the figures are computed on: the first ``num_images`` images and
+    the model of :func:`workbench.engine.loading.figure_model` (``options``: its ``data``,
+    ``split``, ``min_size``, ``seed``, ``device`` and ``which``): with ``run_dir`` the run's
+    checkpoint on its split, without it a freshly built ``method``
+    (:func:`~workbench.engine.loading.untrained_model`) whose untrained RPN gives random
+    proposals."""
+    from workbench.engine.loading import figure_model
 
-        run = open_trained_run(run_dir, which, split=split, device=device)
-        images, targets = dataset_inputs(run.dataset, num_images, run.device)
-        return FigureInputs(run.model, images, targets, f"{run.cfg.method} run {run_dir} ({run.split})")
-    from workbench.data.sources import open_dataset
-
-    dataset = open_dataset(data, split or "val", progress=False)
-    torch.manual_seed(seed)
-    overrides: dict[str, Any] = dict(min_size=min_size, max_size=min_size)
-    model = untrained_model(method, len(dataset.class_names), **overrides).to(device)
-    images, targets = dataset_inputs(dataset, num_images, device)
-    return FigureInputs(model, images, targets, f"freshly built {method} (untrained)")
+    opened = figure_model(run_dir, method=method, **options)
+    images, targets = dataset_inputs(opened.dataset, num_images, opened.device)
+    return FigureInputs(opened.model, images, targets, opened.source)
 
 
 def untrained_model(method: str = "libra_rcnn", num_classes: int = 3, **base_overrides: Any) -> nn.Module:
-    """A freshly built model of ``method``'s ``tiny`` preset without pretrained weights (batch
-    norm trainable), with ``base_overrides`` applied to its baseline config (e.g.
-    ``min_size=96``), in evaluation mode: what the figures show before any run exists."""
-    from workbench.methods import build_preset, get_method
+    """:func:`workbench.engine.loading.untrained_model` with Libra R-CNN's defaults: what the
+    figures show before any run exists."""
+    from workbench.engine import loading
 
-    cfg = build_preset(method, "tiny").model
-    base = dataclasses.replace(cfg.base, backbone_weights=None, backbone_norm="bn", **base_overrides)
-    model = get_method(method).build_model(dataclasses.replace(cfg, base=base), num_classes)
-    return model.eval()
+    return loading.untrained_model(method, num_classes, **base_overrides)
 
 
 __all__ = [
