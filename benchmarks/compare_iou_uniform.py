@@ -30,7 +30,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from seed_table import ap_table_lines, final_eval, over_seeds
+from seed_table import ap_table_lines, comparison_parser, final_eval, over_seeds
 
 #: Row name -> (method, preset, overrides of the IoU-uniform model config).
 ROWS: dict[str, tuple[str, str, dict]] = {
@@ -75,14 +75,10 @@ def train_or_reuse(row: str, seed: int, args: argparse.Namespace) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="builtin:shapes")
-    parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=list(ROWS))
-    parser.add_argument("--out", default="runs/compare_iou_uniform")
+    parser = comparison_parser(
+        __doc__.splitlines()[0], rows=list(ROWS), default_rows=list(DEFAULT_ROWS), out="runs/compare_iou_uniform"
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
     results = over_seeds(args, lambda row, seed: final_eval(train_or_reuse(row, seed, args), AP_KEYS))
     print("\n".join(ap_table_lines(results, AP_KEYS)))

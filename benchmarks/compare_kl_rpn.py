@@ -29,11 +29,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import statistics
+import sys
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_table import comparison_parser, final_eval, mean_spread, over_seeds  # noqa: E402
 
 METHODS = ("faster_rcnn", "kl_rpn")
 #: Optional row: the baseline trained with KL-RPN's optimiser (Adam), to separate the effect of
@@ -53,12 +54,9 @@ def previous_tiny(name: str):
     """A compared row's ``tiny`` preset as it was before the miniature regime (ResNet-18-FPN
     from scratch; the baseline with SGD lr 0.02, KL-RPN with Adam lr 3e-4), to rerun the first
     comparison recorded in docs/benchmarks.md."""
-    import sys
-
     from workbench.config import OptimizerConfig
     from workbench.methods.kl_rpn import ADAM_BETAS, kl_model
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from learning_curve import old_tiny
 
     base = old_tiny()
@@ -109,12 +107,6 @@ def train_or_reuse(method: str, seed: int, args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def final_eval(run_dir: Path) -> dict[str, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in records if r["kind"] == "eval"]
-    return {k: evals[-1][k] for k in AP_KEYS}
-
-
 def measure(run_dir: Path) -> dict:
     from workbench.data.sources import open_dataset
     from workbench.engine.trainer import load_trained_model
@@ -140,19 +132,13 @@ def measure(run_dir: Path) -> dict:
     result = {
         "method": run_dir.parent.name,
         "seed": cfg.seed,
-        **final_eval(run_dir),
+        **final_eval(run_dir, AP_KEYS),
         **{k: recall[k] for k in AR_KEYS},
         "offsets": offsets.summary(),
         "offset_arrays": {"high": offsets.high.tolist(), "low": offsets.low.tolist()},
     }
     path.write_text(json.dumps(result) + "\n")
     return result
-
-
-def mean_spread(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def table(results: dict[str, list[dict]]) -> str:
@@ -179,30 +165,18 @@ def table(results: dict[str, list[dict]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="builtin:shapes")
-    parser.add_argument("--epochs", type=int, default=None, help="override the presets' 6 epochs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *OPTIONAL_ROWS],
-                        help=f"rows to compare; {BASELINE_WITH_KL_OPTIMIZER}: the baseline with KL-RPN's Adam; "
-                             f"{KL_RPN_LAMBDA_1}: KL-RPN with lambda = 1 on the second-stage losses")
-    parser.add_argument("--out", default="runs/compare_kl_rpn")
+    parser = comparison_parser(
+        __doc__.splitlines()[0], rows=[*METHODS, *OPTIONAL_ROWS], default_rows=list(METHODS), out="runs/compare_kl_rpn",
+        rows_flag="--methods", epochs_help="override the presets' 6 epochs",
+        rows_help=f"rows to compare; {BASELINE_WITH_KL_OPTIMIZER}: the baseline with KL-RPN's Adam; "
+                  f"{KL_RPN_LAMBDA_1}: KL-RPN with lambda = 1 on the second-stage losses",
+    )
     parser.add_argument("--previous-presets", action="store_true",
                         help="the tiny presets before the miniature regime (ResNet-18-FPN from scratch), "
                              "to rerun the first recorded comparison")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--figure", help="write the offset histograms (first seed) to this file (.html, or .png)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-
-    results: dict[str, list[dict]] = {m: [] for m in args.methods}
-    for seed in args.seeds:
-        for method in args.methods:
-            run_dir = train_or_reuse(method, seed, args)
-            results[method].append(measure(run_dir))
-    print(f"\ndata {args.data}, epochs {args.epochs or 'preset'}, seeds {args.seeds}; mean ± sample std\n")
+    results = over_seeds(args, lambda method, seed: measure(train_or_reuse(method, seed, args)))
     print(table(results))
     if args.figure:
         from workbench.viz.export import save_html, save_png

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seed_table import ap_table_lines, final_eval, over_seeds  # noqa: E402
+from seed_table import ap_table_lines, comparison_parser, final_eval, over_seeds  # noqa: E402
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 OFF_RCNN = {"iou_balanced_sampling": False, "balanced_pyramid": False, "balanced_l1": False}
@@ -191,18 +191,14 @@ def ap_table(results: dict[str, list[dict]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="builtin:shapes")
-    parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=["faster_rcnn", "libra_rcnn", "retinanet", "libra_retinanet"],
-                        choices=list(ROWS))
+    parser = comparison_parser(
+        __doc__.splitlines()[0], rows=list(ROWS), default_rows=["faster_rcnn", "libra_rcnn", "retinanet", "libra_retinanet"],
+        out="runs/compare_libra",
+    )
     parser.add_argument("--model-overrides", help="JSON object of model config fields for every row")
     parser.add_argument("--negatives-images", type=int, default=50, help="training images for the hard negatives")
     parser.add_argument("--cost", action="store_true", help="time each Libra row against its baseline (first seed)")
     parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--out", default="runs/compare_libra")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
     results = over_seeds(args, lambda row, seed: measure(row, train_or_reuse(row, seed, args), args))
     print(ap_table(results))

@@ -13,6 +13,30 @@ from typing import Callable
 import torch
 
 
+def comparison_parser(
+    description: str,
+    *,
+    rows: list[str],
+    default_rows: list[str],
+    out: str,
+    rows_flag: str = "--rows",
+    rows_help: str | None = None,
+    epochs_help: str = "override the presets' epochs",
+) -> argparse.ArgumentParser:
+    """The arguments every comparison takes: ``--data``, ``--epochs``, ``--seeds``, the rows to
+    compare (``rows_flag``, read into ``args.rows``, choices ``rows``), ``--out`` and
+    ``--threads``; the script adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", default="builtin:shapes")
+    parser.add_argument("--epochs", type=int, default=None, help=epochs_help)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(rows_flag, dest="rows", nargs="+", default=list(default_rows), choices=list(rows),
+                        help=rows_help)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    return parser
+
+
 def over_seeds(args: argparse.Namespace, measure: Callable[[str, int], dict]) -> dict[str, list[dict]]:
     """``measure(row, seed)`` of every row of ``args.rows`` for every seed of ``args.seeds`` (seed
     by seed), with INFO logging and ``args.threads`` intra-op threads (when given): row -> one
