@@ -58,24 +58,17 @@ def train_config(
     method: str,
     preset: str,
     *,
-    data: str | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    device: str | None = None,
-    seed: int | None = None,
-    max_train_images: int | None = None,
-    max_val_images: int | None = None,
     model_overrides: Mapping[str, Any] | None = None,
     log_every_steps: int | None = None,
+    **overrides: Any,
 ) -> TrainConfig:
-    """The preset ``method``/``preset`` with the flat overrides of the train notebook."""
+    """The preset ``method``/``preset`` with the flat overrides of the train notebook:
+    ``overrides`` are those of :func:`workbench.config.apply_overrides` (``data``, ``epochs``,
+    ``batch_size``, ``lr``, ``device``, ``seed``, ``max_train_images``, ``max_val_images``, ...),
+    ``model_overrides`` go to :func:`override_model`."""
     from workbench.methods import build_preset
 
-    cfg = apply_overrides(
-        build_preset(method, preset), data=data, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
-        seed=seed, max_train_images=max_train_images, max_val_images=max_val_images,
-    )
+    cfg = apply_overrides(build_preset(method, preset), **overrides)
     if model_overrides:
         cfg = dataclasses.replace(cfg, model=override_model(cfg.model, model_overrides))
     if log_every_steps is not None:
