@@ -139,70 +139,54 @@ def test_top_level_must_be_an_object(tmp_path):
         CocoDetection(path, tmp_path)
 
 
-@pytest.mark.parametrize("key", ["images", "annotations", "categories"])
-def test_missing_top_level_key(tmp_path, key):
-    assert f"missing the top-level key '{key}'" in _error(tmp_path, lambda d: d.pop(key))
+def _set_image_2_id_to_2(d):
+    d["images"][2]["id"] = 2
 
 
-def test_section_must_be_a_list(tmp_path):
-    assert "'images' must be a list" in _error(tmp_path, lambda d: d.update(images={"id": 1}))
+#: (the edit of a valid annotation file, the fragments its error message must hold): each error
+#: names the item (image or annotation id, or position) and the problem.
+BAD_ANNOTATION_FILES = {
+    "missing images": (lambda d: d.pop("images"), ["missing the top-level key 'images'"]),
+    "missing annotations": (lambda d: d.pop("annotations"), ["missing the top-level key 'annotations'"]),
+    "missing categories": (lambda d: d.pop("categories"), ["missing the top-level key 'categories'"]),
+    "section not a list": (lambda d: d.update(images={"id": 1}), ["'images' must be a list"]),
+    "image without file_name": (lambda d: d["images"][1].pop("file_name"), ["image id 2", "'file_name'"]),
+    "image without width": (lambda d: d["images"][1].pop("width"), ["image id 2", "'width'"]),
+    "image without height": (lambda d: d["images"][1].pop("height"), ["image id 2", "'height'"]),
+    "image without id": (lambda d: d["images"][0].pop("id"), ["images[0] has no 'id'"]),
+    "image with bad size": (
+        lambda d: d["images"][0].update(width=-4), ["image id 1", "'width' must be a positive integer"]
+    ),
+    "annotation without image_id": (
+        lambda d: d["annotations"][3].pop("image_id"), ["annotation id 14", "'image_id'"]
+    ),
+    "annotation without category_id": (
+        lambda d: d["annotations"][3].pop("category_id"), ["annotation id 14", "'category_id'"]
+    ),
+    "annotation without bbox": (lambda d: d["annotations"][3].pop("bbox"), ["annotation id 14", "'bbox'"]),
+    "category without name": (lambda d: d["categories"][0].pop("name"), ["lacks the key 'name'"]),
+    "malformed bbox": (
+        lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), ["annotation id 11", "'bbox' must be 4 numbers"]
+    ),
+    "annotation for unknown image": (
+        lambda d: d["annotations"][1].update(image_id=99), ["image id 99", "annotation id 12", "not in 'images'"]
+    ),
+    "annotation for unknown category": (
+        lambda d: d["annotations"][4].update(category_id=4), ["annotation id 15", "unknown category id 4"]
+    ),
+    "duplicate image ids": (_set_image_2_id_to_2, ["duplicate image id", "image id 2"]),
+    "duplicate annotation ids": (
+        lambda d: d["annotations"][2].update(id=11), ["duplicate annotation id", "annotation id 11"]
+    ),
+    "duplicate category ids": (lambda d: d["categories"][1].update(id=7), ["duplicate category id 7"]),
+}
 
 
-@pytest.mark.parametrize("key", ["file_name", "width", "height"])
-def test_image_missing_key_names_the_image(tmp_path, key):
-    message = _error(tmp_path, lambda d: d["images"][1].pop(key))
-    assert "image id 2" in message and f"'{key}'" in message
-
-
-def test_image_without_id(tmp_path):
-    assert "images[0] has no 'id'" in _error(tmp_path, lambda d: d["images"][0].pop("id"))
-
-
-def test_image_with_bad_size(tmp_path):
-    message = _error(tmp_path, lambda d: d["images"][0].update(width=-4))
-    assert "image id 1" in message and "'width' must be a positive integer" in message
-
-
-@pytest.mark.parametrize("key", ["image_id", "category_id", "bbox"])
-def test_annotation_missing_key_names_the_annotation(tmp_path, key):
-    message = _error(tmp_path, lambda d: d["annotations"][3].pop(key))
-    assert "annotation id 14" in message and f"'{key}'" in message
-
-
-def test_category_missing_name(tmp_path):
-    assert "lacks the key 'name'" in _error(tmp_path, lambda d: d["categories"][0].pop("name"))
-
-
-def test_malformed_bbox(tmp_path):
-    message = _error(tmp_path, lambda d: d["annotations"][0].update(bbox=[1, 2, 3]))
-    assert "annotation id 11" in message and "'bbox' must be 4 numbers" in message
-
-
-def test_annotation_for_unknown_image(tmp_path):
-    message = _error(tmp_path, lambda d: d["annotations"][1].update(image_id=99))
-    assert "image id 99" in message and "annotation id 12" in message and "not in 'images'" in message
-
-
-def test_annotation_for_unknown_category(tmp_path):
-    message = _error(tmp_path, lambda d: d["annotations"][4].update(category_id=4))
-    assert "annotation id 15" in message and "unknown category id 4" in message
-
-
-def test_duplicate_image_ids(tmp_path):
-    def dup(d):
-        d["images"][2]["id"] = 2
-
-    message = _error(tmp_path, dup)
-    assert "duplicate image id" in message and "image id 2" in message
-
-
-def test_duplicate_annotation_ids(tmp_path):
-    message = _error(tmp_path, lambda d: d["annotations"][2].update(id=11))
-    assert "duplicate annotation id" in message and "annotation id 11" in message
-
-
-def test_duplicate_category_ids(tmp_path):
-    assert "duplicate category id 7" in _error(tmp_path, lambda d: d["categories"][1].update(id=7))
+@pytest.mark.parametrize("case", list(BAD_ANNOTATION_FILES))
+def test_bad_annotation_file_names_the_item_and_the_problem(tmp_path, case):
+    edit, fragments = BAD_ANNOTATION_FILES[case]
+    message = _error(tmp_path, edit)
+    assert all(fragment in message for fragment in fragments), (message, fragments)
 
 
 def test_missing_image_is_reported_when_loaded(tmp_path):
