@@ -36,7 +36,7 @@ from workbench.losses import smooth_l1
 from workbench.modeling.assignment import HardNegativeSampler, SSDMatcher
 from workbench.modeling.backbones import _vgg16_features
 from workbench.modeling.dense import DenseDetector, SoftmaxLoss, SoftmaxPostprocess
-from workbench.modeling.transform import ImageBatch, rescale_boxes
+from workbench.modeling.transform import ImageBatch, PerImageTransform, normalize
 from workbench.ops import BoxCoder
 
 #: torchvision's SSD300 input normalisation: mean in [0, 1] units, std 1/255 (the network sees
@@ -299,7 +299,7 @@ class SSDHead(nn.Module):
         }
 
 
-class FixedSizeTransform(nn.Module):
+class FixedSizeTransform(PerImageTransform):
     """Normalise ``(image - mean) / std`` and resize bilinearly to ``size`` (h, w), whatever the
     aspect ratio (torchvision's SSD transform); targets' boxes are scaled the same way."""
 
@@ -309,31 +309,12 @@ class FixedSizeTransform(nn.Module):
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
 
-    def forward(
-        self,
-        images: Sequence[Tensor],
-        targets: Sequence[dict[str, Tensor]] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
-        if len(images) == 0:
-            raise ValueError("a detector needs at least one image")
-        resized, original_sizes = [], []
-        new_targets: list[dict[str, Tensor]] | None = [] if targets is not None else None
-        for i, image in enumerate(images):
-            if image.dim() != 3 or not image.is_floating_point():
-                raise ValueError(f"image {i}: expected a float (C, H, W) tensor, got {image.dtype} {tuple(image.shape)}")
-            original = (int(image.shape[-2]), int(image.shape[-1]))
-            original_sizes.append(original)
-            mean = torch.as_tensor(self.mean, dtype=image.dtype, device=image.device)[:, None, None]
-            std = torch.as_tensor(self.std, dtype=image.dtype, device=image.device)[:, None, None]
-            normalised = (image - mean) / std
-            resized.append(F.interpolate(normalised[None], size=self.size, mode="bilinear", align_corners=False)[0])
-            if new_targets is not None:
-                target = dict(targets[i])
-                target["boxes"] = rescale_boxes(target["boxes"], original, self.size)
-                new_targets.append(target)
-        batch = ImageBatch(torch.stack(resized), [self.size] * len(images), original_sizes)
-        return batch, new_targets
+    def _resize(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
+        normalised = normalize(image, self.mean, self.std)
+        return F.interpolate(normalised[None], size=self.size, mode="bilinear", align_corners=False)[0]
+
+    def _batch(self, resized: list[Tensor], original_sizes: list[tuple[int, int]]) -> ImageBatch:
+        return ImageBatch(torch.stack(resized), [self.size] * len(resized), original_sizes)
 
 
 def build_ssd(cfg: SSDConfig) -> DenseDetector:

@@ -72,7 +72,53 @@ def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int,
     return scale_boxes(boxes, to_size[1] / from_size[1], to_size[0] / from_size[0])
 
 
-class ImageTransform(nn.Module):
+def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``(3, H, W)`` -> ``(image - mean) / std`` per channel."""
+    mean_t = torch.as_tensor(mean, dtype=image.dtype, device=image.device)
+    std_t = torch.as_tensor(std, dtype=image.dtype, device=image.device)
+    return (image - mean_t[:, None, None]) / std_t[:, None, None]
+
+
+class PerImageTransform(nn.Module):
+    """What the detectors' transforms share: each image checked (a float ``(C, H, W)`` tensor),
+    normalised and resized by the subclass's ``_resize`` (in image order, so that a random size
+    choice draws from ``generator`` once per image), its target's boxes rescaled to the result,
+    then the resized images batched by the subclass's ``_batch``."""
+
+    def _resize(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
+        """One image in [0, 1] -> normalised and resized."""
+        raise NotImplementedError
+
+    def _batch(self, resized: list[Tensor], original_sizes: list[tuple[int, int]]) -> ImageBatch:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        images: Sequence[Tensor],
+        targets: Sequence[dict[str, Tensor]] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
+        """Images -> :class:`ImageBatch`; targets -> shallow copies with resized ``boxes``."""
+        if len(images) == 0:
+            raise ValueError("a detector needs at least one image")
+        resized: list[Tensor] = []
+        new_targets: list[dict[str, Tensor]] | None = [] if targets is not None else None
+        original_sizes: list[tuple[int, int]] = []
+        for i, image in enumerate(images):
+            if image.dim() != 3 or not image.is_floating_point():
+                raise ValueError(f"image {i}: expected a float (C, H, W) tensor, got {image.dtype} {tuple(image.shape)}")
+            height, width = int(image.shape[-2]), int(image.shape[-1])
+            original_sizes.append((height, width))
+            out = self._resize(image, generator)
+            resized.append(out)
+            if new_targets is not None:
+                target = dict(targets[i])
+                target["boxes"] = rescale_boxes(target["boxes"], (height, width), tuple(out.shape[-2:]))
+                new_targets.append(target)
+        return self._batch(resized, original_sizes), new_targets
+
+
+class ImageTransform(PerImageTransform):
     """Normalise, resize and batch images (and resize their targets' boxes).
 
     ``min_size`` may be a tuple: in training one value is drawn per image (from ``generator``),
@@ -102,34 +148,13 @@ class ImageTransform(nn.Module):
 
     def normalize(self, image: Tensor) -> Tensor:
         """``(3, H, W)`` in [0, 1] -> ``(image - mean) / std`` per channel."""
-        mean = torch.as_tensor(self.mean, dtype=image.dtype, device=image.device)
-        std = torch.as_tensor(self.std, dtype=image.dtype, device=image.device)
-        return (image - mean[:, None, None]) / std[:, None, None]
+        return normalize(image, self.mean, self.std)
 
-    def forward(
-        self,
-        images: Sequence[Tensor],
-        targets: Sequence[dict[str, Tensor]] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
-        """Images -> :class:`ImageBatch`; targets -> shallow copies with resized ``boxes``."""
-        if len(images) == 0:
-            raise ValueError("a detector needs at least one image")
-        resized: list[Tensor] = []
-        new_targets: list[dict[str, Tensor]] | None = [] if targets is not None else None
-        original_sizes: list[tuple[int, int]] = []
-        for i, image in enumerate(images):
-            if image.dim() != 3 or not image.is_floating_point():
-                raise ValueError(f"image {i}: expected a float (C, H, W) tensor, got {image.dtype} {tuple(image.shape)}")
-            height, width = int(image.shape[-2]), int(image.shape[-1])
-            original_sizes.append((height, width))
-            scale = resize_scale(height, width, self._pick_min_size(generator), self.max_size)
-            out = resize_image(self.normalize(image), scale)
-            resized.append(out)
-            if new_targets is not None:
-                target = dict(targets[i])
-                target["boxes"] = rescale_boxes(target["boxes"], (height, width), tuple(out.shape[-2:]))
-                new_targets.append(target)
+    def _resize(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        scale = resize_scale(height, width, self._pick_min_size(generator), self.max_size)
+        return resize_image(self.normalize(image), scale)
+
+    def _batch(self, resized: list[Tensor], original_sizes: list[tuple[int, int]]) -> ImageBatch:
         image_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in resized]
-        batch = ImageBatch(pad_batch(resized, self.size_divisible), image_sizes, original_sizes)
-        return batch, new_targets
+        return ImageBatch(pad_batch(resized, self.size_divisible), image_sizes, original_sizes)
