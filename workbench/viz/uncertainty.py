@@ -177,7 +177,8 @@ def uncertainty_distribution_figure(
     height: int = 420,
 ) -> go.Figure:
     """Histograms (as densities) of the uncertainty of true and of false positives, their means
-    in the legend; ``auroc`` (of the uncertainty telling FP from TP), when given, in the title."""
+    in the legend; ``auroc`` (of the uncertainty telling FP from TP), when given and not NaN, in the
+    title."""
     tp, fp = to_numpy(tp_values).reshape(-1), to_numpy(fp_values).reshape(-1)
     both = np.concatenate([tp, fp])
     low, high = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
@@ -191,7 +192,7 @@ def uncertainty_distribution_figure(
         ))
     if title is None:
         title = "uncertainty of true and false positives"
-        if auroc is not None:
+        if auroc is not None and not np.isnan(auroc):
             title += f" (AUROC {auroc:.3f})"
     fig.update_layout(title=title, barmode="overlay", height=height, xaxis_title=value_name, yaxis_title="density",
                       legend=dict(orientation="h", y=-0.2))
