@@ -114,8 +114,8 @@ def anchor_correct(obj_logits: Tensor, positive: Tensor, thresh: float = 0.5) ->
 def anchor_difficulty(preds: Mapping[str, Tensor], positive: Tensor, thresh: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
     """``(U_BALD, correct, D)``, each (N, A), from flat head outputs (N, A, 1) and the positives."""
     with torch.no_grad():
-        u_bald = bald(preds["aux_mu"][..., 0], preds["aux_sigma"][..., 0])
-        correct = anchor_correct(preds["obj_logits"][..., 0], positive, thresh)
+        u_bald = bald(preds["aux_mu"][..., 0].float(), preds["aux_sigma"][..., 0].float())  # float32 under AMP
+        correct = anchor_correct(preds["obj_logits"][..., 0].float(), positive, thresh)
         return u_bald, correct, difficulty(u_bald, correct)
 
 
@@ -197,7 +197,7 @@ class UncertaintyDetector(YOLOv3Detector):
             return out
         with torch.no_grad():
             per_location = self.anchor_generator.num_anchors_per_location()
-            u_levels = [bald(mu, sigma) for mu, sigma in zip(out.raw["aux_mu"], out.raw["aux_sigma"])]
+            u_levels = [bald(mu.float(), sigma.float()) for mu, sigma in zip(out.raw["aux_mu"], out.raw["aux_sigma"])]
             u_flat = flatten_levels(u_levels, per_location)[..., 0]  # (N, A)
             out.raw["uncertainty"] = u_levels
             detections = []
