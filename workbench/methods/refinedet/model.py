@@ -612,8 +612,9 @@ class RefineDet(nn.Module):
             recorder.put(i, R.TOP_REFINED_ANCHORS, boxes=refined[i, top_index], scores=top_scores,
                          anchor_index=top_index)
             (orig_h, orig_w), (net_h, net_w) = batch.original_sizes[i], batch.image_sizes[i]
-            recorder.put(i, R.FILTERED_ANCHOR_MAP, **filtered_share_maps(
-                filtered[i], feature_sizes, per_location, batch.padded_size, cell_scale=(orig_h / net_h, orig_w / net_w)))
+            maps = filtered_share_maps(filtered[i], feature_sizes, per_location, batch.padded_size,
+                                       cell_scale=(orig_h / net_h, orig_w / net_w))
+            recorder.put(i, R.FILTERED_ANCHOR_MAP, **{k: v if k == R.MAP_CELL_SIZE else v.half() for k, v in maps.items()})
 
 
 def filtered_share_maps(filtered: Tensor, feature_sizes: Sequence[tuple[int, int]], anchors_per_location: int,
