@@ -474,9 +474,10 @@ class RefineDet(nn.Module):
         arm_out = self.arm_head(levels)
         odm_out = self.odm_head(self.tcb(levels) if self.tcb is not None else levels)
         feature_sizes = [tuple(f.shape[-2:]) for f in levels]
-        anchors_per_level = self.anchor_generator(
-            batch.padded_size, feature_sizes, dtype=levels[0].dtype, device=levels[0].device
-        )
+        # anchors, refined anchors and decoding in float32 whatever the features' dtype (AMP):
+        # bf16 cannot hold pixel coordinates of a 512 px input to a pixel
+        anchors_per_level = self.anchor_generator(batch.padded_size, feature_sizes, dtype=torch.float32,
+                                                  device=levels[0].device)
         per_location = self.anchor_generator.num_anchors_per_location()
         arm = {name: flatten_levels(outs, per_location) for name, outs in arm_out.items()}
         odm = {name: flatten_levels(outs, per_location) for name, outs in odm_out.items()}
@@ -484,12 +485,12 @@ class RefineDet(nn.Module):
         level_counts = [int(a.shape[0]) for a in anchors_per_level]
 
         with torch.no_grad():
-            arm_deltas = arm["arm_deltas"].detach()
+            arm_deltas = arm["arm_deltas"].detach().float()
             refined = self.box_coder.decode(arm_deltas.reshape(-1, 4), anchors.repeat(arm_deltas.shape[0], 1))
             refined = refined.view(arm_deltas.shape)
-            objectness = F.softmax(arm["arm_logits"].detach(), dim=-1)[..., 1]
+            objectness = F.softmax(arm["arm_logits"].detach().float(), dim=-1)[..., 1]
             if self.negative_filtering:
-                filtered = filtered_anchors(arm["arm_logits"].detach(), self.filter_threshold)
+                filtered = filtered_anchors(arm["arm_logits"].detach().float(), self.filter_threshold)
             else:
                 filtered = torch.zeros_like(objectness, dtype=torch.bool)
         references = refined if self.refine_anchors else anchors.expand_as(refined)
@@ -562,7 +563,7 @@ class RefineDet(nn.Module):
         the filter mask (N, A) -> detections per image in network-input pixels; extras
         ``anchor_index`` (the anchor each came from), ``anchor_iou_before`` / ``anchor_iou_after``
         (IoU of the detection's box with its anchor and with its refined anchor)."""
-        probabilities = F.softmax(odm["cls_logits"], dim=-1)[..., 1:]  # (N, A, K) foreground
+        probabilities = F.softmax(odm["cls_logits"].float(), dim=-1)[..., 1:]  # (N, A, K) foreground
         probabilities = probabilities.masked_fill(filtered[..., None], 0.0)  # negative anchor filtering
         num_classes = probabilities.shape[-1]
         device = anchors.device
@@ -577,7 +578,7 @@ class RefineDet(nn.Module):
             anchor_index = torch.div(flat_index, num_classes, rounding_mode="floor")
             labels = flat_index % num_classes + 1
             reference = references[i, anchor_index]
-            boxes = clip_boxes(self.box_coder.decode(odm["deltas"][i, anchor_index], reference), image_size)
+            boxes = clip_boxes(self.box_coder.decode(odm["deltas"][i, anchor_index].float(), reference), image_size)
             if recorder is not None:
                 recorder.put(i, R.FINAL_CANDIDATES, boxes=boxes, scores=scores, labels=labels,
                              levels=level_ids[anchor_index], anchor_index=anchor_index)
