@@ -74,12 +74,13 @@ def assign(
     gt_index = torch.where(usable)[0]
     if gt_index.numel() > 0:
         chosen = best_anchor_at_centre(anchors, anchor_shape, shapes, gt_boxes[gt_index])
-        # the later GT keeps a shared anchor: the largest GT index per anchor
-        owner = torch.full((num,), -1, dtype=torch.int64, device=device)
-        owner.scatter_reduce_(0, chosen, gt_index, reduce="amax")
-        positive = owner >= 0
-        matched[positive] = owner[positive]
-        labels[positive] = gt_labels[owner[positive]].to(torch.int64)
+        # the later GT keeps a shared anchor: drop every GT whose anchor a later GT claims
+        # (pairwise, so the kept anchors are distinct and the writes below deterministic)
+        order = torch.arange(chosen.numel(), device=device)
+        claimed_later = ((chosen[:, None] == chosen[None, :]) & (order[None, :] > order[:, None])).any(dim=1)
+        anchors_kept, owners = chosen[~claimed_later], gt_index[~claimed_later]
+        matched[anchors_kept] = owners
+        labels[anchors_kept] = gt_labels[owners].to(torch.int64)
     if gt_ignore is not None and gt_ignore.any():
         max_iou = iou[:, usable].max(dim=1).values if usable.any() else torch.zeros_like(max_iou)
     return Assignment(labels, matched, max_iou)
