@@ -4,12 +4,15 @@ Each image has 3 ground-truth boxes (every tenth image one crowd box), ``--predi
 detections (default 100), a final NMS over ``predictions + 150`` boxes (``predictions + 50``
 kept, 100 suppressed, some of them by kept boxes beyond the top-k cut), 300 RPN proposals with KL-RPN-like sigmas (the export keeps the first 100) and a
 128 x 128 uncertainty map. The traces are written in the trace format and loaded back, then
-``export_traces`` builds the dataset (samples, metadata, four box fields, heatmap PNGs) and
-``evaluate_detections`` runs (COCO style, mAP). A private ``mongod`` is started for the run
-unless ``--uri`` names a database.
+``export_traces`` builds the dataset (samples, metadata, four box fields, heatmap PNGs) with
+its evaluation (pycocotools' matching written per label and per sample, registered as
+FiftyOne's COCO evaluation ``eval`` with its mAP sweep), timed as ``export``; the same export
+without evaluation is timed as ``build``. ``--fiftyone-eval-images N`` also times FiftyOne's
+own ``evaluate_detections`` on the first N samples, the way the export evaluated before. A
+private ``mongod`` is started for the run unless ``--uri`` names a database.
 
-    python benchmarks/bench_fiftyone_export.py --eval-images 200
-    python benchmarks/bench_fiftyone_export.py --predictions 10
+    python benchmarks/bench_fiftyone_export.py --repeats 3
+    python benchmarks/bench_fiftyone_export.py --fiftyone-eval-images 100 --repeats 1
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def synthetic_trace(image_id: int, file_name: str, g: torch.Generator, predictio
     return ImageTrace(image_id, file_name, (SIDE, SIDE), records)
 
 
-def run(root: Path, num_images: int, repeats: int, predictions: int, eval_images: int | None) -> list[dict[str, float]]:
+def run(root: Path, num_images: int, repeats: int, predictions: int, fiftyone_eval: int | None) -> list[dict[str, float]]:
     from workbench.data.sources import open_dataset
     from workbench.export.fiftyone import evaluate_dataset, export_traces
 
@@ -107,14 +110,21 @@ def run(root: Path, num_images: int, repeats: int, predictions: int, eval_images
     save_traces(traces, root / "run" / "traces" / "val", method="synthetic", split="val")
     rows = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        loaded = load_traces(root / "run", "val")
-        dataset, summary = export_traces(loaded, data, "bench-export", views=VIEWS, maps_dir=root / "run" / "maps",
-                                         evaluate=False)
-        built = time.perf_counter()
-        evaluate_dataset(dataset if eval_images is None else dataset.limit(eval_images), data.class_names)
-        done = time.perf_counter()
-        rows.append({"build": built - start, "evaluate": done - built, "total": done - start, **summary.counts})
+        row = {}
+        for step, evaluate in (("build", False), ("export", True)):
+            start = time.perf_counter()
+            loaded = load_traces(root / "run", "val")
+            dataset, summary = export_traces(loaded, data, "bench-export", views=VIEWS,
+                                             maps_dir=root / "run" / "maps", evaluate=evaluate)
+            row[step] = time.perf_counter() - start
+        row["evaluation"] = row["export"] - row["build"]
+        row.update(summary.counts, tp=sum(dataset.values("eval_tp")), fp=sum(dataset.values("eval_fp")),
+                   fn=sum(dataset.values("eval_fn")))
+        if fiftyone_eval:
+            start = time.perf_counter()
+            evaluate_dataset(dataset.limit(fiftyone_eval), data.class_names, eval_key="fiftyone")
+            row["fiftyone_evaluate"] = time.perf_counter() - start
+        rows.append(row)
     return rows
 
 
@@ -123,7 +133,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--predictions", type=int, default=100, help="detections per image")
-    parser.add_argument("--eval-images", type=int, help="evaluate only the first N samples (default: all)")
+    parser.add_argument("--fiftyone-eval-images", type=int,
+                        help="also time FiftyOne's evaluate_detections on the first N samples")
     parser.add_argument("--uri", help="a MongoDB URI to use instead of a private mongod")
     args = parser.parse_args()
     os.environ.update(FIFTYONE_DO_NOT_TRACK="true", FIFTYONE_DATABASE_VALIDATION="false",
@@ -136,21 +147,25 @@ def main() -> None:
             mongod = start_private_mongod(Path(tmp) / "db")
         os.environ["FIFTYONE_DATABASE_URI"] = args.uri or mongod.uri
         try:
-            rows = run(Path(tmp), args.images, args.repeats, args.predictions, args.eval_images)
+            rows = run(Path(tmp), args.images, args.repeats, args.predictions, args.fiftyone_eval_images)
         finally:
             if mongod is not None:
                 from fiftyone.core.odm import database
 
                 database._disconnect()
                 mongod.stop()
-    counts = {k: rows[0][k] for k in ("ground_truth", "predictions", "proposals", "suppressed")}
-    evaluated = args.images if args.eval_images is None else min(args.eval_images, args.images)
-    print(f"\n{args.images} samples ({evaluated} evaluated); boxes written: {counts}; median of {len(rows)} exports\n")
+    counts = {k: rows[0][k] for k in ("ground_truth", "predictions", "proposals", "suppressed", "tp", "fp", "fn")}
+    print(f"\n{args.images} samples; boxes written and evaluation counts: {counts}; median of {len(rows)} runs\n")
     print("| step | median (s) | runs (s) |")
     print("|---|---:|---|")
-    for step in ("build", "evaluate", "total"):
+    steps = ["build", "export", "evaluation"] + (["fiftyone_evaluate"] if args.fiftyone_eval_images else [])
+    for step in steps:
         values = [r[step] for r in rows]
         print(f"| {step} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
+    if args.fiftyone_eval_images:
+        per_sample = statistics.median(r["fiftyone_evaluate"] for r in rows) / args.fiftyone_eval_images
+        print(f"\nFiftyOne's evaluate_detections: {per_sample:.2f} s a sample "
+              f"({per_sample * args.images / 60:.0f} min for {args.images} samples)")
 
 
 if __name__ == "__main__":

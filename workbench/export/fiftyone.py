@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import mimetypes
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 #: The default limit of boxes for views that declare one (``max_boxes``), e.g. proposals.
 DEFAULT_MAX_PROPOSALS = 100
 EVAL_KEY = "eval"
+#: The IoU at which a detection counts as a true positive.
+EVAL_IOU = 0.5
 CHUNK_SIZE = 500
 GT_FIELD = "ground_truth"
 #: Fields of a box record that are not per-box extras.
@@ -297,10 +300,18 @@ def heatmap_ranges(traces: Iterable, views: Sequence[RecordView]) -> dict[str, H
     ranges: dict[str, HeatmapRange] = {}
     heatmaps = [v for v in views if v.kind == "heatmap"]
     for trace in traces:
-        for view in heatmaps:
-            values = heatmap_pixels(trace, view)
-            if values is not None:
-                ranges.setdefault(view.field, HeatmapRange()).update(values, view.title)
+        _update_ranges(ranges, trace, heatmaps)
+    return _finite_ranges(ranges)
+
+
+def _update_ranges(ranges: dict[str, HeatmapRange], trace, heatmaps: Sequence[RecordView]) -> None:
+    for view in heatmaps:
+        values = heatmap_pixels(trace, view)
+        if values is not None:
+            ranges.setdefault(view.field, HeatmapRange()).update(values, view.title)
+
+
+def _finite_ranges(ranges: dict[str, HeatmapRange]) -> dict[str, HeatmapRange]:
     return {k: r for k, r in ranges.items() if math.isfinite(r.low)}
 
 
@@ -412,6 +423,29 @@ class ExportPlan:
         return {v.field: v.title for v in (*self.boxes, *self.suppressed, *self.heatmaps)}
 
 
+@dataclass
+class RunPart:
+    """One run's part of a dataset: its traces (aligned with the dataset's images), what it
+    shows (:class:`ExportPlan`), the prefix of its fields (``""`` for a dataset of one run) and
+    its evaluation key."""
+
+    name: str
+    traces: Sequence
+    plan: ExportPlan
+    prefix: str = ""
+    eval_key: str = EVAL_KEY
+    maps_dir: Path | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def field(self, name: str) -> str:
+        return self.prefix + name
+
+    @property
+    def kept_field(self) -> str | None:
+        kept = self.plan.kept
+        return None if kept is None else self.field(kept.field)
+
+
 def export_traces(
     traces,
     data,
@@ -433,68 +467,537 @@ def export_traces(
     :func:`workbench.methods.record_views`). ``max_proposals``: the limit of every boxes view
     that declares one (``max_boxes``; ``None``: the declared limits). Heatmap PNGs go to
     ``maps_dir`` (required when the traces hold maps). Returns ``(fiftyone.Dataset, ExportSummary)``."""
-    fo = _fiftyone()
-    class_names = list(data.class_names)
     if views is None:
         views = record_views(getattr(traces, "method", None))
-    plan = ExportPlan.of(views)
     traces = list(traces) if not isinstance(traces, Sequence) else traces
-    indices = [_dataset_index(data, t.image_id) for t in traces]
-    ranges = heatmap_ranges(traces, plan.heatmaps)
-    if ranges and maps_dir is None:
-        raise WorkbenchError("the traces hold maps: give a folder for the heatmap images (maps_dir)")
-    if maps_dir is not None and Path(maps_dir).exists():
-        shutil.rmtree(maps_dir)
+    run_name = Path(str((info or {}).get("run", "run"))).name
+    part = RunPart(run_name, traces, ExportPlan.of(views), maps_dir=maps_dir, info=dict(info or {}))
+    return build_dataset(data, name, [part], info=info, max_proposals=max_proposals, evaluate=evaluate,
+                         progress=progress, chunk_size=chunk_size)
 
-    descriptions = plan.descriptions()
-    dataset = fo.Dataset(name, persistent=True, overwrite=True)
-    filepaths = [str(data.image_path(i).resolve()) for i in indices]
-    sample_ids = dataset.add_samples([fo.Sample(filepath=p) for p in filepaths], progress=progress)
-    dataset.add_sample_field(GT_FIELD, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections,
-                             description="ground-truth boxes of the dataset")
-    for label_field in plan.box_fields():
-        dataset.add_sample_field(label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections,
-                                 description=descriptions[label_field])
-    heatmaps = [v for v in plan.heatmaps if v.field in ranges]
-    for view in heatmaps:
-        dataset.add_sample_field(view.field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Heatmap,
-                                 description=view.title)
-    declared: set[str] = set()
-    counts = {GT_FIELD: 0, **{f: 0 for f in plan.box_fields()}}
+
+def build_dataset(
+    data,
+    name: str,
+    parts: Sequence[RunPart],
+    *,
+    update: bool = False,
+    info: Mapping[str, Any] | None = None,
+    max_proposals: int | None = DEFAULT_MAX_PROPOSALS,
+    evaluate: bool = True,
+    progress: bool = False,
+    chunk_size: int = CHUNK_SIZE,
+):
+    """The dataset ``name`` of the runs ``parts`` (each :class:`RunPart`'s traces in the same
+    image order) on ``data``. ``update``: keep a dataset of that name (the same images) and
+    replace only the fields and evaluations of ``parts`` in it; otherwise the dataset is built
+    anew. Returns ``(fiftyone.Dataset, ExportSummary)`` (the summary counts every part's fields)."""
+    fo = _fiftyone()
+    class_names = list(data.class_names)
+    traces0 = parts[0].traces
+    indices = [_dataset_index(data, t.image_id) for t in traces0]
+    for part in parts:
+        if [t.image_id for t in part.traces] != [t.image_id for t in traces0]:
+            raise WorkbenchError(f"the traces of run {part.name!r} are not of the same images as those of "
+                                 f"run {parts[0].name!r}")
     limit = None if max_proposals is None else int(max_proposals)
-    for start in range(0, len(traces), chunk_size):
-        stop = min(start + chunk_size, len(traces))
-        chunk = [traces[i] for i in range(start, stop)]
+    evaluated = [p for p in parts if evaluate and len(indices) > 0 and p.plan.kept is not None]
+    first = {part.name: _first_pass(part, data, indices, limit, part in evaluated) for part in parts}
+    ranges = {name: ranges for name, (ranges, _) in first.items()}
+    for part in parts:
+        if ranges[part.name] and part.maps_dir is None:
+            raise WorkbenchError("the traces hold maps: give a folder for the heatmap images (maps_dir)")
+        if part.maps_dir is not None and Path(part.maps_dir).exists():
+            shutil.rmtree(part.maps_dir)
+
+    filepaths = [str(data.image_path(i).resolve()) for i in indices]
+    existing = update and name in fo.list_datasets()
+    if existing:
+        dataset = fo.load_dataset(name)
+        by_path = dict(zip(dataset.values("filepath"), dataset.values("id")))
+        missing = [p for p in filepaths if p not in by_path]
+        if missing or len(by_path) != len(filepaths):
+            raise WorkbenchError(f"the FiftyOne dataset {name!r} holds other images than the traces "
+                                 f"({len(by_path)} samples, {len(missing)} traced images not among them); "
+                                 f"export under another --name")
+        sample_ids = [by_path[p] for p in filepaths]
+        held = {k: dataset.info.get(k) for k in ("split", "data")}
+        given = {k: (info or {}).get(k) for k in ("split", "data")}
+        if any(held[k] is not None and given[k] is not None and held[k] != given[k] for k in held):
+            raise WorkbenchError(f"the FiftyOne dataset {name!r} holds split {held['split']!r} of {held['data']}; "
+                                 f"these runs are of split {given['split']!r} of {given['data']}: "
+                                 f"export them under another --name")
+        for part in parts:
+            _remove_run(dataset, part)
+    else:
+        dataset = fo.Dataset(name, persistent=True, overwrite=True)
+        sample_ids = dataset.add_samples([fo.Sample(filepath=p) for p in filepaths], progress=progress)
+        dataset.add_sample_field(GT_FIELD, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections,
+                                 description="ground-truth boxes of the dataset")
+    descriptions = {}
+    heatmaps = {}
+    for part in parts:
+        described = part.plan.descriptions()
+        for label_field in part.plan.box_fields():
+            descriptions[part.field(label_field)] = described[label_field]
+            dataset.add_sample_field(part.field(label_field), fo.EmbeddedDocumentField,
+                                     embedded_doc_type=fo.Detections, description=described[label_field])
+        heatmaps[part.name] = [v for v in part.plan.heatmaps if v.field in ranges[part.name]]
+        for view in heatmaps[part.name]:
+            descriptions[part.field(view.field)] = view.title
+            dataset.add_sample_field(part.field(view.field), fo.EmbeddedDocumentField,
+                                     embedded_doc_type=fo.Heatmap, description=view.title)
+
+    matches = {p.name: _match(first[p.name][1], data) for p in evaluated}
+    evaluations = {p.name: _register_evaluation(dataset, p) for p in evaluated}
+
+    declared: set[str] = set()
+    counts = {GT_FIELD: 0} if not existing else {}
+    for part in parts:
+        counts.update({part.field(f): 0 for f in part.plan.box_fields()})
+    tallies = {p.name: ([], [], []) for p in evaluated}
+    tuples = {p.name: [] for p in evaluated}
+    for start in range(0, len(indices), chunk_size):
+        stop = min(start + chunk_size, len(indices))
         ids = sample_ids[start:stop]
-        _write_chunk(dataset, ids, chunk, indices[start:stop], data, class_names, plan, limit, declared, counts)
-        _write_heatmaps(dataset, ids, chunk, heatmaps, ranges, maps_dir)
+        if existing:
+            gt_docs = [(d or {}).get("detections", []) for d in dataset.select(ids, ordered=True).values(GT_FIELD, _raw=True)]
+        else:
+            gt_docs = [ground_truth_documents(data.records[i], class_names) for i in indices[start:stop]]
+            counts[GT_FIELD] += sum(len(d) for d in gt_docs)
+        for part in parts:
+            chunk = [part.traces[i] for i in range(start, stop)]
+            fields = _run_documents(part, chunk, class_names, limit)
+            if part.name in matches:
+                kept = part.kept_field
+                for j, (gts, preds) in enumerate(zip(gt_docs, fields[kept])):
+                    image = matches[part.name].images[start + j]
+                    mark_matches(gts, preds, image, part.eval_key)
+                    tuples[part.name].extend(match_tuples(gts, preds, part.eval_key))
+                    for tally, value in zip(tallies[part.name], (image.tp, image.fp, image.fn)):
+                        tally.append(value)
+            _write_fields(dataset, ids, part, fields, declared, counts)
+            _write_heatmaps(dataset, ids, chunk, heatmaps[part.name], ranges[part.name], part)
+        if not existing:
+            metadata = [_metadata(data.image_path(i), data.records[i].height, data.records[i].width)
+                        for i in indices[start:stop]]
+            dataset.set_values("metadata", dict(zip(ids, metadata)), key_field="id")
+        dataset.set_values(GT_FIELD, {sid: detections_document(d) for sid, d in zip(ids, gt_docs)},
+                           key_field="id", validate=False, expand_schema=False)
+    for part in evaluated:
+        key = part.eval_key
+        for suffix, values in zip(("tp", "fp", "fn"), tallies[part.name]):
+            dataset.set_values(f"{key}_{suffix}", dict(zip(sample_ids, values)), key_field="id")
+        _save_evaluation(dataset, part, evaluations[part.name], matches[part.name], tuples[part.name], class_names)
+
     dataset.default_classes = class_names
-    shown = [GT_FIELD] + [v.field for v in (*plan.boxes, *plan.suppressed, *heatmaps) if v.shown]
-    dataset.app_config.active_fields = fo.ActiveFields(paths=shown)
-    dataset.info = {
-        **dict(info or {}), "max_proposals": limit,
-        "fields": {GT_FIELD: "ground-truth boxes of the dataset", **{k: v for k, v in descriptions.items()
-                                                                     if k in counts or k in ranges}},
-        "heatmaps": {k: {"range": [r.low, r.high], "value": r.description} for k, r in ranges.items()},
-    }
+    previous = dict(dataset.info) if existing else {}
+    run_info = dict(previous.get("runs", {}))
+    all_ranges = dict(previous.get("heatmaps", {}))
+    for part in parts:
+        shown = [part.field(v.field) for v in (*part.plan.boxes, *part.plan.suppressed, *heatmaps[part.name])]
+        all_ranges.update({part.field(k): {"range": [r.low, r.high], "value": r.description}
+                           for k, r in ranges[part.name].items()})
+        run_info[part.name] = {
+            **dict(part.info), "prefix": part.prefix, "fields": shown, "predictions": part.kept_field,
+            "eval_key": part.eval_key if part in evaluated else None,
+            "uncertainty": [part.field(f) for f in _uncertainty_paths(part)],
+        }
+    fields_info = {GT_FIELD: "ground-truth boxes of the dataset", **dict(previous.get("fields", {}))}
+    fields_info.update({k: v for k, v in descriptions.items() if k in counts or k in all_ranges})
+    dataset.info = {**previous, **dict(info or {}), "max_proposals": limit, "fields": fields_info,
+                    "heatmaps": all_ranges, "runs": run_info}
+    active = [GT_FIELD] + [f for part in parts for v in (*part.plan.boxes, *part.plan.suppressed,
+                                                        *heatmaps[part.name]) if v.shown for f in [part.field(v.field)]]
+    if existing and dataset.app_config.active_fields is not None:
+        active = list(dict.fromkeys([*(dataset.app_config.active_fields.paths or []), *active]))
+    dataset.app_config.active_fields = fo.ActiveFields(paths=active)
     dataset.save()
-    kept = plan.kept
-    evaluated = evaluate and len(dataset) > 0 and kept is not None
-    if evaluated:
-        evaluate_dataset(dataset, class_names, progress=progress, pred_field=kept.field)
-    summary = ExportSummary(name, len(dataset), counts, sorted(ranges), evaluated)
+    save_views(dataset)
+    summary = ExportSummary(name, len(dataset), counts, sorted(all_ranges), bool(evaluated))
     return dataset, summary
 
 
-def evaluate_dataset(dataset, class_names: Sequence[str], *, progress: bool = False, pred_field: str = "predictions"):
-    """COCO-style evaluation ``eval`` of ``pred_field`` against ``ground_truth`` of a dataset
-    or view (crowd boxes ignored, mAP computed); returns FiftyOne's results object.
+def _run_documents(part: RunPart, chunk, class_names, limit) -> dict[str, list[list[dict]]]:
+    """Field (prefixed) -> label documents per sample, of one run for one chunk of samples."""
+    plan = part.plan
+    fields: dict[str, list] = {part.field(f): [] for f in plan.box_fields()}
+    kept = plan.kept
+    for trace in chunk:
+        for view in plan.boxes:
+            max_boxes = view.max_boxes if view.max_boxes is None or limit is None else limit
+            fields[part.field(view.field)].append(
+                box_documents(trace, view, class_names, plan.attributes_of(view.record), max_boxes))
+        for view in plan.suppressed:
+            if kept is None:
+                fields[part.field(view.field)].append([])
+                continue
+            kept_ids = [d["_id"] for d in fields[part.field(kept.field)][-1]]
+            fields[part.field(view.field)].append(
+                suppressed_documents(trace, class_names, kept_ids, view.record, kept.record))
+    return fields
+
+
+def _write_fields(dataset, ids, part: RunPart, fields, declared, counts) -> None:
+    """One ``set_values`` per field of one run for one chunk (attributes declared first)."""
+    for field_name, docs_per_sample in fields.items():
+        view = next((v for v in part.plan.boxes if part.field(v.field) == field_name), None)
+        attribute_views = part.plan.attributes_of(view.record) if view is not None else ()
+        _declare_attributes(dataset, field_name, docs_per_sample, declared, {v.field: v.title for v in attribute_views})
+        values = {sid: detections_document(docs) for sid, docs in zip(ids, docs_per_sample)}
+        dataset.set_values(field_name, values, key_field="id", validate=False, expand_schema=False)
+        counts[field_name] += sum(len(d) for d in docs_per_sample)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation: pycocotools' matching, written as FiftyOne's COCO evaluation writes it
+
+
+def evaluation_boxes(record, trace, view: RecordView | None, max_boxes: int | None):
+    """``(ground truth, detections)`` of one image as :class:`~workbench.evaluation.matching.ImageBoxes`
+    (the detections: the first ``max_boxes`` of ``view``'s record, as exported)."""
+    from workbench.evaluation.matching import ImageBoxes
+
+    gt = ImageBoxes.of(record.boxes, record.labels, crowd=np.asarray(record.ignore).astype(bool))
+    box_record = None if view is None else trace.get(view.record)
+    if box_record is None or R.SCORES not in box_record:
+        return gt, ImageBoxes.of(np.zeros((0, 4)), [], scores=[])
+    n = int(box_record[R.SCORES].shape[0])
+    k = n if max_boxes is None else max(0, min(n, int(max_boxes)))
+    labels = box_record[R.LABELS][:k] if R.LABELS in box_record else torch.zeros(k, dtype=torch.int64)
+    return gt, ImageBoxes.of(box_record[R.BOXES][:k].double().numpy(), labels.numpy(),
+                             scores=box_record[R.SCORES][:k].double().numpy())
+
+
+def _first_pass(part: RunPart, data, indices, limit, evaluate: bool):
+    """One read of a run's traces: the value range of each heatmap and, with ``evaluate``, the
+    ``(ground truth, detections)`` boxes of each image for the matching."""
+    heatmaps = part.plan.heatmaps
+    kept = part.plan.kept
+    max_boxes = None if kept is None else (kept.max_boxes if kept.max_boxes is None or limit is None else limit)
+    ranges: dict[str, HeatmapRange] = {}
+    pairs = []
+    for index, trace in zip(indices, part.traces):
+        _update_ranges(ranges, trace, heatmaps)
+        if evaluate:
+            pairs.append(evaluation_boxes(data.records[index], trace, kept, max_boxes))
+    return _finite_ranges(ranges), pairs
+
+
+def _match(pairs, data):
+    from workbench.evaluation.matching import match_detections
+
+    return match_detections([g for g, _ in pairs], [d for _, d in pairs], range(1, len(data.class_names) + 1),
+                            iou_threshold=EVAL_IOU)
+
+
+def mark_matches(gt_docs: list[dict], pred_docs: list[dict], matches, eval_key: str) -> None:
+    """Write one image's matches into its label documents as FiftyOne's COCO evaluation does:
+    ``<key>`` (``"tp"`` / ``"fp"`` / ``"fn"``), ``<key>_id`` (the matched label's id, ``""``
+    for none) and ``<key>_iou`` (``None`` for none)."""
+    id_key, iou_key = f"{eval_key}_id", f"{eval_key}_iou"
+    for docs, other, outcome, miss in ((pred_docs, gt_docs, matches.det_gt, "fp"),
+                                       (gt_docs, pred_docs, matches.gt_det, "fn")):
+        ious = (matches.det_iou if docs is pred_docs else matches.gt_iou).tolist()
+        for doc, j, iou in zip(docs, outcome.tolist(), ious):
+            matched = j >= 0
+            doc[eval_key] = "tp" if matched else miss
+            doc[id_key] = str(other[j]["_id"]) if matched else ""
+            doc[iou_key] = iou if matched else None
+
+
+def _evaluation_config(part: RunPart):
+    from fiftyone.utils.eval.coco import COCOEvaluationConfig
+
+    return COCOEvaluationConfig(part.kept_field, GT_FIELD, iou=EVAL_IOU, classwise=True, iscrowd="iscrowd",
+                                compute_mAP=True)
+
+
+def _register_evaluation(dataset, part: RunPart):
+    """Register the run's evaluation under its key (FiftyOne's run record, the per-sample count
+    fields and the per-label fields in the schema) before its labels are written."""
+    method = _evaluation_config(part).build()
+    method.register_run(dataset, part.eval_key)
+    method.register_samples(dataset, part.eval_key, dynamic=True)
+    return method
+
+
+def _save_evaluation(dataset, part: RunPart, method, split_matches, tuples, class_names) -> None:
+    """The results FiftyOne's evaluation would store (the matches; COCO precision-recall sweep
+    for mAP and PR curves), and the count fields in a sidebar group named after the key."""
+    from fiftyone.utils.eval.coco import COCODetectionResults
+
+    from workbench.evaluation.matching import COCO_IOUS
+
+    precision, thresholds, recall_sweep = split_matches.precision(range(1, len(class_names) + 1))
+    results = COCODetectionResults(
+        dataset, method.config, part.eval_key, tuples,
+        precision, np.linspace(0, 1, 101), np.asarray(COCO_IOUS), list(class_names),
+        recall_sweep=recall_sweep, thresholds=thresholds, backend=method,
+    )
+    method.save_run_results(dataset, part.eval_key, results)
+    method.add_fields_to_sidebar_group(dataset, part.eval_key, omit_fields=(part.kept_field, GT_FIELD))
+
+
+def match_tuples(gt_docs: list[dict], pred_docs: list[dict], eval_key: str) -> list[tuple]:
+    """One image's ``(gt label, pred label, iou, confidence, gt id, pred id)`` per matched or
+    unmatched detection and per missed ground-truth box (``None`` where there is none), from
+    documents :func:`mark_matches` marked: the matches FiftyOne's results object keeps."""
+    id_key, iou_key = f"{eval_key}_id", f"{eval_key}_iou"
+    label_of = {str(g["_id"]): g["label"] for g in gt_docs}
+    tuples = []
+    for p in pred_docs:
+        gid = p[id_key]
+        tuples.append((label_of[gid], p["label"], p[iou_key], p.get("confidence"), gid, str(p["_id"])) if gid
+                      else (None, p["label"], None, p.get("confidence"), None, str(p["_id"])))
+    tuples.extend((g["label"], None, None, None, str(g["_id"]), None) for g in gt_docs if not g[id_key])
+    return tuples
+
+
+def _uncertainty_paths(part: RunPart) -> list[str]:
+    """``<field>.detections.<attribute>`` (unprefixed) of the detections' attributes the method
+    declares as uncertainties (``RecordView.uncertainty``); a list-valued one by its mean."""
+    kept = part.plan.kept
+    if kept is None:
+        return []
+    paths = []
+    for view in part.plan.attributes_of(kept.record):
+        if not view.uncertainty:
+            continue
+        sample = part.traces[0].get(kept.record) if len(part.traces) else None
+        value = None if sample is None else sample.get(view.value_field)
+        name = f"{view.field}_mean" if value is not None and value.dim() == 2 else view.field
+        paths.append(f"{kept.field}.detections.{name}")
+    return paths
+
+
+def _remove_run(dataset, part: RunPart) -> None:
+    """Delete the fields and the evaluation a previous export of ``part`` wrote."""
+    previous = dict(dataset.info.get("runs", {})).get(part.name, {})
+    key = previous.get("eval_key") or part.eval_key
+    if key in dataset.list_evaluations():
+        dataset.delete_evaluation(key)
+    schema = dataset.get_field_schema()
+    for name in previous.get("fields", []):
+        if name in schema:
+            dataset.delete_sample_field(name)
+
+
+# --------------------------------------------------------------------------------------------
+# saved views: the usual questions across runs
+
+#: The share of detections the "high uncertainty" views show (the top 10 % of a run's values).
+UNCERTAIN_QUANTILE = 0.9
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "run"
+
+
+def saved_view_specs(runs: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, list[tuple[str, str, Any]]]]:
+    """``(name, description, filters)`` of the saved views for the runs of a dataset's
+    ``info["runs"]`` (run name -> ``prefix``, ``eval_key``, ``fields``, ``uncertainty``);
+    ``filters`` are ``(label field, kind, argument)`` applied in order (see :func:`save_views`).
+
+    - ``<A>-fp-<B>-right``, per ordered pair of evaluated runs: samples where run A has false
+      positives and B found a ground-truth box A missed; shows A's false positives, those
+      boxes, and B's true positives;
+    - ``missed-by-all``: ground-truth boxes every evaluated run missed;
+    - ``<A>-uncertain``, per run with an uncertainty attribute on its detections: the
+      detections above its 90th percentile."""
+    evaluated = {n: r for n, r in runs.items() if r.get("eval_key")}
+    specs = []
+    for a, ra in evaluated.items():
+        for b, rb in evaluated.items():
+            if a == b:
+                continue
+            ka, kb = ra["eval_key"], rb["eval_key"]
+            pa, pb = ra["predictions"], rb["predictions"]
+            filters = [(pa, "eq", (ka, "fp")), (GT_FIELD, "fn_tp", (ka, kb)), (pb, "eq", (kb, "tp"))]
+            specs.append((f"{_slug(a)}-fp-{_slug(b)}-right",
+                          f"{a}'s false positives on images where {b} found a box {a} missed", filters))
+    if evaluated:
+        keys = [r["eval_key"] for r in evaluated.values()]
+        specs.append(("missed-by-all", "ground-truth boxes every run missed: " + ", ".join(evaluated),
+                      [(GT_FIELD, "all_fn", keys)]))
+    for a, ra in runs.items():
+        for path in ra.get("uncertainty") or []:
+            field_name, attribute = path.split(".detections.")
+            specs.append((f"{_slug(a)}-uncertain" if len(ra["uncertainty"]) == 1 else f"{_slug(a)}-uncertain-{_slug(attribute)}",
+                          f"{a}'s detections with the highest {attribute} (top {100 - round(100 * UNCERTAIN_QUANTILE)} %)",
+                          [(field_name, "quantile", attribute)]))
+    return specs
+
+
+def save_views(dataset) -> list[str]:
+    """(Re)create the saved views of :func:`saved_view_specs` for the runs the dataset holds;
+    views saved by an earlier export are replaced. Returns their names."""
+    from fiftyone import ViewField as F
+
+    for old in dataset.info.get("saved_views", []):
+        if dataset.has_saved_view(old):
+            dataset.delete_saved_view(old)
+    names = []
+    schema = dataset.get_field_schema()
+    for name, description, filters in saved_view_specs(dataset.info.get("runs", {})):
+        if any(f not in schema for f, _, _ in filters):
+            continue
+        view = dataset.view()
+        for label_field, kind, arg in filters:
+            if kind == "eq":
+                expr = F(arg[0]) == arg[1]
+            elif kind == "fn_tp":
+                expr = (F(arg[0]) == "fn") & (F(arg[1]) == "tp")
+            elif kind == "all_fn":
+                expr = F(arg[0]) == "fn"
+                for key in arg[1:]:
+                    expr = expr & (F(key) == "fn")
+            else:  # "quantile": above the run's quantile of the attribute
+                path = f"{label_field}.detections.{arg}"
+                values = [v for v in dataset.values(path, unwind=True) if v is not None]
+                if not values:
+                    break
+                expr = F(arg) >= float(np.quantile(values, UNCERTAIN_QUANTILE))
+            view = view.filter_labels(label_field, expr)
+        else:
+            dataset.save_view(name, view, description=description, overwrite=True)
+            names.append(name)
+    info = dict(dataset.info)
+    info["saved_views"] = names
+    dataset.info = info
+    dataset.save()
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# runs into one dataset
+
+
+class _AlignedTraces(Sequence):
+    """The traces of a :class:`~workbench.inspection.TraceSet` in a given image order (lazy)."""
+
+    def __init__(self, traces, image_ids: Sequence[int]) -> None:
+        self.traces, self.image_ids = traces, list(image_ids)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.traces.by_image_id(self.image_ids[index])
+
+
+def run_names(run_dirs: Sequence[Path | str]) -> list[str]:
+    """A field-safe name per run: its directory's name, with its parent's where two clash."""
+    paths = [Path(r).resolve() for r in run_dirs]
+    names = [p.name for p in paths]
+    names = [f"{p.parent.name}_{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+    names = [re.sub(r"\W", "_", n) for n in names]
+    if len(set(names)) != len(names):
+        raise WorkbenchError(f"the runs {', '.join(map(str, paths))} do not have distinct directory names")
+    return names
+
+
+def export_runs(
+    run_dirs: Sequence[Path | str],
+    *,
+    split: str | None = None,
+    name: str | None = None,
+    max_proposals: int | None = DEFAULT_MAX_PROPOSALS,
+    evaluate: bool = True,
+    progress: bool = False,
+    device: str = "auto",
+):
+    """``workbench export fiftyone --run A --run B``: one dataset of the runs' traces of
+    ``split`` (default: each run's validation split): the samples and ``ground_truth`` once,
+    and per run (named by its directory, :func:`run_names`) its views' fields prefixed
+    ``<run>_`` and its evaluation under the key ``<run>_eval`` (fields ``<run>_eval_tp``...;
+    per label ``<run>_eval``, ``<run>_eval_id``, ``<run>_eval_iou``). Runs of different splits or
+    datasets are refused. A dataset of that name (default ``workbench-<A>-<B>-<split>``) that
+    holds the same images keeps its other runs: only the given runs' fields are replaced. Saved
+    views answer the usual questions (:func:`saved_view_specs`). Returns ``(fiftyone.Dataset,
+    ExportSummary)``."""
+    from workbench.data.sources import open_dataset
+    from workbench.engine.trainer import load_run_config
+    from workbench.inspection.traces import load_traces, trace_dir
+
+    runs = [Path(r) for r in run_dirs]
+    if not runs:
+        raise WorkbenchError("give at least one run")
+    names = run_names(runs)
+    loaded = []
+    for run in runs:
+        run_split = split or load_run_config(run).data.val_split
+        if not (trace_dir(run, run_split) / "manifest.json").is_file():
+            from workbench.engine.predict import predict_run
+
+            log.info("no traces of split %s in %s: predicting with traces first", run_split, run)
+            predict_run(run, split=run_split, device=device, progress=progress, trace=True)
+        traces = load_traces(run, run_split)
+        spec = traces.meta.get("data") or load_run_config(run).data.spec
+        image_dir = traces.meta.get("image_dir")
+        loaded.append((run, run_split, traces, spec, image_dir))
+    identities = [(s, _data_identity(spec), _data_identity(image_dir)) for _, s, _, spec, image_dir in loaded]
+    if len(set(identities)) > 1:
+        described = "; ".join(f"{n}: split {s!r} of {spec}" for n, (_, s, _, spec, _) in zip(names, loaded))
+        raise WorkbenchError(f"one dataset holds runs of one split of one dataset, and these differ ({described}): "
+                             f"export them separately")
+    _, run_split, first, spec, image_dir = loaded[0]
+    image_ids = list(first.image_ids)
+    for n, (_, _, traces, _, _) in zip(names, loaded):
+        if sorted(traces.image_ids) != sorted(image_ids):
+            raise WorkbenchError(f"the traces of run {n!r} are not of the same images as those of run {names[0]!r}: "
+                                 f"predict both with traces on the whole split")
+    data = open_dataset(spec, run_split, image_dir=image_dir, progress=progress)
+    name = name or "workbench-" + "-".join(names) + f"-{run_split}"
+    parts = []
+    for n, (run, _, traces, _, _) in zip(names, loaded):
+        parts.append(RunPart(
+            n, _AlignedTraces(traces, image_ids), ExportPlan.of(record_views(traces.method)), prefix=f"{n}_",
+            eval_key=f"{n}_{EVAL_KEY}", maps_dir=run / "fiftyone" / name,
+            info={"run": str(run.resolve()), "method": traces.method, "trace_format_version": traces.version},
+        ))
+    info = {"split": run_split, "data": str(identities[0][1])}
+    return build_dataset(data, name, parts, update=True, info=info, max_proposals=max_proposals,
+                         evaluate=evaluate, progress=progress)
+
+
+def export_fiftyone(run_dirs: Sequence[Path | str], *, name: str | None = None, **kwargs):
+    """``workbench export fiftyone``: one run into a dataset of its own (:func:`export_run`,
+    unprefixed fields), unless ``name`` is a dataset of several runs, which the run joins or
+    replaces its part of; several runs into one dataset (:func:`export_runs`)."""
+    if len(run_dirs) == 1 and not (name and _holds_prefixed_runs(name)):
+        return export_run(run_dirs[0], name=name, **kwargs)
+    return export_runs(run_dirs, name=name, **kwargs)
+
+
+def _holds_prefixed_runs(name: str) -> bool:
+    fo = _fiftyone()
+    if name not in fo.list_datasets():
+        return False
+    runs = fo.load_dataset(name).info.get("runs", {})
+    return any(r.get("prefix") for r in runs.values())
+
+
+def _data_identity(spec) -> str | None:
+    if spec is None:
+        return None
+    path = Path(str(spec))
+    return str(path.resolve()) if path.exists() else str(spec)
+
+
+def evaluate_dataset(dataset, class_names: Sequence[str], *, progress: bool = False, pred_field: str = "predictions",
+                     eval_key: str = EVAL_KEY):
+    """FiftyOne's own COCO-style ``evaluate_detections`` of ``pred_field`` against
+    ``ground_truth`` under ``eval_key`` (crowd boxes ignored, mAP computed); returns FiftyOne's
+    results object. The export does not call it (it writes the same fields from pycocotools'
+    matching, :func:`build_dataset`); it is the reference the tests compare with.
 
     FiftyOne saves every evaluated sample through its document layer, whose cost grows faster
-    than linearly with the boxes per sample (see ``docs/benchmarks.md``): with 100 predictions
-    per image it dominates the export; ``workbench export fiftyone --no-eval`` skips it."""
+    than linearly with the boxes per sample (see ``docs/benchmarks.md``)."""
     return dataset.evaluate_detections(
-        pred_field, gt_field=GT_FIELD, eval_key=EVAL_KEY, method="coco", iou=0.5,
+        pred_field, gt_field=GT_FIELD, eval_key=eval_key, method="coco", iou=EVAL_IOU,
         compute_mAP=True, iscrowd="iscrowd", classes=list(class_names), progress=progress,
     )
 
@@ -506,37 +1009,8 @@ def _dataset_index(data, image_id: int) -> int:
         raise WorkbenchError(f"image id {image_id} of the traces is not in the dataset {data.source}") from None
 
 
-def _write_chunk(dataset, ids, chunk, indices, data, class_names, plan: ExportPlan, limit, declared, counts) -> None:
-    """Metadata, the ground truth and every box field of one chunk of samples, one
-    ``set_values`` per field."""
-    metadata = []
-    fields: dict[str, list] = {GT_FIELD: [], **{f: [] for f in plan.box_fields()}}
-    kept = plan.kept
-    for trace, index in zip(chunk, indices):
-        record = data.records[index]
-        metadata.append(_metadata(data.image_path(index), record.height, record.width))
-        fields[GT_FIELD].append(ground_truth_documents(record, class_names))
-        for view in plan.boxes:
-            max_boxes = view.max_boxes if view.max_boxes is None or limit is None else limit
-            fields[view.field].append(box_documents(trace, view, class_names, plan.attributes_of(view.record), max_boxes))
-        for view in plan.suppressed:
-            if kept is None:
-                fields[view.field].append([])
-                continue
-            kept_ids = [d["_id"] for d in fields[kept.field][-1]]
-            fields[view.field].append(suppressed_documents(trace, class_names, kept_ids, view.record, kept.record))
-    dataset.set_values("metadata", dict(zip(ids, metadata)), key_field="id")
-    for field_name, docs_per_sample in fields.items():
-        view = next((v for v in plan.boxes if v.field == field_name), None)
-        attribute_views = plan.attributes_of(view.record) if view is not None else ()
-        _declare_attributes(dataset, field_name, docs_per_sample, declared, {v.field: v.title for v in attribute_views})
-        values = {sid: detections_document(docs) for sid, docs in zip(ids, docs_per_sample)}
-        dataset.set_values(field_name, values, key_field="id", validate=False, expand_schema=False)
-        counts[field_name] += sum(len(d) for d in docs_per_sample)
-
-
 def _write_heatmaps(dataset, ids, chunk, heatmaps: Sequence[RecordView], ranges: Mapping[str, HeatmapRange],
-                    maps_dir: Path | None) -> None:
+                    part: RunPart) -> None:
     fo = _fiftyone()
     for view in heatmaps:
         value_range = ranges[view.field]
@@ -545,12 +1019,12 @@ def _write_heatmaps(dataset, ids, chunk, heatmaps: Sequence[RecordView], ranges:
             pixels = heatmap_pixels(trace, view)
             if pixels is None:
                 continue
-            path = Path(maps_dir) / view.field / f"{trace.image_id}.png"
+            path = Path(part.maps_dir) / part.field(view.field) / f"{trace.image_id}.png"
             write_heatmap_png(pixels, value_range, path)
             values[sid] = fo.Heatmap(map_path=str(path.resolve()), range=[0, 255],
                                      value_range=[value_range.low, value_range.high], value=view.title)
         if values:
-            dataset.set_values(view.field, values, key_field="id")
+            dataset.set_values(part.field(view.field), values, key_field="id")
 
 
 def export_run(
@@ -598,7 +1072,11 @@ __all__ = [
     "box_documents",
     "default_dataset_name",
     "evaluate_dataset",
+    "export_fiftyone",
     "export_run",
+    "export_runs",
     "export_traces",
+    "build_dataset",
+    "save_views",
     "relative_xywh",
 ]

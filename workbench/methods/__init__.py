@@ -70,7 +70,10 @@ class RecordView:
     - ``shown``: drawn when the App or a figure opens (otherwise a click away);
     - ``higher``: for heatmaps, what a higher value means (``"more uncertain"``...), for the
       colour bar;
-    - ``app``: exported to FiftyOne (``False``: figures only, e.g. a map per coordinate).
+    - ``app``: exported to FiftyOne (``False``: figures only, e.g. a map per coordinate);
+    - ``uncertainty``: the value measures the box's uncertainty (higher: more uncertain); for an
+      ``"attribute"`` of the detections, the FiftyOne export saves a view of the detections
+      with the highest values.
     """
 
     record: str
@@ -84,6 +87,7 @@ class RecordView:
     shown: bool = False
     higher: str | None = None
     app: bool = True
+    uncertainty: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in VIEW_KINDS:
