@@ -41,6 +41,23 @@ Switches for the paper's ablation (Table 3): ``refine_anchors`` (off: the ODM ma
 decodes against the original anchors), ``negative_filtering`` (off: no anchor is filtered),
 ``transfer_connection`` (off: the ODM heads read the ARM's source maps directly).
 
+Decisions the paper leaves open (each a config field where it is a number or a switch):
+
+- the ARM's binary score is a 2-way softmax (background, object), as in the authors' code; an
+  anchor is filtered when its background probability is strictly above ``filter_threshold``;
+- negative anchor filtering removes filtered anchors from the ODM's *negatives* only: a
+  filtered anchor that matches a GT stays a positive (the paper speaks of negatives; one
+  PyTorch port drops such positives too);
+- the 400 candidates are the best (anchor, class) pairs of the whole image above
+  ``score_thresh`` 0.01 (the paper: "top 400 high confident detections per image"), not 400 per
+  class as SSD's post-processing;
+- with ``transfer_connection`` off the ODM's heads read the ARM's source maps (the four
+  backbone levels) directly;
+- ``res6`` of the ResNet variant is one bottleneck block (128 inner, 512 output channels,
+  stride 2) with the backbone's normalisation (frozen batch norm: an identity at start);
+- the ``tiny`` preset's anchors are 2 x the stride (16..128 px), the miniature regime's sizes,
+  and its four source levels are MobileNetV2-FPN's (strides 8..64).
+
 Conventions as :mod:`workbench.modeling.dense`: ``N`` images, ``A`` anchors per image in
 (level, y, x, anchor) order; flat outputs ``(N, A, C)``; boxes xyxy in network-input pixels
 until the detector maps them back.
