@@ -83,7 +83,7 @@ from workbench.modeling.assignment import Assignment, HardNegativeSampler, SSDMa
 from workbench.modeling.backbones import NORM_LAYERS, _classification_network, _freeze_resnet, build_backbone
 from workbench.modeling.dense import DenseTargets, SoftmaxLoss
 from workbench.modeling.faster_rcnn import detections_to_original, start_batch
-from workbench.modeling.rpn import flatten_levels
+from workbench.modeling.rpn import flatten_levels, level_ids
 from workbench.modeling.ssd import SSD_MEAN, SSD_STD, FixedSizeTransform, L2Norm, _vgg_features, _xavier, _scaled, freeze_vgg_blocks
 from workbench.modeling.trace import TraceRecorder, grouped_nms
 from workbench.ops import BoxCoder, clip_boxes
@@ -583,9 +583,7 @@ class RefineDet(nn.Module):
         probabilities = F.softmax(odm["cls_logits"].float(), dim=-1)[..., 1:]  # (N, A, K) foreground
         probabilities = probabilities.masked_fill(filtered[..., None], 0.0)  # negative anchor filtering
         num_classes = probabilities.shape[-1]
-        device = anchors.device
-        level_ids = torch.repeat_interleave(torch.arange(len(level_counts), device=device),
-                                            torch.tensor(list(level_counts), device=device))
+        levels = level_ids(level_counts, anchors.device)
         out = []
         for i, image_size in enumerate(image_sizes):
             scores = probabilities[i].flatten()
@@ -598,7 +596,7 @@ class RefineDet(nn.Module):
             boxes = clip_boxes(self.box_coder.decode(odm["deltas"][i, anchor_index].float(), reference), image_size)
             if recorder is not None:
                 recorder.put(i, R.FINAL_CANDIDATES, boxes=boxes, scores=scores, labels=labels,
-                             levels=level_ids[anchor_index], anchor_index=anchor_index)
+                             levels=levels[anchor_index], anchor_index=anchor_index)
             keep = grouped_nms(boxes, scores, labels, self.nms_thresh, recorder, i, R.FINAL_NMS)
             keep = keep[: self.detections_per_img]
             kept_anchor = anchor_index[keep]
@@ -617,12 +615,10 @@ class RefineDet(nn.Module):
                         feature_sizes: Sequence[tuple[int, int]], refined: Tensor, objectness: Tensor,
                         filtered: Tensor, batch) -> None:
         """The anchor records of every image (see :mod:`workbench.methods.refinedet`)."""
-        device = anchors.device
-        level_ids = torch.repeat_interleave(torch.arange(len(level_counts), device=device),
-                                            torch.tensor(list(level_counts), device=device))
+        levels = level_ids(level_counts, anchors.device)
         per_location = len(self.anchor_generator.ratios)
         for i in range(refined.shape[0]):
-            recorder.put(i, R.ANCHORS, boxes=anchors, levels=level_ids)
+            recorder.put(i, R.ANCHORS, boxes=anchors, levels=levels)
             recorder.put(i, R.REFINED_ANCHORS, boxes=refined[i].half(), scores=objectness[i].half(),
                          filtered=filtered[i])
             k = min(self.trace_top_anchors, int(objectness.shape[1]))
