@@ -108,10 +108,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_fiftyone(args: argparse.Namespace) -> int:
-    from workbench.export.fiftyone import export_run
+    from workbench.export.fiftyone import export_fiftyone
 
-    _, summary = export_run(Path(args.run), split=args.split, name=args.name, max_proposals=args.proposals,
-                            evaluate=not args.no_eval, progress=not args.quiet, device=args.device)
+    _, summary = export_fiftyone([Path(r) for r in args.run], split=args.split, name=args.name,
+                                 max_proposals=args.proposals, evaluate=not args.no_eval, progress=not args.quiet,
+                                 device=args.device)
     counts = ", ".join(f"{n} {k}" for k, n in summary.counts.items())
     print(f"FiftyOne dataset {summary.name!r}: {summary.num_samples} samples ({counts}); "
           f"open it with `workbench app --name {summary.name}`")
@@ -238,12 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
     export = sub.add_parser("export", help="export a run to other tools")
     export_sub = export.add_subparsers(dest="export_command", required=True)
-    efo = export_sub.add_parser("fiftyone", help="a run's traces, ground truth and evaluation as a FiftyOne dataset")
-    efo.add_argument("--run", required=True, help="run directory (traces are predicted first if missing)")
-    efo.add_argument("--name", help="dataset name (default workbench-<run dir name>-<split>)")
+    efo = export_sub.add_parser("fiftyone", help="runs' traces, ground truth and evaluation as one FiftyOne dataset")
+    efo.add_argument("--run", required=True, action="append",
+                     help="run directory (traces are predicted first if missing); repeat it for several runs in "
+                          "one dataset, their fields prefixed by the run's directory name")
+    efo.add_argument("--name", help="dataset name (default workbench-<run dir name(s)>-<split>); a dataset of "
+                                    "several runs keeps its other runs, the given runs' fields are replaced")
     efo.add_argument("--split", help="split (default: the run's validation split)")
     efo.add_argument("--proposals", type=int, default=100, help="RPN proposals per image to export (default 100)")
-    efo.add_argument("--no-eval", action="store_true", help="skip evaluate_detections")
+    efo.add_argument("--no-eval", action="store_true", help="skip the evaluation (TP / FP / FN per box)")
     efo.add_argument("--device", default="auto", help="device when traces must be predicted first")
     efo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     efo.set_defaults(func=_cmd_export_fiftyone)

@@ -21,9 +21,17 @@ them) and one field per view the traces' method declares (:class:`workbench.meth
   over the image's pixels (:func:`workbench.inspection.maps.record_map_pixels`), written as
   8-bit PNGs under ``RUN/fiftyone/<dataset name>/<field>/`` on one value range for the whole
   split (the heatmap's ``value_range`` attribute gives it, ``value`` says what it shows);
-- the evaluation ``eval`` (``evaluate_detections``, COCO style, ``compute_mAP=True``) of the
-  :data:`~workbench.records.DETECTIONS` view's field: ``eval_tp`` / ``eval_fp`` / ``eval_fn``
-  per sample and ``eval`` (``"tp"``, ``"fp"``, ``"fn"``), ``eval_id``, ``eval_iou`` per box.
+- the evaluation ``eval`` of the :data:`~workbench.records.DETECTIONS` view's field against the
+  ground truth: pycocotools' COCO matching at IoU 0.5 (:mod:`workbench.evaluation.matching`)
+  written as FiftyOne's COCO-style ``evaluate_detections`` writes it, ``eval_tp`` / ``eval_fp``
+  / ``eval_fn`` per sample and ``eval`` (``"tp"``, ``"fp"``, ``"fn"``), ``eval_id``,
+  ``eval_iou`` per box, registered as a FiftyOne COCO evaluation with its results (mAP, PR
+  curves), so the App filters by it; the labels carry it when they are first written, which
+  keeps it to seconds where FiftyOne's own evaluation saves every sample again.
+
+Several runs of one split go into one dataset (:func:`export_runs`): the samples and the ground
+truth once, each run's fields prefixed ``<run>_`` and its evaluation under the key
+``<run>_eval``; saved views compare them (:func:`saved_view_specs`).
 
 Each field's and attribute's schema ``description`` is its view's ``label``, and
 ``dataset.info["fields"]`` maps every field to it, so the App says what each field shows.

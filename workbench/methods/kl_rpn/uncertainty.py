@@ -64,7 +64,7 @@ RECORD_VIEWS: tuple[RecordView, ...] = (
                  label=f"sigma of the {c} offset of the most certain anchor, at the anchor centres")
       for c in COORDINATES),
     RecordView(R.PROPOSALS, "attribute", field="sigma", label="predicted sigma of the offsets (x, y, w, h)"),
-    RecordView(R.DETECTIONS, "attribute", field="sigma",
+    RecordView(R.DETECTIONS, "attribute", field="sigma", uncertainty=True,
                label="predicted sigma of the offsets (x, y, w, h) of the proposal it was refined from"),
 )
 
