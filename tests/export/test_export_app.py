@@ -126,6 +126,25 @@ def test_the_app_lists_a_single_stage_runs_detections_and_suppressed_boxes(app, 
     assert 'data-cy="checkbox-proposals"' not in page.dom
 
 
+def test_the_app_lists_both_runs_of_a_two_run_dataset(app, kl_run, frcnn_run):
+    """One dataset of two runs (``workbench export fiftyone --run A --run B``): the sidebar lists
+    each run's declared fields under its name and its evaluation counts, and the ground truth."""
+    from workbench.export.fiftyone import export_runs, run_names
+
+    _, port, _, _ = app
+    name = "wb-app-two-runs"
+    export_runs([kl_run, frcnn_run], name=name)
+    page = _loaded_page(dataset_url(name, port=port), stem="fiftyone_app_two_runs")
+    assert page.tiles == NUM_SAMPLES and page.drawn_tiles == NUM_SAMPLES, "the grid did not finish loading"
+    expected = ["ground_truth"]
+    for run, method in zip(run_names([kl_run, frcnn_run]), ("kl_rpn", "faster_rcnn")):
+        declared = [v.field for v in get_method(method).record_views if v.app and v.kind != "attribute"]
+        expected += [f"{run}_{f}" for f in declared] + [f"{run}_eval_{c}" for c in ("tp", "fp", "fn")]
+    for field in expected:
+        assert f'data-cy="checkbox-{field}"' in page.dom, f"the sidebar of {name} does not list {field}"
+    assert 'data-cy="checkbox-predictions"' not in page.dom
+
+
 def test_ctrl_c_stops_the_app_and_its_server(app):
     _, port, process, _ = app
     os.kill(process.pid, signal.SIGINT)
