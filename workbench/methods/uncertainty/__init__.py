@@ -109,7 +109,7 @@ RECORD_VIEWS: tuple[RecordView, ...] = (
                  layer=f"BALD map, stride {s}", higher="more uncertain", app=False,
                  label=f"BALD of the objectness (bits) of the most uncertain anchor at each cell, stride {s}")
       for s in (8, 16, 32)),
-    RecordView(R.DETECTIONS, "attribute", field="uncertainty",
+    RecordView(R.DETECTIONS, "attribute", field="uncertainty", uncertainty=True,
                label="BALD of the objectness (bits) of the anchor the detection came from"),
 )
 
