@@ -34,5 +34,10 @@ class PredictionFileError(WorkbenchError):
     """A COCO results file is malformed or does not fit its ground truth."""
 
 
+class RunInterrupted(WorkbenchError):
+    """Training stopped on SIGINT / SIGTERM after saving its checkpoint; the caller stops too
+    (rather than going on as if the run had finished), and the same call resumes it."""
+
+
 class ConfigError(WorkbenchError):
     """A configuration value or command-line combination is invalid."""

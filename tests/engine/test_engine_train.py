@@ -129,3 +129,27 @@ def test_torchrun_two_processes_report_the_single_process_evaluation(small_shape
     assert cfg["batch_size"] == 2
     # 8 images, 2 per process, 2 processes: 2 steps
     assert _records(run, "train")[-1]["step"] == 2
+
+
+def test_train_or_resume_stops_its_caller_on_a_signal_and_resumes_on_the_next_call(straight_run, small_shapes, tmp_path):
+    from workbench.errors import RunInterrupted
+    from workbench.pipelines.runs import train_or_resume
+
+    run, _ = straight_run
+    cfg = small_config(small_shapes)
+
+    def stop(record):
+        if record.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(RunInterrupted, match=rf"{tmp_path}.*stopped at step 3.*resumes"):
+        train_or_resume(cfg, tmp_path, hooks=[stop])
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["global_step"] == 3
+
+    resumed = train_or_resume(cfg, tmp_path)
+    assert resumed.global_step == 8 and not resumed.interrupted
+    _assert_same_weights(
+        load_checkpoint(run / "checkpoints" / "last.pt")["model"],
+        load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"],
+    )
+    assert train_or_resume(cfg, tmp_path) is None  # finished: reused

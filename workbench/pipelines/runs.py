@@ -20,27 +20,41 @@ from typing import Any
 
 from workbench.config import TrainConfig
 from workbench.engine.run_dir import RunDir
-from workbench.errors import WorkbenchError
+from workbench.errors import RunInterrupted, WorkbenchError
 
 log = logging.getLogger(__name__)
 
 
-def train_or_resume(cfg: TrainConfig, run_dir: Path | str, *, progress: bool = False):
+def train_or_resume(cfg: TrainConfig, run_dir: Path | str, *, progress: bool = False, hooks: Sequence = ()):
     """Train ``cfg`` into ``run_dir``; a finished run there is kept as it is (its config wins)
-    and an interrupted one is resumed. Returns the ``TrainResult`` (``None`` when reused)."""
+    and an interrupted one is resumed. Returns the ``TrainResult`` (``None`` when reused).
+
+    A run stopped by SIGINT / SIGTERM raises :class:`~workbench.errors.RunInterrupted` once its
+    checkpoint is saved, so that a notebook, pipeline or comparison script stops there instead
+    of evaluating a half-trained run; calling again resumes it. ``hooks`` go to the trainer."""
     from workbench.engine.checkpoint import load_checkpoint
     from workbench.engine.trainer import load_run_config, train
 
     run = RunDir(Path(run_dir))
     if not run.last_checkpoint.exists():
-        return train(cfg, run.root, progress=progress)
+        return _finished(train(cfg, run.root, progress=progress, hooks=hooks))
     saved = load_run_config(run.root)
     state = load_checkpoint(run.last_checkpoint)
     if state["epoch"] >= saved.schedule.epochs:
         log.info("%s: finished run found, reusing it", run.root)
         return None
     log.info("%s: resuming the interrupted run", run.root)
-    return train(saved, run.root, resume=True, progress=progress)
+    return _finished(train(saved, run.root, resume=True, progress=progress, hooks=hooks))
+
+
+def _finished(result):
+    if result.interrupted:
+        raise RunInterrupted(
+            f"{result.run_dir}: training was stopped at step {result.global_step} "
+            f"({result.epochs_completed} epoch(s) complete); its checkpoint is saved and the same "
+            "call resumes it"
+        )
+    return result
 
 
 def run_dataset(run_dir: Path | str, split: str | None = None, data: str | None = None):
