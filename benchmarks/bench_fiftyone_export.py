@@ -8,7 +8,9 @@ kept, 100 suppressed, some of them by kept boxes beyond the top-k cut), 300 RPN 
 its evaluation (pycocotools' matching written per label and per sample, registered as
 FiftyOne's COCO evaluation ``eval`` with its mAP sweep), timed as ``export``; the same export
 without evaluation is timed as ``build``. ``--fiftyone-eval-images N`` also times FiftyOne's
-own ``evaluate_detections`` on the first N samples, the way the export evaluated before. A
+own ``evaluate_detections`` on the first N samples, the way the export evaluated before. Each step
+is timed in wall seconds, in this process's CPU seconds and in the private ``mongod``'s CPU
+seconds (what the step costs whatever else the machine runs). A
 private ``mongod`` is started for the run unless ``--uri`` names a database.
 
     python benchmarks/bench_fiftyone_export.py --repeats 3
@@ -98,9 +100,21 @@ def synthetic_trace(image_id: int, file_name: str, g: torch.Generator, predictio
     return ImageTrace(image_id, file_name, (SIDE, SIDE), records)
 
 
-def run(root: Path, num_images: int, repeats: int, predictions: int, fiftyone_eval: int | None) -> list[dict[str, float]]:
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, or of process ``pid`` (from /proc)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(root: Path, num_images: int, repeats: int, predictions: int, fiftyone_eval: int | None,
+        mongod_pid: int | None = None) -> list[dict[str, float]]:
     from workbench.data.sources import open_dataset
+    from workbench.export.database import import_fiftyone
     from workbench.export.fiftyone import evaluate_dataset, export_traces
+
+    import_fiftyone()  # not timed: about 5 s once per process
 
     rng = np.random.default_rng(0)
     g = torch.Generator().manual_seed(0)
@@ -112,18 +126,24 @@ def run(root: Path, num_images: int, repeats: int, predictions: int, fiftyone_ev
     for _ in range(repeats):
         row = {}
         for step, evaluate in (("build", False), ("export", True)):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
+            db_cpu = cpu_seconds(mongod_pid) if mongod_pid else 0.0
             loaded = load_traces(root / "run", "val")
             dataset, summary = export_traces(loaded, data, "bench-export", views=VIEWS,
                                              maps_dir=root / "run" / "maps", evaluate=evaluate)
-            row[step] = time.perf_counter() - start
-        row["evaluation"] = row["export"] - row["build"]
+            row[step], row[f"{step} (CPU)"] = time.perf_counter() - start, cpu_seconds() - cpu
+            row[f"{step} (mongod CPU)"] = cpu_seconds(mongod_pid) - db_cpu if mongod_pid else float("nan")
+        for kind in ("", " (CPU)", " (mongod CPU)"):
+            row[f"evaluation{kind}"] = row[f"export{kind}"] - row[f"build{kind}"]
         row.update(summary.counts, tp=sum(dataset.values("eval_tp")), fp=sum(dataset.values("eval_fp")),
                    fn=sum(dataset.values("eval_fn")))
         if fiftyone_eval:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
+            db_cpu = cpu_seconds(mongod_pid) if mongod_pid else 0.0
             evaluate_dataset(dataset.limit(fiftyone_eval), data.class_names, eval_key="fiftyone")
             row["fiftyone_evaluate"] = time.perf_counter() - start
+            row["fiftyone_evaluate (CPU)"] = cpu_seconds() - cpu
+            row["fiftyone_evaluate (mongod CPU)"] = cpu_seconds(mongod_pid) - db_cpu if mongod_pid else float("nan")
         rows.append(row)
     return rows
 
@@ -147,7 +167,8 @@ def main() -> None:
             mongod = start_private_mongod(Path(tmp) / "db")
         os.environ["FIFTYONE_DATABASE_URI"] = args.uri or mongod.uri
         try:
-            rows = run(Path(tmp), args.images, args.repeats, args.predictions, args.fiftyone_eval_images)
+            rows = run(Path(tmp), args.images, args.repeats, args.predictions, args.fiftyone_eval_images,
+                       None if mongod is None else mongod.process.pid)
         finally:
             if mongod is not None:
                 from fiftyone.core.odm import database
@@ -159,11 +180,15 @@ def main() -> None:
     print("| step | median (s) | runs (s) |")
     print("|---|---:|---|")
     steps = ["build", "export", "evaluation"] + (["fiftyone_evaluate"] if args.fiftyone_eval_images else [])
+    steps = [s for step in steps for s in (step, f"{step} (CPU)", f"{step} (mongod CPU)")]
     for step in steps:
         values = [r[step] for r in rows]
         print(f"| {step} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |")
     if args.fiftyone_eval_images:
         per_sample = statistics.median(r["fiftyone_evaluate"] for r in rows) / args.fiftyone_eval_images
+        cpu_per_sample = statistics.median(r["fiftyone_evaluate (CPU)"] for r in rows) / args.fiftyone_eval_images
+        print(f"\nFiftyOne's evaluate_detections: {cpu_per_sample:.2f} CPU s a sample "
+              f"({cpu_per_sample * args.images / 60:.0f} CPU min for {args.images} samples)")
         print(f"\nFiftyOne's evaluate_detections: {per_sample:.2f} s a sample "
               f"({per_sample * args.images / 60:.0f} min for {args.images} samples)")
 

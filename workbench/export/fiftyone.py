@@ -511,7 +511,7 @@ def build_dataset(
     limit = None if max_proposals is None else int(max_proposals)
     evaluated = [p for p in parts if evaluate and len(indices) > 0 and p.plan.kept is not None]
     first = {part.name: _first_pass(part, data, indices, limit, part in evaluated) for part in parts}
-    ranges = {name: ranges for name, (ranges, _) in first.items()}
+    ranges = {run: run_ranges for run, (run_ranges, _) in first.items()}
     for part in parts:
         if ranges[part.name] and part.maps_dir is None:
             raise WorkbenchError("the traces hold maps: give a folder for the heatmap images (maps_dir)")
