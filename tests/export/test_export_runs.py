@@ -146,3 +146,17 @@ def test_saved_views_answer_the_usual_questions(two_runs):
     shown = uncertain.values(f"{kl}_predictions.detections.sigma_mean", unwind=True)
     assert shown and min(shown) >= np.quantile(values, 0.9)
     assert len(shown) == sum(v >= np.quantile(values, 0.9) for v in values)
+
+
+def test_the_command_line_takes_several_runs(two_runs, kl_run, frcnn_run):
+    import fiftyone as fo
+
+    _, _, runs = two_runs
+    out = _cli("export", "fiftyone", "--run", str(kl_run), "--run", str(frcnn_run), "--name", "wb-two-runs-cli",
+               "--no-eval", "-q")
+    assert "'wb-two-runs-cli': 4 samples" in out
+    for name in runs:
+        assert f"{name}_predictions" in out
+    dataset = fo.load_dataset("wb-two-runs-cli")
+    assert dataset.list_evaluations() == [] and set(dataset.info["runs"]) == set(runs)
+    assert "missed-by-all" not in dataset.list_saved_views()  # nothing evaluated
