@@ -678,13 +678,16 @@ def evaluation_boxes(record, trace, view: RecordView | None, max_boxes: int | No
 
 
 def _first_pass(part: RunPart, data, indices, limit, evaluate: bool):
-    """One read of a run's traces: the value range of each heatmap and, with ``evaluate``, the
-    ``(ground truth, detections)`` boxes of each image for the matching."""
+    """One read of a run's traces (none when it shows no heatmap and is not evaluated): the value
+    range of each heatmap and, with ``evaluate``, the ``(ground truth, detections)`` boxes of
+    each image for the matching."""
     heatmaps = part.plan.heatmaps
     kept = part.plan.kept
     max_boxes = None if kept is None else (kept.max_boxes if kept.max_boxes is None or limit is None else limit)
     ranges: dict[str, HeatmapRange] = {}
     pairs = []
+    if not heatmaps and not evaluate:
+        return {}, pairs
     for index, trace in zip(indices, part.traces):
         _update_ranges(ranges, trace, heatmaps)
         if evaluate:
