@@ -155,13 +155,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from workbench.methods import METHODS, get_method
+    from workbench.methods import METHODS, describe_method
 
-    width = max(len(name) for name in METHODS)
     for name in METHODS:
-        method = get_method(name)
-        print(f"{name:<{width}}  {method.description}")
-        print(f"{'':<{width}}  presets: {', '.join(method.presets)}")
+        info = describe_method(name)
+        print(f"{name}: {info['description']}")
+        print(f"  paper:    {info['paper'] or '-'}")
+        print(f"  baseline: {info['baseline'] or '- (a baseline)'}")
+        print(f"  presets:  {', '.join(info['presets'])}")
+        records = "; ".join(f"{record} ({', '.join(f'{kind} {field}' for kind, field in views)})"
+                            for record, views in info["records"].items())
+        print(f"  records:  {records}")
     return 0
 
 
@@ -209,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    methods = sub.add_parser("methods", help="list the methods and their presets")
+    methods = sub.add_parser("methods", help="list the methods: paper, baseline, presets, trace records")
     methods.set_defaults(func=_cmd_methods)
 
     trainp = sub.add_parser("train", help="train a detector into a run directory")

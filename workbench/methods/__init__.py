@@ -4,6 +4,8 @@ baseline. ``METHODS`` is the one registry: method name -> module defining ``METH
 A :class:`Method` declares everything generic code needs to know about it, so that the engine,
 ``export/``, ``inspection/``, ``viz/``, the report and the notebooks never name a method:
 
+- its paper and its baseline (the registered method it is compared against; ``None`` for a
+  baseline), listed by ``workbench methods`` and used to group a comparison;
 - its model config type and builder ``build_model(model_cfg, num_classes)``;
 - its presets (plain functions returning a ``TrainConfig``);
 - its data transforms for training and evaluation (``None``: the two-stage defaults, see
@@ -140,6 +142,10 @@ class Method:
     eval_transforms: Callable[[TrainConfig], Any] | None = None
     #: The records the method's detector writes to a trace and how each is shown.
     record_views: tuple[RecordView, ...] = TWO_STAGE_VIEWS
+    #: The paper the method follows: title, first author, venue and year.
+    paper: str | None = None
+    #: The registered method it is compared against (``None``: the method is a baseline).
+    baseline: str | None = None
 
     def __post_init__(self) -> None:
         seen: set[tuple[str, str]] = set()
@@ -186,6 +192,17 @@ def record_views(name: str | None) -> tuple[RecordView, ...]:
     return get_method(name).record_views
 
 
+def describe_method(name: str) -> dict[str, Any]:
+    """What ``workbench methods`` lists of method ``name``: description, paper, baseline, presets
+    and the trace records with how each is shown (``record -> [(kind, field), ...]``)."""
+    method = get_method(name)
+    records: dict[str, list[tuple[str, str]]] = {}
+    for view in method.record_views:
+        records.setdefault(view.record, []).append((view.kind, view.field))
+    return {"name": name, "description": method.description, "paper": method.paper,
+            "baseline": method.baseline, "presets": list(method.presets), "records": records}
+
+
 def build_preset(method: str, preset: str) -> TrainConfig:
     m = get_method(method)
     if preset not in m.presets:
@@ -204,6 +221,7 @@ __all__ = [
     "TWO_STAGE_VIEWS",
     "VIEW_KINDS",
     "build_preset",
+    "describe_method",
     "get_method",
     "record_views",
 ]

@@ -110,6 +110,8 @@ def r50_fpn_1x() -> TrainConfig:
 
 METHOD = Method(
     name="cascade_rcnn",
+    paper="Cascade R-CNN: Delving into High Quality Object Detection (Cai and Vasconcelos, CVPR 2018)",
+    baseline="faster_rcnn",
     description="Cascade R-CNN: three box stages at IoU 0.5 / 0.6 / 0.7, each refining the previous one's boxes",
     model_config_type=CascadeRCNNConfig,
     build_model=build_model,

@@ -119,6 +119,8 @@ def r50_fpn_1x() -> TrainConfig:
 
 METHOD = Method(
     name="faster_rcnn",
+    paper="Faster R-CNN: Towards Real-Time Object Detection with Region Proposal Networks (Ren et al., NeurIPS 2015)",
+    baseline=None,
     description="Faster R-CNN (RPN + RoIAlign box head), the two-stage baseline",
     model_config_type=FasterRCNNConfig,
     build_model=build_model,

@@ -57,6 +57,8 @@ def r50_fpn_1x() -> TrainConfig:
 
 METHOD = Method(
     name="retinanet",
+    paper="Focal Loss for Dense Object Detection (Lin et al., ICCV 2017)",
+    baseline=None,
     description="RetinaNet (ResNet-FPN P3-P7, focal loss), a single-stage baseline",
     model_config_type=RetinaNetConfig,
     build_model=build_model,

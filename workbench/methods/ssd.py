@@ -110,6 +110,8 @@ def tiny() -> TrainConfig:
 
 METHOD = Method(
     name="ssd",
+    paper="SSD: Single Shot MultiBox Detector (Liu et al., ECCV 2016)",
+    baseline=None,
     description="SSD (VGG-16 with L2-normalised conv4_3, extra layers, hard negative mining)",
     model_config_type=SSDConfig,
     build_model=build_model,

@@ -107,6 +107,8 @@ def r50_fpn_1x() -> TrainConfig:
 
 METHOD = Method(
     name="iou_uniform",
+    paper="IoU-uniform R-CNN: Breaking Through the Limitations of RPN (Zhu et al.)",
+    baseline="faster_rcnn",
     description="IoU-uniform R-CNN: a box and IoU head trained on jittered GT boxes of uniform IoU; "
                 "scores = class x IoU of the re-pooled refined box",
     model_config_type=IoUUniformConfig,

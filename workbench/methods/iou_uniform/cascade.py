@@ -222,6 +222,8 @@ def r50_fpn_1x() -> TrainConfig:
 
 METHOD = Method(
     name="cascade_iou_uniform",
+    paper="IoU-uniform R-CNN: Breaking Through the Limitations of RPN (Zhu et al.)",
+    baseline="cascade_rcnn",
     description="Cascade R-CNN whose stages regress and predict the IoU with heads trained on jittered GT boxes "
                 "at rising IoU intervals (IoU-uniform R-CNN)",
     model_config_type=CascadeIoUUniformConfig,

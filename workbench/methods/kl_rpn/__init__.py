@@ -110,6 +110,8 @@ def r50_fpn_1x() -> TrainConfig:
 
 METHOD = Method(
     name="kl_rpn",
+    paper="KL-Divergence-Based Region Proposal Network for Object Detection (Seo et al., ICIP 2020)",
+    baseline="faster_rcnn",
     description="KL-RPN: RPN trained by KL divergence, objectness from the predicted offset uncertainty",
     model_config_type=KLRPNConfig,
     build_model=build_model,

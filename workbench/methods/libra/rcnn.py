@@ -41,6 +41,8 @@ def r50_fpn_1x() -> TrainConfig:
 
 METHOD = Method(
     name="libra_rcnn",
+    paper="Libra R-CNN: Towards Balanced Learning for Object Detection (Pang et al., CVPR 2019)",
+    baseline="faster_rcnn",
     description="Libra R-CNN: Faster R-CNN with IoU-balanced sampling, a balanced feature pyramid and balanced L1",
     model_config_type=LibraRCNNConfig,
     build_model=build_rcnn_model,

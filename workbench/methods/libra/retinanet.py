@@ -35,6 +35,8 @@ def r50_fpn_1x() -> TrainConfig:
 
 METHOD = Method(
     name="libra_retinanet",
+    paper="Libra R-CNN: Towards Balanced Learning for Object Detection (Pang et al., CVPR 2019)",
+    baseline="retinanet",
     description="Libra RetinaNet: RetinaNet with a balanced feature pyramid and balanced L1",
     model_config_type=LibraRetinaNetConfig,
     build_model=build_retinanet_model,

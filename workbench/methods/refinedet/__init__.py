@@ -117,6 +117,8 @@ def r101_320_coco() -> TrainConfig:
 
 METHOD = Method(
     name="refinedet",
+    paper="Single-Shot Refinement Neural Network for Object Detection (Zhang et al., CVPR 2018)",
+    baseline="ssd",
     description="RefineDet (anchor refinement module, transfer connections, detection on refined anchors)",
     model_config_type=RefineDetConfig,
     build_model=build_model,

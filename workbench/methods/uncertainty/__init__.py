@@ -115,6 +115,8 @@ RECORD_VIEWS: tuple[RecordView, ...] = (
 
 METHOD = Method(
     name=NAME,
+    paper="Loss Rescaling by Uncertainty Inference for Single-stage Object Detection (Li et al.)",
+    baseline="yolov3",
     description="YOLOv3 with a convBayes objectness branch; objectness loss rescaled by BALD difficulty",
     model_config_type=UncertaintyRescalingConfig,
     build_model=build_model,

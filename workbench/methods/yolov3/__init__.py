@@ -81,6 +81,8 @@ def tiny() -> TrainConfig:
 
 METHOD = Method(
     name="yolov3",
+    paper="YOLOv3: An Incremental Improvement (Redmon and Farhadi, arXiv 2018)",
+    baseline=None,
     description="YOLOv3-style detector (Darknet-53, three scales, shape assignment at the centre cell)",
     model_config_type=YOLOv3Config,
     build_model=build_model,
