@@ -1,7 +1,13 @@
 """A static HTML report of one or more runs: the metrics table and the key figures in one
 self-contained file (plotly.js is inside it; it opens offline, from disk or an e-mail).
 
-Sections, in order: final metrics; training loss and AP of every run; per run, its training
+A report takes any set of runs, e.g. several seeds of several methods. Runs of the same method
+and preset form a group (:mod:`workbench.evaluation.grouping`).
+
+Sections, in order: final metrics of every run; training loss and AP of every run; per group of
+runs (method and preset), the metrics as mean ± spread over its seeds, AP against the IoU
+threshold and the training curves averaged over seeds; per run (by default only the first run of
+each group, ``all_runs=True`` for every run), its training
 curves and per-class precision-recall curves; for the runs with proposals, proposal recall
 AR@100/300/1000 and the offsets of their highest- and lowest-objectness proposals to the ground
 truth (the figure of the KL-RPN paper, Fig. 3); per run, its proposal score histogram, one image
@@ -52,15 +58,18 @@ def _first_free(name: str, taken: set[str]) -> str:
 
 
 def run_names(run_dirs: Sequence[Path | str], names: Sequence[str] | None = None) -> list[str]:
-    """Display names: the given ones, else the folder names (made unique)."""
+    """Display names: the given ones, else the folder names, with their parent folder's name
+    when folder names repeat (``METHOD/seed_0``: seeds laid out per method), made unique."""
     if names:
         if len(names) != len(run_dirs):
             raise ValueError(f"{len(names)} names for {len(run_dirs)} runs")
         return [str(n) for n in names]
+    folders = [Path(path).absolute() for path in run_dirs]
+    repeated = len({p.name for p in folders}) < len(folders)
     taken: set[str] = set()
     out = []
-    for path in run_dirs:
-        out.append(_first_free(Path(path).name, taken))
+    for path in folders:
+        out.append(_first_free(f"{path.parent.name}/{path.name}" if repeated else path.name, taken))
         taken.add(out[-1])
     return out
 
@@ -75,6 +84,36 @@ def summary_sections(runs) -> list[Section]:
         Section("Final COCO metrics (validation)", metrics_table_figure(rows, title="")),
         Section("Training loss and AP per epoch", compare_curves_figure({r.name: r.records for r in runs}, title="")),
     ]
+
+
+def group_sections(runs) -> list[Section]:
+    """Per group of runs (method and preset): the metrics table with mean ± spread over seeds,
+    AP against IoU threshold and the training curves averaged over seeds."""
+    from workbench.evaluation.grouping import group_runs, group_table_rows
+    from workbench.viz.curves import group_curves_figure
+    from workbench.viz.iou import AP_KEYS, ap_per_iou_figure
+    from workbench.viz.tables import metrics_table_figure
+
+    groups = group_runs(runs)
+    rows = group_table_rows(groups)
+    return [
+        Section("Metrics by method and preset: mean ± sample standard deviation over seeds (validation)",
+                metrics_table_figure(rows, title="", row_header="method/preset")),
+        Section("AP against IoU threshold by method and preset (mean, bars: spread over seeds)",
+                ap_per_iou_figure({g.label: g.metrics for g in groups}, keys=AP_KEYS, title="")),
+        Section("Training loss and AP by method and preset, mean over seeds",
+                group_curves_figure({g.label: [r.records for r in g.runs] for g in groups}, title="")),
+    ]
+
+
+def detail_runs(runs, all_runs: bool = False) -> list:
+    """The runs shown one by one: all of them, or the first run of each group."""
+    if all_runs:
+        return list(runs)
+    from workbench.evaluation.grouping import group_runs
+
+    first = {id(g.runs[0]) for g in group_runs(runs)}
+    return [r for r in runs if id(r) in first]
 
 
 def run_curve_sections(run) -> list[Section]:
@@ -182,17 +221,18 @@ def trace_sections(run, *, score_threshold: float = 0.3, top_k: int = 100) -> li
 
 def report_sections(
     run_dirs: Sequence[Path | str], names: Sequence[str] | None = None, *, max_images: int = 50,
-    recall_top_n: int = 1000, device: str = "cpu",
+    recall_top_n: int = 1000, device: str = "cpu", all_runs: bool = False,
 ) -> list[Section]:
     """Every section of the report (see the module docstring)."""
     from workbench.pipelines.runs import load_run
 
     runs = [load_run(path, name) for path, name in zip(run_dirs, run_names(run_dirs, names))]
-    sections = summary_sections(runs)
-    for run in runs:
+    sections = summary_sections(runs) + group_sections(runs)
+    shown = detail_runs(runs, all_runs)
+    for run in shown:
         sections += run_curve_sections(run)
-    sections += proposal_sections(runs, max_images=max_images, top_n=recall_top_n, device=device)
-    for run in runs:
+    sections += proposal_sections(shown, max_images=max_images, top_n=recall_top_n, device=device)
+    for run in shown:
         sections += trace_sections(run)
     return sections
 
@@ -232,12 +272,13 @@ def write_report(sections: Sequence[Section], path: Path | str, *, title: str = 
 def build_report(
     run_dirs: Sequence[Path | str], out: Path | str, names: Sequence[str] | None = None, *,
     max_images: int = 50, recall_top_n: int = 1000, device: str = "cpu",
-    title: str = "Detection workbench report",
+    title: str = "Detection workbench report", all_runs: bool = False,
 ) -> Path:
     """:func:`report_sections` of the runs written by :func:`write_report` to ``out``."""
     if not run_dirs:
         from workbench.errors import WorkbenchError
 
         raise WorkbenchError("a report needs at least one run (--run RUN_DIR)")
-    sections = report_sections(run_dirs, names, max_images=max_images, recall_top_n=recall_top_n, device=device)
+    sections = report_sections(run_dirs, names, max_images=max_images, recall_top_n=recall_top_n, device=device,
+                               all_runs=all_runs)
     return write_report(sections, out, title=title)

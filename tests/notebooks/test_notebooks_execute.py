@@ -89,11 +89,16 @@ def test_compare_runs_tables_curves_recall_and_fig3(trained, baseline_run, tmp_p
 
     shown = figures(nb)
     tables = [f["data"][0] for f in shown if f["data"][0]["type"] == "table"]
-    metrics, recall = tables
+    groups, metrics, recall = tables
+    assert groups["cells"]["values"][0] == ["faster_rcnn/tiny", "kl_rpn/tiny"]
+    assert groups["header"]["values"][:6] == ["method/preset", "method", "preset", "seeds", "runs", "AP"]
     assert metrics["cells"]["values"][0] == ["baseline", "kl-rpn"]
     assert metrics["cells"]["values"][1] == ["faster_rcnn", "kl_rpn"]
     assert recall["header"]["values"][1:4] == ["AR@100", "AR@300", "AR@1000"]
     assert all(0.0 <= float(v) <= 1.0 for column in recall["cells"]["values"][1:] for v in column)
+    per_iou = next(f for f in shown if title(f).startswith("AP against IoU threshold"))
+    assert [t["meta"]["layer"] for t in per_iou["data"]] == ["faster_rcnn/tiny", "kl_rpn/tiny"]
+    assert any(title(f).startswith("Training loss and AP, mean over seeds") for f in shown)
     curves = next(f for f in shown if title(f) == "Runs")
     assert {t["meta"]["run"] for t in curves["data"]} == {"baseline", "kl-rpn"}
     fig3 = next(f for f in shown if "objectness" in title(f))

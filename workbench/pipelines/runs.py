@@ -123,8 +123,8 @@ def select_traces(traces, image_ids: Sequence[int] | None = None, num_images: in
 
 @dataclass
 class RunSummary:
-    """What a comparison needs of a run: its name, folder, method, metrics records and the
-    metrics of its last evaluation."""
+    """What a comparison needs of a run: its name, folder, method, preset, seed, metrics records
+    and the metrics of its last evaluation."""
 
     name: str
     path: Path
@@ -132,6 +132,7 @@ class RunSummary:
     preset: str
     records: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
 
 
 def load_run(run_dir: Path | str, name: str | None = None) -> RunSummary:
@@ -148,7 +149,7 @@ def load_run(run_dir: Path | str, name: str | None = None) -> RunSummary:
         final = {k: v for k, v in evals[-1].items() if k not in ("kind", "step")} if evals else {}
     return RunSummary(
         name=name or run.root.name, path=run.root, method=config["method"], preset=config["preset"],
-        records=records, final=final,
+        records=records, final=final, seed=config.get("seed"),
     )
 
 

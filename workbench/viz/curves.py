@@ -79,6 +79,44 @@ def compare_curves_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, ti
     return fig
 
 
+def _band(fig: go.Figure, xs: list, mean: list, std: list, *, color: str, name: str, key: str, row: int, col: int,
+          mode: str, showlegend: bool) -> None:
+    """A mean line with a mean +- std band (where a std exists) in one subplot."""
+    spread = [0.0 if s is None else s for s in std]
+    if any(s is not None for s in std):
+        upper = [m + s for m, s in zip(mean, spread)]
+        lower = [m - s for m, s in zip(mean, spread)]
+        fig.add_trace(go.Scatter(x=[*xs, *xs[::-1]], y=[*upper, *lower[::-1]], fill="toself", fillcolor=color,
+                                 opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False,
+                                 legendgroup=name, meta={"group": name, "key": key, "layer": "spread"}),
+                      row=row, col=col)
+    fig.add_trace(go.Scatter(x=xs, y=mean, mode=mode, name=name, legendgroup=name, showlegend=showlegend,
+                             line=dict(color=color), meta={"group": name, "key": key, "layer": "mean", "std": std}),
+                  row=row, col=col)
+
+
+def group_curves_figure(groups: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], *,
+                        title: str = "Training loss and AP, mean over seeds") -> go.Figure:
+    """Groups of runs (label -> the ``metrics.jsonl`` records of each of its runs) side by side:
+    the total training loss per step and the evaluation AP per epoch, each the mean over the
+    group's runs with a +- one sample standard deviation band (none for one run)."""
+    from workbench.evaluation.grouping import mean_curve
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "AP (val)"))
+    for i, (name, runs) in enumerate(groups.items()):
+        color = qualitative.Plotly[i % len(qualitative.Plotly)]
+        label = f"{name} ({len(runs)} run{'s' if len(runs) != 1 else ''})"
+        xs, mean, std = mean_curve(runs, kind="train", x="step", y="loss")
+        _band(fig, xs, mean, std, color=color, name=label, key="loss", row=1, col=1, mode="lines", showlegend=True)
+        xs, mean, std = mean_curve(runs, kind="eval", x="epoch", y="AP")
+        _band(fig, xs, mean, std, color=color, name=label, key="AP", row=1, col=2, mode="lines+markers",
+              showlegend=False)
+    fig.update_xaxes(title_text="step", row=1, col=1)
+    fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=2)
+    fig.update_layout(title=title, height=420)
+    return fig
+
+
 def pr_curves_figure(
     curves: Mapping[int, tuple[Any, Any]],
     *,
