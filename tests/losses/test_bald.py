@@ -102,3 +102,10 @@ def test_difficulty_broadcasts_a_correctness_mask():
     d = difficulty(u_bald, torch.tensor([True, False])[:, None])
     torch.testing.assert_close(d[0], 0.5 * torch.sigmoid(u_bald[0]))
     torch.testing.assert_close(d[1], 1.0 - 0.5 * torch.sigmoid(u_bald[1]))
+
+
+def test_public_names():
+    import workbench.losses as losses
+
+    assert losses.bald is bald and losses.difficulty is difficulty
+    assert losses.binary_anchor_loss.__module__ == "workbench.losses.anchor"

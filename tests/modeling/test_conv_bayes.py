@@ -98,3 +98,11 @@ def test_invalid_arguments_are_refused():
         ConvBayes(3, 2, 1, lam=0.0, num_samples=1)
     with pytest.raises(ValueError, match="num_samples"):
         ConvBayes(3, 2, 1, lam=1.0, num_samples=0)
+
+
+def test_public_name():
+    from workbench.modeling import ConvBayes as public
+
+    assert public is ConvBayes
+    layer = public(4, 2, 3, stride=2, padding=1, lam=1.0, num_samples=3)
+    assert layer.stride == (2, 2) and layer.padding == (1, 1) and layer.num_samples == 3

@@ -21,6 +21,7 @@ from workbench.modeling.assignment import (
     assign_to_gt,
 )
 from workbench.modeling.backbones import BACKBONES, FeatureExtractor, SingleLevel, build_backbone
+from workbench.modeling.conv_bayes import ConvBayes
 from workbench.modeling.box_stages import BoxSource, BoxStage, StageLoss, StageOutput
 from workbench.modeling.faster_rcnn import (
     FasterRCNN,
@@ -109,6 +110,7 @@ __all__ = [
     "BACKBONES",
     "BoxSource",
     "BoxStage",
+    "ConvBayes",
     "ExtraHeadOutput",
     "FastRCNNLoss",
     "FastRCNNPostprocess",
