@@ -28,7 +28,9 @@ Records a method adds: :data:`UNCERTAINTY_MAP` (per-anchor maps, see the method 
 map records follow :data:`MAP_CELL_SIZE`); :data:`REFINED_ROIS`: every RoI of the final pass
 refined by the box head, before the score threshold and NMS: ``boxes`` (R, 4) (row ``r`` refines
 row ``r`` of :data:`PROPOSALS`), ``scores`` (R,) (the best foreground score) and the method's
-per-RoI fields (e.g. a predicted IoU).
+per-RoI fields (e.g. a predicted IoU); :data:`REFINED_ANCHORS`, :data:`TOP_REFINED_ANCHORS`,
+:data:`DETECTION_ANCHORS` and the map record :data:`FILTERED_ANCHOR_MAP` of a detector that
+refines its anchors before classifying them.
 
 An NMS record holds its input (:data:`BOXES`, :data:`SCORES`, :data:`NMS_GROUPS`) and the
 ledger (:data:`NMS_KEEP`, :data:`NMS_SUPPRESSED_BY`, :data:`NMS_SUPPRESSOR_IOU`,
@@ -47,6 +49,14 @@ FINAL_NMS = "rcnn_nms"
 DETECTIONS = "detections"
 UNCERTAINTY_MAP = "uncertainty_map"
 REFINED_ROIS = "refined_rois"
+#: Anchor refinement (a first module moves and scores the anchors, a second classifies the
+#: moved ones): per anchor its refined box, object probability and filter mask; the most
+#: object-like refined anchors; the refined anchor of each detection; the share of anchors
+#: filtered per location (a map record). The method that writes them documents their fields.
+REFINED_ANCHORS = "refined_anchors"
+TOP_REFINED_ANCHORS = "top_refined_anchors"
+DETECTION_ANCHORS = "detection_anchors"
+FILTERED_ANCHOR_MAP = "filtered_anchor_map"
 
 # fields of box records --------------------------------------------------------------------------
 BOXES = "boxes"
@@ -81,4 +91,8 @@ ALL_RECORDS = (
     DETECTIONS,
     UNCERTAINTY_MAP,
     REFINED_ROIS,
+    REFINED_ANCHORS,
+    TOP_REFINED_ANCHORS,
+    DETECTION_ANCHORS,
+    FILTERED_ANCHOR_MAP,
 )

@@ -37,8 +37,11 @@ METHODS: dict[str, str] = {
     "kl_rpn": "workbench.methods.kl_rpn",
     "libra_rcnn": "workbench.methods.libra.rcnn",
     "libra_retinanet": "workbench.methods.libra.retinanet",
+    "refinedet": "workbench.methods.refinedet",
     "retinanet": "workbench.methods.retinanet",
     "ssd": "workbench.methods.ssd",
+    "uncertainty_rescaling": "workbench.methods.uncertainty",
+    "yolov3": "workbench.methods.yolov3",
 }
 
 #: How a record can be shown (see :class:`RecordView`).

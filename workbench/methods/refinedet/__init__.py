@@ -16,14 +16,38 @@ Presets:
 - ``vgg16_320_coco`` / ``vgg16_512_coco`` / ``r101_320_coco``: COCO (train2017, the paper's
   trainval35k), batch 32, lr 1e-3 for 280k iterations, then 1e-4 for 80k and 1e-5 for 40k
   (the original paper, section 4.2), in epochs of train2017.
+
+Trace records (names in :mod:`workbench.records`), per image, boxes in original-image pixels:
+
+- ``anchors`` (:data:`~workbench.records.ANCHORS`): ``boxes`` (A, 4), ``levels`` (A,): the same
+  tensor for every image of one size, so saved traces hold it once;
+- :data:`~workbench.records.REFINED_ANCHORS`: per anchor, in the anchors' order: ``boxes``
+  (A, 4) float16, the ARM's refined box; ``scores`` (A,) float16, its object probability;
+  ``filtered`` (A,) bool, the negative-anchor-filter mask;
+- :data:`~workbench.records.TOP_REFINED_ANCHORS`: the ``trace_top_anchors`` most object-like
+  refined anchors, best first: ``boxes``, ``scores``, ``anchor_index``;
+- :data:`~workbench.records.FINAL_CANDIDATES`: the ODM's candidates entering NMS (``boxes``,
+  ``scores``, ``labels``, ``levels``, ``anchor_index``); :data:`~workbench.records.FINAL_NMS`:
+  the ledger of the class-wise NMS;
+- :data:`~workbench.records.DETECTIONS`: ``boxes``, ``scores``, ``labels`` and per detection
+  ``anchor_index`` (the anchor it came from), ``anchor_iou_before`` (IoU of its box with that
+  anchor) and ``anchor_iou_after`` (with its refined anchor);
+- :data:`~workbench.records.DETECTION_ANCHORS`: per detection, in the same order, its refined
+  anchor (``boxes``), ``scores``, ``labels``, ``anchor_index``;
+- :data:`~workbench.records.FILTERED_ANCHOR_MAP`: a map record on the finest level's grid:
+  ``share_level<k>`` (the share of level ``k``'s anchors filtered at each location, spread to
+  the fine grid), ``share`` (their mean over the levels), float16, and ``cell_size``.
+
+:data:`RECORD_VIEWS` declares how they are shown (figures and FiftyOne fields).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from workbench import records as R
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
-from workbench.methods import SINGLE_STAGE_VIEWS, Method
+from workbench.methods import SINGLE_STAGE_VIEWS, Method, RecordView
 from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature
 from workbench.methods.refinedet.model import RefineDet, RefineDetConfig, build_refinedet
 from workbench.methods.ssd import _voc_data, _voc_schedule, train_transforms
@@ -115,6 +139,28 @@ def r101_320_coco() -> TrainConfig:
     return _coco("r101_320_coco", model)
 
 
+#: How RefineDet's own records are shown, besides the single-stage ones (detections and the boxes
+#: the final NMS suppressed).
+RECORD_VIEWS: tuple[RecordView, ...] = (
+    RecordView(R.TOP_REFINED_ANCHORS, "boxes", field="refined_anchors", layer="refined anchors",
+               label="the most object-like refined anchors (confidence: the ARM's object probability)",
+               box_label="refined anchor"),
+    RecordView(R.DETECTION_ANCHORS, "boxes", field="detection_anchors", layer="refined anchors of the detections",
+               label="the refined anchor each of the top detections came from", max_boxes=20),
+    RecordView(R.FILTERED_ANCHOR_MAP, "heatmap", field="filtered_anchors", value="share", layer="filtered anchors",
+               label="share of the anchors filtered as easy background at each location, over the levels",
+               higher="more anchors filtered", shown=True),
+    *(RecordView(R.FILTERED_ANCHOR_MAP, "heatmap", field=f"filtered_anchors_level{k}", value=f"share_level{k}",
+                 layer=f"filtered anchors, level {k}", higher="more anchors filtered", app=False,
+                 label=f"share of the level-{k} anchors (stride {8 * 2 ** k}) filtered at each location")
+      for k in range(4)),
+    RecordView(R.DETECTIONS, "attribute", field="anchor_iou_before",
+               label="IoU of the detection with the anchor it came from"),
+    RecordView(R.DETECTIONS, "attribute", field="anchor_iou_after",
+               label="IoU of the detection with its refined anchor (the ODM's reference)"),
+    RecordView(R.DETECTIONS, "attribute", field="anchor_index", label="index of the anchor the detection came from"),
+)
+
 METHOD = Method(
     name="refinedet",
     paper="Single-Shot Refinement Neural Network for Object Detection (Zhang et al., CVPR 2018)",
@@ -131,7 +177,7 @@ METHOD = Method(
         "r101_320_coco": r101_320_coco,
     },
     train_transforms=train_transforms,
-    record_views=SINGLE_STAGE_VIEWS,
+    record_views=(*SINGLE_STAGE_VIEWS, *RECORD_VIEWS),
 )
 
-__all__ = ["METHOD", "RefineDetConfig", "build_model", "tiny", "tiny_model"]
+__all__ = ["METHOD", "RECORD_VIEWS", "RefineDetConfig", "build_model", "tiny", "tiny_model"]
