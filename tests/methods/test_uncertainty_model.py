@@ -4,7 +4,6 @@ traced maps."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -251,3 +250,15 @@ def test_the_declaration_shows_the_bald_map_and_the_detections_uncertainty():
     (attribute,) = uncertainty.METHOD.views(kind="attribute")
     assert (attribute.record, attribute.field) == (R.DETECTIONS, "uncertainty")
     assert {"predictions", "suppressed"} <= {v.field for v in uncertainty.METHOD.record_views}
+
+
+def test_both_methods_are_registered_and_their_configs_round_trip():
+    from workbench.config import train_config_from_dict
+    from workbench.methods import METHODS, build_preset, get_method
+
+    assert METHODS["yolov3"] == "workbench.methods.yolov3"
+    assert METHODS["uncertainty_rescaling"] == "workbench.methods.uncertainty"
+    for method in ("yolov3", "uncertainty_rescaling"):
+        for preset in get_method(method).presets:
+            cfg = build_preset(method, preset)
+            assert train_config_from_dict(cfg.to_dict()) == cfg, (method, preset)
