@@ -16,6 +16,8 @@ Plotly is imported by the builder modules, never by ``import workbench``.
 - :mod:`~workbench.viz.iou`: IoU histograms of training boxes, localisation gain per IoU,
   predicted against true IoU, recall against the matching IoU, AP per IoU threshold;
 - :mod:`~workbench.viz.features`: per-level feature statistics of a pyramid;
+- :mod:`~workbench.viz.anchor_refinement`: anchors before and after a refinement step, the
+  anchor behind each detection, the IoU shift with the ground truth, filtered-anchor shares;
 - :mod:`~workbench.viz.boxes`: the shared pieces (box outlines, the image layer, axes);
 - :mod:`~workbench.viz.export`: self-contained HTML and PNG files;
 - :mod:`~workbench.viz.explorer`: the ipywidgets explorer over traced images.
