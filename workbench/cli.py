@@ -145,11 +145,26 @@ def _cmd_pipeline_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline_compare(args: argparse.Namespace) -> int:
+    from workbench.methods import METHODS
+    from workbench.pipelines.compare import DEFAULT_SEEDS, with_baselines, write_compare_pipeline
+
+    methods = args.method or list(METHODS)
+    seeds = args.seed or list(DEFAULT_SEEDS)
+    path = write_compare_pipeline(args.file, methods, seeds, name=args.name, output=args.output,
+                                  concurrent=args.concurrent, data=args.data)
+    runs = len(with_baselines(methods)) * len(seeds)
+    print(f"wrote {path}: {runs} training run(s) ({', '.join(with_baselines(methods))}; seeds "
+          f"{', '.join(map(str, seeds))}); run it with `workbench pipeline run {path}`")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from workbench.report import build_report
 
     path = build_report(args.run, Path(args.out), names=args.name, max_images=args.max_images,
-                        recall_top_n=args.recall_top_n, device=args.device)
+                        recall_top_n=args.recall_top_n, device=args.device,
+                        all_runs=args.all_runs)
     print(f"wrote the report to {path}")
     return 0
 
@@ -279,13 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
     prun.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                       help="set a notebook parameter (a YAML value) on every step whose notebook has it")
     prun.set_defaults(func=_cmd_pipeline_run)
+    pcmp = pipeline_sub.add_parser(
+        "compare", help="write a comparison pipeline: chosen methods' tiny presets and their baselines over seeds, "
+                        "one FiftyOne dataset, compare_runs.ipynb and a report")
+    pcmp.add_argument("--file", required=True, help="pipeline YAML file to write (e.g. pipelines/my_compare.yaml)")
+    pcmp.add_argument("--method", action="append", help="a method (repeat; default: every registered method); "
+                                                        "its baseline is added")
+    pcmp.add_argument("--seed", action="append", type=int, help="a seed (repeat; default 0, 1, 2)")
+    pcmp.add_argument("--concurrent", type=int, default=2, help="training runs side by side (default 2)")
+    pcmp.add_argument("--data", default="builtin:shapes", help="dataset of every run (default builtin:shapes)")
+    pcmp.add_argument("--name", default="compare_methods", help="pipeline and FiftyOne dataset name")
+    pcmp.add_argument("--output", default="compare-output", help="the pipeline's output folder (default compare-output)")
+    pcmp.set_defaults(func=_cmd_pipeline_compare)
     report = sub.add_parser("report", help="one self-contained HTML file with the metrics and key figures of runs")
-    report.add_argument("--run", action="append", required=True, help="a run directory (repeat to compare)")
+    report.add_argument("--run", action="append", required=True,
+                        help="a run directory (repeat to compare; seeds of a method and preset are grouped)")
     report.add_argument("--name", action="append", help="display name of each --run, in order")
     report.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     report.add_argument("--max-images", type=int, default=50, help="val images for proposal recall (default 50)")
     report.add_argument("--recall-top-n", type=int, default=1000, help="proposals per image for recall (default 1000)")
     report.add_argument("--device", default="cpu", help="device for the proposal analyses (default cpu)")
+    report.add_argument("--all-runs", action="store_true",
+                        help="per-run sections for every run (default: the first run of each method and preset)")
     report.set_defaults(func=_cmd_report)
     return parser
 
