@@ -4,6 +4,7 @@ traced maps."""
 
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 import torch
@@ -262,3 +263,29 @@ def test_both_methods_are_registered_and_their_configs_round_trip():
         for preset in get_method(method).presets:
             cfg = build_preset(method, preset)
             assert train_config_from_dict(cfg.to_dict()) == cfg, (method, preset)
+
+
+def test_the_method_learns_a_painted_box():
+    """60 Adam steps on two images with one painted box each: the top detection of each image is
+    its box, with the right class."""
+    from detector_support import painted_batch
+
+    from workbench.ops import box_iou
+
+    base = dataclasses.replace(BASE, size=96)
+    torch.manual_seed(0)
+    model = build_model(uncertainty.row_model("method", base), 3)
+    images, targets = painted_batch([(96, 96), (96, 96)], [[[20.0, 30.0, 60.0, 80.0]], [[40.0, 10.0, 90.0, 50.0]]],
+                                    [[1], [2]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(60):
+        loss = model.train()(images, targets).total_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        out = model.eval()(images)
+    for det, target in zip(out.detections, targets):
+        assert int(det.labels[0]) == int(target["labels"][0]) and float(det.scores[0]) > 0.5
+        assert float(box_iou(det.boxes[:1], target["boxes"])) > 0.8
+        assert torch.isfinite(det.extras["uncertainty"]).all()
