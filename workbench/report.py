@@ -6,9 +6,9 @@ and preset form a group (:mod:`workbench.evaluation.grouping`).
 
 Sections, in order: final metrics of every run; training loss and AP of every run; per group of
 runs (method and preset), the metrics as mean ± spread over its seeds, AP against the IoU
-threshold and the training curves averaged over seeds; per run (by default only the first run of
-each group, ``all_runs=True`` for every run), its training
-curves and per-class precision-recall curves; for the runs with proposals, proposal recall
+threshold, the training curves averaged over seeds and AP per class (mean ± spread); per run (by
+default only the first run of each group, ``all_runs=True`` for every run), its training curves
+and per-class precision-recall curves; for those runs with proposals, proposal recall
 AR@100/300/1000 and the offsets of their highest- and lowest-objectness proposals to the ground
 truth (the figure of the KL-RPN paper, Fig. 3); per run, its proposal score histogram, one image
 with detections and suppressed boxes, the NMS slider of that image and one figure per map its
@@ -104,6 +104,34 @@ def group_sections(runs) -> list[Section]:
         Section("Training loss and AP by method and preset, mean over seeds",
                 group_curves_figure({g.label: [r.records for r in g.runs] for g in groups}, title="")),
     ]
+
+
+def ap_per_class_of_runs(runs) -> dict[str, dict[str, float]]:
+    """Run name -> class name -> AP@[0.50:0.95] from the run's predictions file (``workbench
+    predict``); runs without one are left out."""
+    from workbench.pipelines.runs import category_names, evaluation_from_predictions, run_dataset
+
+    out = {}
+    for run in runs:
+        evaluation = evaluation_from_predictions(run.path)
+        if evaluation is None:
+            continue
+        names = category_names(run_dataset(run.path))
+        out[run.name] = {names.get(c, str(c)): ap for c, ap in evaluation.ap_per_category().items()}
+    return out
+
+
+def per_class_sections(runs) -> list[Section]:
+    """AP per class by method and preset, mean ± spread over seeds, from the predictions files."""
+    from workbench.evaluation.grouping import group_runs, value_table_rows
+    from workbench.viz.tables import metrics_table_figure
+
+    title = "AP per class by method and preset: mean ± sample standard deviation over seeds (validation)"
+    per_class = ap_per_class_of_runs(runs)
+    if not per_class:
+        return [Section(title, note="no predictions files; run `workbench predict`")]
+    rows = value_table_rows(group_runs(runs), per_class)
+    return [Section(title, metrics_table_figure(rows, title="", row_header="method/preset"))]
 
 
 def detail_runs(runs, all_runs: bool = False) -> list:
@@ -227,7 +255,7 @@ def report_sections(
     from workbench.pipelines.runs import load_run
 
     runs = [load_run(path, name) for path, name in zip(run_dirs, run_names(run_dirs, names))]
-    sections = summary_sections(runs) + group_sections(runs)
+    sections = summary_sections(runs) + group_sections(runs) + per_class_sections(runs)
     shown = detail_runs(runs, all_runs)
     for run in shown:
         sections += run_curve_sections(run)

@@ -16,6 +16,7 @@ from workbench.evaluation.grouping import (
     mean_curve,
     reported_keys,
     summarize_group,
+    value_table_rows,
 )
 
 
@@ -95,3 +96,13 @@ def test_mean_curve_over_runs():
     assert std == pytest.approx([math.sqrt(0.02), math.sqrt(0.02)])
     xs, mean, std = mean_curve([first, second], kind="train", x="step", y="loss")
     assert (xs, mean, std) == ([5], [2.0], [None])
+
+
+def test_table_of_other_per_run_values():
+    groups = group_runs(runs())
+    per_class = {"a0": {"circle": 0.2, "square": 0.4}, "a1": {"circle": 0.4}, "b0": {"square": 0.5, "star": 0.1}}
+    rows = value_table_rows(groups, per_class)
+    assert list(rows) == ["alpha/tiny", "beta/tiny", "alpha/large"]
+    assert rows["alpha/tiny"] == {"circle": "0.300 ± 0.141", "square": "0.400", "star": None}
+    assert rows["beta/tiny"] == {"circle": None, "square": "0.500", "star": "0.100"}
+    assert rows["alpha/large"] == {"circle": None, "square": None, "star": None}

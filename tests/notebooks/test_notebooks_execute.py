@@ -89,7 +89,9 @@ def test_compare_runs_tables_curves_recall_and_fig3(trained, baseline_run, tmp_p
 
     shown = figures(nb)
     tables = [f["data"][0] for f in shown if f["data"][0]["type"] == "table"]
-    groups, metrics, recall = tables
+    groups, per_class, metrics, recall = tables
+    assert per_class["cells"]["values"][0] == ["faster_rcnn/tiny", "kl_rpn/tiny"]
+    assert len(per_class["header"]["values"]) > 1
     assert groups["cells"]["values"][0] == ["faster_rcnn/tiny", "kl_rpn/tiny"]
     assert groups["header"]["values"][:6] == ["method/preset", "method", "preset", "seeds", "runs", "AP"]
     assert metrics["cells"]["values"][0] == ["baseline", "kl-rpn"]

@@ -32,6 +32,7 @@ def test_report_holds_metrics_figures_and_plotlyjs(trained, baseline_run, tmp_pa
         "Metrics by method and preset: mean ± sample standard deviation over seeds (validation)",
         "AP against IoU threshold by method and preset (mean, bars: spread over seeds)",
         "Training loss and AP by method and preset, mean over seeds",
+        "AP per class by method and preset: mean ± sample standard deviation over seeds (validation)",
         "baseline: training curves",
         "baseline: precision-recall",
         "kl: training curves",
@@ -51,4 +52,4 @@ def test_report_holds_metrics_figures_and_plotlyjs(trained, baseline_run, tmp_pa
         *[f"kl: {v.title}" for v in maps],
     ]
     assert "no traces; run `workbench predict --trace`" in page
-    assert page.count('class="plotly-graph-div"') == 13 + len(maps)
+    assert page.count('class="plotly-graph-div"') == 14 + len(maps)

@@ -118,6 +118,20 @@ def group_table_rows(groups: Sequence[RunGroup], keys: Sequence[str] | None = No
     return rows
 
 
+def value_table_rows(groups: Sequence[RunGroup], values: Mapping[str, Mapping[str, Any]], *,
+                     digits: int = 3) -> dict[str, dict[str, Any]]:
+    """Rows of a table of other per-run values (e.g. AP per class): group label -> ``mean ±
+    std`` over the group's runs of each key of ``values`` (run name -> key -> value), keys in
+    first-seen order; runs missing from ``values`` are left out of their group."""
+    keys = list(dict.fromkeys(k for row in values.values() for k in row))
+    rows = {}
+    for group in groups:
+        present = [values[name] for name in group.names if name in values]
+        rows[group.label] = {key: format_summary(MetricSummary(*mean_and_spread(v.get(key) for v in present)), digits)
+                             for key in keys}
+    return rows
+
+
 def mean_curve(records_of_runs: Sequence[Sequence[Mapping[str, Any]]], *, kind: str = "eval", x: str = "epoch",
                y: str = "AP") -> tuple[list[Any], list[float], list[float | None]]:
     """``(x values, mean, sample std)`` of ``y`` over runs at each ``x`` of their ``kind``
@@ -143,4 +157,5 @@ __all__ = [
     "mean_curve",
     "reported_keys",
     "summarize_group",
+    "value_table_rows",
 ]
