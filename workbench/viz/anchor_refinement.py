@@ -37,7 +37,7 @@ from workbench.viz.boxes import (
     to_numpy,
 )
 from workbench.viz.iou import iou_histogram_figure
-from workbench.viz.maps import map_layer
+from workbench.viz.maps import image_panel_axes, map_layer
 
 #: Layers of the refinement figures.
 ANCHOR_LAYER = "anchors"
@@ -216,11 +216,7 @@ def filtered_share_figure(
                           opacity=opacity if pixels is not None else 1.0, showscale=k == 0)
         layer.update(zmin=0.0, zmax=1.0)
         fig.add_trace(layer, row=row, col=col)
-        anchor = fig.get_subplot(row, col).yaxis.anchor
-        fig.update_xaxes(range=[0, width], showticklabels=False, showgrid=False, zeroline=False, constrain="domain",
-                         row=row, col=col)
-        fig.update_yaxes(range=[height, 0], showticklabels=False, showgrid=False, zeroline=False,
-                         scaleanchor=anchor, scaleratio=1, row=row, col=col)
+        image_panel_axes(fig, row, col, width, height)
     fig.update_layout(title=title, height=panel_height * nrows + 80, showlegend=False)
     return fig
 

@@ -141,13 +141,19 @@ def map_panels_figure(
         fig.add_trace(layer, row=row, col=col)
         if boxes is not None:
             fig.add_trace(box_layer(boxes, name="boxes", layer="gt", color="white"), row=row, col=col)
-        anchor = subplot.yaxis.anchor
-        fig.update_xaxes(range=[0, width], showticklabels=False, showgrid=False, zeroline=False, constrain="domain",
-                         row=row, col=col)
-        fig.update_yaxes(range=[height, 0], showticklabels=False, showgrid=False, zeroline=False,
-                         scaleanchor=anchor, scaleratio=1, row=row, col=col)
+        image_panel_axes(fig, row, col, width, height)
     fig.update_layout(title=title, height=panel_height * nrows + 80, showlegend=False)
     return fig
 
 
-__all__ = ["MAP_LAYER", "map_layer", "map_overlay_figure", "map_panels_figure"]
+def image_panel_axes(fig: go.Figure, row: int, col: int, width: float, height: float) -> None:
+    """Fit one subplot's axes to an image of ``width`` x ``height`` pixels: y pointing down,
+    square pixels, no ticks or grid."""
+    anchor = fig.get_subplot(row, col).yaxis.anchor
+    fig.update_xaxes(range=[0, width], showticklabels=False, showgrid=False, zeroline=False, constrain="domain",
+                     row=row, col=col)
+    fig.update_yaxes(range=[height, 0], showticklabels=False, showgrid=False, zeroline=False,
+                     scaleanchor=anchor, scaleratio=1, row=row, col=col)
+
+
+__all__ = ["MAP_LAYER", "image_panel_axes", "map_layer", "map_overlay_figure", "map_panels_figure"]

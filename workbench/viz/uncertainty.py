@@ -18,7 +18,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from workbench.viz.boxes import box_layer, class_name, fit_axes, image_layer, to_boxes, to_image, to_numpy
-from workbench.viz.maps import map_layer
+from workbench.viz.maps import image_panel_axes, map_layer
 
 GT_COLOR = "#00ff7f"
 #: Marker colours of anchors by outcome.
@@ -69,11 +69,7 @@ def uncertainty_map_figure(
         fig.add_trace(layer, row=row, col=col)
         if boxes is not None:
             fig.add_trace(box_layer(boxes, name="boxes", layer="gt", color="white"), row=row, col=col)
-        anchor = fig.get_subplot(row, col).yaxis.anchor
-        fig.update_xaxes(range=[0, width], showticklabels=False, showgrid=False, zeroline=False, constrain="domain",
-                         row=row, col=col)
-        fig.update_yaxes(range=[height, 0], showticklabels=False, showgrid=False, zeroline=False,
-                         scaleanchor=anchor, scaleratio=1, row=row, col=col)
+        image_panel_axes(fig, row, col, width, height)
     fig.update_layout(title=title, height=panel_height * nrows + 80, showlegend=False)
     return fig
 
