@@ -930,8 +930,6 @@ def export_runs(
     views answer the usual questions (:func:`saved_view_specs`). Returns ``(fiftyone.Dataset,
     ExportSummary)``."""
     from workbench.data.sources import open_dataset
-    from workbench.engine.trainer import load_run_config
-    from workbench.inspection.traces import load_traces, trace_dir
 
     runs = [Path(r) for r in run_dirs]
     if not runs:
@@ -939,16 +937,8 @@ def export_runs(
     names = run_names(runs)
     loaded = []
     for run in runs:
-        run_split = split or load_run_config(run).data.val_split
-        if not (trace_dir(run, run_split) / "manifest.json").is_file():
-            from workbench.engine.predict import predict_run
-
-            log.info("no traces of split %s in %s: predicting with traces first", run_split, run)
-            predict_run(run, split=run_split, device=device, progress=progress, trace=True)
-        traces = load_traces(run, run_split)
-        spec = traces.meta.get("data") or load_run_config(run).data.spec
-        image_dir = traces.meta.get("image_dir")
-        loaded.append((run, run_split, traces, spec, image_dir))
+        run_split, traces, spec = _run_traces(run, split, device=device, progress=progress)
+        loaded.append((run, run_split, traces, spec, traces.meta.get("image_dir")))
     identities = [(s, _data_identity(spec), _data_identity(image_dir)) for _, s, _, spec, image_dir in loaded]
     if len(set(identities)) > 1:
         described = "; ".join(f"{n}: split {s!r} of {spec}" for n, (_, s, _, spec, _) in zip(names, loaded))
@@ -1038,6 +1028,22 @@ def _write_heatmaps(dataset, ids, chunk, heatmaps: Sequence[RecordView], ranges:
             dataset.set_values(part.field(view.field), values, key_field="id")
 
 
+def _run_traces(run_dir: Path, split: str | None, *, device: str, progress: bool):
+    """``(split, traces, dataset spec)`` of a run: ``split`` defaults to the run's validation
+    split; traces that do not exist yet are predicted first (best checkpoint)."""
+    from workbench.engine.trainer import load_run_config
+    from workbench.inspection.traces import load_traces, trace_dir
+
+    split = split or load_run_config(run_dir).data.val_split
+    if not (trace_dir(run_dir, split) / "manifest.json").is_file():
+        from workbench.engine.predict import predict_run
+
+        log.info("no traces of split %s in %s: predicting with traces first", split, run_dir)
+        predict_run(run_dir, split=split, device=device, progress=progress, trace=True)
+    traces = load_traces(run_dir, split)
+    return split, traces, traces.meta.get("data") or load_run_config(run_dir).data.spec
+
+
 def export_run(
     run_dir: Path | str,
     *,
@@ -1055,18 +1061,9 @@ def export_run(
     those the run's method declares). Traces that do not exist yet are predicted first (best
     checkpoint). Returns ``(fiftyone.Dataset, ExportSummary)``."""
     from workbench.data.sources import open_dataset
-    from workbench.engine.trainer import load_run_config
-    from workbench.inspection.traces import load_traces, trace_dir
 
     run_dir = Path(run_dir)
-    split = split or load_run_config(run_dir).data.val_split
-    if not (trace_dir(run_dir, split) / "manifest.json").is_file():
-        from workbench.engine.predict import predict_run
-
-        log.info("no traces of split %s in %s: predicting with traces first", split, run_dir)
-        predict_run(run_dir, split=split, device=device, progress=progress, trace=True)
-    traces = load_traces(run_dir, split)
-    spec = traces.meta.get("data") or load_run_config(run_dir).data.spec
+    split, traces, spec = _run_traces(run_dir, split, device=device, progress=progress)
     data = open_dataset(spec, split, image_dir=traces.meta.get("image_dir"), progress=progress)
     name = name or default_dataset_name(run_dir, split)
     info = {"run": str(run_dir.resolve()), "method": traces.method, "split": split,
