@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import pytest
 import torch
 from torch import nn
 
@@ -22,9 +21,10 @@ from workbench.methods.refinedet.model import (
     filtered_share_maps,
 )
 from workbench.modeling.assignment import SSDMatcher
-from workbench.ops import BoxCoder, box_iou
+from workbench.ops import BoxCoder
 
 from detector_support import one_thread  # noqa: F401 (autouse)
+from detector_support import three_box_batch as batch
 
 #: A narrow VGG-16 RefineDet on 128 px inputs: source maps 16, 8, 4, 2 (1,020 anchors).
 SMALL = dict(width=0.125, size=128, tcb_channels=16, num_classes=3, anchor_sizes=(16.0, 32.0, 64.0, 128.0))
@@ -33,16 +33,6 @@ CODER = BoxCoder((10.0, 10.0, 5.0, 5.0))
 
 def small(**changes) -> RefineDetConfig:
     return RefineDetConfig(**{**SMALL, **changes})
-
-
-def batch():
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 96, 128, generator=g), torch.rand(3, 120, 100, generator=g)]
-    targets = [
-        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 100.0], [5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([2, 3])},
-    ]
-    return images, targets
 
 
 def built(seed: int = 0, **changes):

@@ -29,18 +29,9 @@ from workbench.modeling import TraceRecorder
 from workbench.modeling.conv_bayes import ConvBayes
 
 from detector_support import one_thread  # noqa: F401 (autouse)
+from detector_support import three_box_batch as _batch
 
 BASE = YOLOv3Config(num_classes=3, darknet_width=0.125, neck_channels=(16, 32, 64), size=128)
-
-
-def _batch():
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 96, 128, generator=g), torch.rand(3, 120, 100, generator=g)]
-    targets = [
-        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 100.0], [5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([2, 3])},
-    ]
-    return images, targets
 
 
 def _model(row: str = "method"):

@@ -26,19 +26,10 @@ from workbench.methods.yolov3.transforms import HSVDistort, JitterCrop, yolo_tra
 from workbench.modeling import TraceRecorder
 
 from detector_support import one_thread  # noqa: F401 (autouse)
+from detector_support import three_box_batch as _batch
 
 SMALL = YOLOv3Config(num_classes=3, darknet_width=0.125, neck_channels=(16, 32, 64), size=128)
 SHAPES = torch.tensor(YOLOV3_ANCHORS, dtype=torch.float32)
-
-
-def _batch():
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 96, 128, generator=g), torch.rand(3, 120, 100, generator=g)]
-    targets = [
-        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 100.0], [5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([2, 3])},
-    ]
-    return images, targets
 
 
 # ------------------------------------------------------------------------------------ networks

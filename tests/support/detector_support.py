@@ -140,3 +140,15 @@ def detections_by_hand(out, stage: dict, coder, scores: torch.Tensor) -> list[Ha
         boxes = rescale_boxes(refined[roi[keep]], size, out.raw["original_sizes"][i])
         expected.append(HandDetections(refined, boxes, s[roi, label][keep], label[keep] + 1, roi[keep] + rows.start))
     return expected
+
+
+def three_box_batch():
+    """Two images of different sizes (seeded noise, 96 x 128 and 120 x 100), one object in the
+    first and two in the second, labels 1 to 3."""
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 96, 128, generator=g), torch.rand(3, 120, 100, generator=g)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 100.0], [5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([2, 3])},
+    ]
+    return images, targets
