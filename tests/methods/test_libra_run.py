@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from detector_support import trained_small_run
+
 from workbench.methods.libra.analysis import (
     balanced_l1_settings,
     box_stage_sampling,
@@ -34,20 +36,9 @@ def test_overrides_reach_the_switches_and_the_baseline():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from workbench.engine.trainer import train
-    from workbench.pipelines.params import train_config
-
-    patch = pytest.MonkeyPatch()
-    patch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("runs") / "libra_rcnn"
-    cfg = train_config("libra_rcnn", "tiny", data=DATA, epochs=1, batch_size=2, device="cpu", seed=0,
-                       model_overrides=SMALL)
-    train(cfg, out, progress=False)
-    yield out
-    torch.set_num_threads(threads)
-    patch.undo()
+    with trained_small_run(tmp_path_factory, "libra_rcnn", data=DATA, epochs=1, batch_size=2,
+                           model_overrides=SMALL) as out:
+        yield out
 
 
 def test_a_run_trains_and_its_model_reads_back(run_dir):

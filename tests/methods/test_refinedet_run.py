@@ -8,7 +8,8 @@ import json
 import math
 
 import pytest
-import torch
+
+from detector_support import trained_small_run
 
 from workbench.methods.refinedet.model import RefineDet
 
@@ -21,20 +22,9 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from workbench.engine.trainer import train
-    from workbench.pipelines.params import train_config
-
-    patch = pytest.MonkeyPatch()
-    patch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("runs") / "refinedet"
-    cfg = train_config("refinedet", "tiny", data=DATA, epochs=1, batch_size=2, device="cpu", seed=0,
-                       max_train_images=8, max_val_images=4, model_overrides=SMALL)
-    train(cfg, out, progress=False)
-    yield out
-    torch.set_num_threads(threads)
-    patch.undo()
+    with trained_small_run(tmp_path_factory, "refinedet", data=DATA, epochs=1, batch_size=2, max_train_images=8,
+                           max_val_images=4, model_overrides=SMALL) as out:
+        yield out
 
 
 def test_the_run_trains_evaluates_and_reads_back(run_dir):

@@ -11,6 +11,8 @@ import math
 import pytest
 import torch
 
+from detector_support import trained_small_run
+
 from workbench import records as R
 from workbench.methods.yolov3.model import YOLOv3Detector
 
@@ -23,21 +25,10 @@ SMALL = {
 
 @pytest.fixture(scope="module", params=[("yolov3", "tiny"), ("uncertainty_rescaling", "tiny_baseline")])
 def run_dir(request, tmp_path_factory):
-    from workbench.engine.trainer import train
-    from workbench.pipelines.params import train_config
-
     method, preset = request.param
-    patch = pytest.MonkeyPatch()
-    patch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("runs") / f"{method}_{preset}"
-    cfg = train_config(method, preset, data=DATA, epochs=1, batch_size=4, device="cpu", seed=0,
-                       max_train_images=8, max_val_images=4, model_overrides=SMALL)
-    train(cfg, out, progress=False)
-    yield out
-    torch.set_num_threads(threads)
-    patch.undo()
+    with trained_small_run(tmp_path_factory, method, preset, data=DATA, epochs=1, batch_size=4, max_train_images=8,
+                           max_val_images=4, model_overrides=SMALL) as out:
+        yield out
 
 
 def test_the_run_trains_evaluates_reads_back_and_traces(run_dir):

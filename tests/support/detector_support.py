@@ -8,6 +8,7 @@ it on for that module only (``one_thread_per_test``: for each test of a conftest
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import pytest
@@ -152,3 +153,24 @@ def three_box_batch():
         {"boxes": torch.tensor([[30.0, 20.0, 90.0, 100.0], [5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([2, 3])},
     ]
     return images, targets
+
+
+@contextlib.contextmanager
+def trained_small_run(tmp_path_factory, method: str, preset: str = "tiny", **config):
+    """A run of ``method``'s ``preset`` trained on the CPU with one torch thread and a private
+    dataset cache (``train_config`` takes ``config``: data, epochs, model overrides...); yields
+    its directory, then restores the thread count and the environment. For module fixtures."""
+    from workbench.engine.trainer import train
+    from workbench.pipelines.params import train_config
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("runs") / f"{method}_{preset}"
+        train(train_config(method, preset, device="cpu", seed=0, **config), out, progress=False)
+        yield out
+    finally:
+        torch.set_num_threads(threads)
+        patch.undo()
