@@ -11,7 +11,9 @@ import torch
 import torchvision
 from viz_records import make_gt, make_image, make_records
 
+from workbench.methods import RecordView
 from workbench.viz.explorer import ExplorerImage, TraceExplorer, explorer_images
+from workbench.viz.images import default_views
 
 
 def layer(explorer, name, role=None):
@@ -109,3 +111,60 @@ def test_explorer_images_pair_traces_with_dataset_samples():
 def test_an_empty_explorer_is_refused():
     with pytest.raises(ValueError, match="at least one image"):
         TraceExplorer([])
+
+
+def with_predicted_iou(seed):
+    """Records whose detections carry two predicted IoUs (as a method adds per-box fields) and an
+    integer field that is no scalar to colour by."""
+    records = make_records(seed=seed)
+    det = records["detections"]
+    g = torch.Generator().manual_seed(100 + seed)
+    det["iou_pred"] = torch.rand(len(det["scores"]), generator=g) * (0.5 + 0.4 * seed)
+    det["iou_pred_first"] = torch.rand(len(det["scores"]), generator=g)
+    det["anchor_index"] = torch.arange(len(det["scores"]))
+    return records
+
+
+@pytest.fixture
+def iou_explorer():
+    images = [ExplorerImage(image_id=i, image=make_image(i), records=with_predicted_iou(i), gt=make_gt(i))
+              for i in range(2)]
+    views = (*default_views(), RecordView("detections", "attribute", field="iou_pred", label="predicted IoU"))
+    return TraceExplorer(images, views=views, color_by="iou_pred", score_threshold=0.3)
+
+
+def test_the_detections_are_coloured_by_a_per_detection_scalar_on_one_scale(iou_explorer):
+    options = [value for _, value in iou_explorer.color_by.options]
+    assert options == [None, "scores", "iou_pred", "iou_pred_first"]
+    (det,) = layer(iou_explorer, "detections")
+    values = with_predicted_iou(0)["detections"]["iou_pred"].numpy()
+    assert det.mode == "lines+markers" and det.meta["color_by"] == "iou_pred"
+    corners = np.array(det.marker.color, dtype=float).reshape(-1, 6)
+    np.testing.assert_allclose(corners, np.repeat(values[det.meta["index"]][:, None], 6, axis=1), rtol=1e-6)
+    # one scale over both images: the second image's larger values set its top
+    both = np.concatenate([with_predicted_iou(i)["detections"]["iou_pred"].numpy() for i in range(2)])
+    assert (det.marker.cmin, det.marker.cmax) == pytest.approx((both.min(), both.max()))
+    assert det.marker.showscale is True and det.marker.colorbar.title.text == "predicted IoU"
+    # the colour follows the value: the highest predicted IoU takes the top of the scale
+    assert np.argmax(corners[:, 0]) == np.argmax(values[det.meta["index"]])
+
+
+def test_picking_another_field_or_none_recolours_the_detections(iou_explorer):
+    iou_explorer.color_by.value = "iou_pred_first"
+    (det,) = layer(iou_explorer, "detections")
+    first = with_predicted_iou(0)["detections"]["iou_pred_first"].numpy()[det.meta["index"]]
+    np.testing.assert_allclose(np.array(det.marker.color, dtype=float)[::6], first, rtol=1e-6)
+    assert det.marker.colorbar.title.text == "iou_pred_first"
+    iou_explorer.picker.value = 1
+    (det,) = layer(iou_explorer, "detections")
+    second = with_predicted_iou(1)["detections"]["iou_pred_first"].numpy()[det.meta["index"]]
+    np.testing.assert_allclose(np.array(det.marker.color, dtype=float)[::6], second, rtol=1e-6)
+    iou_explorer.color_by.value = None
+    (det,) = layer(iou_explorer, "detections")
+    assert det.mode == "lines" and det.marker.color is None and "color_by" not in det.meta
+
+
+def test_colouring_by_a_field_no_image_carries_is_refused():
+    images = [ExplorerImage(image_id=0, image=make_image(0), records=make_records(seed=0))]
+    with pytest.raises(ValueError, match="no per-detection scalar 'iou_pred'.*available: scores"):
+        TraceExplorer(images, color_by="iou_pred")

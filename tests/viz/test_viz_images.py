@@ -8,7 +8,8 @@ import torch
 from viz_records import MAP_VIEWS, make_gt, make_image, make_records
 
 from workbench.viz.boxes import outline_coordinates, to_image
-from workbench.viz.images import LAYERS, image_figure, layer_traces, trace_image_figure
+from workbench.methods import RecordView
+from workbench.viz.images import LAYERS, image_figure, layer_traces, per_box_scalars, trace_image_figure
 from workbench.viz.nms import kept_detections, rerun_nms
 
 
@@ -92,3 +93,24 @@ def test_class_names_label_ground_truth_hover():
     gt = {"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": torch.tensor([2])}
     fig = image_figure(gt=gt, class_names=["circle", "square"])
     assert layer_traces(fig, "gt")[0].hovertext[0] == "GT #0: square"
+
+
+def test_per_box_scalars_are_the_float_fields_with_one_value_per_box():
+    record = {"boxes": torch.zeros(3, 4), "labels": torch.ones(3, dtype=torch.int64), "level": torch.tensor([0, 1, 2]),
+              "iou_pred": torch.tensor([0.2, 0.9, 0.5]), "scores": torch.tensor([0.3, 0.2, 0.1]),
+              "sigma": torch.tensor([[1.0, 3.0], [2.0, 2.0], [0.0, 0.0]]), "cell_size": torch.tensor([4.0, 4.0, 4.0, 4.0])}
+    scalars = per_box_scalars(record)
+    assert list(scalars) == ["scores", "iou_pred", "sigma_mean"]
+    np.testing.assert_allclose(scalars["sigma_mean"], [2.0, 2.0, 0.0])
+
+
+def test_coloured_detections_keep_their_colour_bar_beside_the_heatmaps():
+    records = make_records(seed=4)
+    records["detections"]["iou_pred"] = torch.linspace(0.1, 0.9, len(records["detections"]["scores"]))
+    view = RecordView("detections", "attribute", field="iou_pred", label="predicted IoU", higher="better localised")
+    fig = trace_image_figure(records, views=(*MAP_VIEWS, view), score_threshold=0.0, color_by="iou_pred")
+    (det,) = layer_traces(fig, "detections")
+    assert det.marker.colorbar.title.text == "predicted IoU (higher: better<br>localised)"
+    assert (det.marker.cmin, det.marker.cmax) == pytest.approx((0.1, 0.9))
+    heatmap_bar = layer_traces(fig, "map")[0].colorbar
+    assert det.marker.colorbar.x is not None and det.marker.colorbar.x != heatmap_bar.x

@@ -101,18 +101,43 @@ def box_layer(
     opacity: float = 1.0,
     visible: bool = True,
     extra_meta: dict | None = None,
+    marker: dict | None = None,
 ) -> go.Scatter:
-    """One trace outlining every box; ``hover`` gives one text per box."""
+    """One trace outlining every box; ``hover`` gives one text per box; ``marker`` (e.g.
+    :func:`value_marker`) adds a marker at every corner."""
     arr = to_boxes(boxes)
     xs, ys = outline_coordinates(arr)
     texts = per_point(hover) if hover is not None else None
     meta = {"layer": layer, "count": int(arr.shape[0]), **(extra_meta or {})}
     return go.Scatter(
-        x=xs, y=ys, mode="lines", name=f"{name} ({arr.shape[0]})", legendgroup=layer,
-        line=dict(color=color, width=width, dash=dash), opacity=opacity,
+        x=xs, y=ys, mode="lines" if marker is None else "lines+markers", name=f"{name} ({arr.shape[0]})",
+        legendgroup=layer, line=dict(color=color, width=width, dash=dash), opacity=opacity, marker=marker,
         hovertext=texts, hoverinfo="text" if texts is not None else "skip",
         meta=meta, visible=visible, connectgaps=False,
     )
+
+
+def value_marker(
+    values: Any,
+    *,
+    title: str,
+    value_range: tuple[float, float] | None = None,
+    colorscale: str = "Viridis",
+    size: float = 7.0,
+    colorbar_x: float | None = None,
+) -> dict:
+    """Corner markers of a :func:`box_layer` coloured by one value per box, with a colour bar
+    titled ``title``. ``value_range`` fixes the colour scale (e.g. over every image of a run, so
+    a colour means the same value on each); default: the values' own finite range.
+    ``colorbar_x``: the colour bar's position (paper coordinates; beside another one's)."""
+    values = to_numpy(values).reshape(-1)
+    finite = values[np.isfinite(values)]
+    if value_range is None:
+        value_range = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    low, high = value_range
+    return dict(color=per_point(values.tolist()), colorscale=colorscale, cmin=low, cmax=high if high > low else low + 1e-6,
+                showscale=True, size=size, line=dict(width=0),
+                colorbar=dict(title=dict(text=title, side="right"), len=0.75, x=colorbar_x))
 
 
 def png_data_uri(pixels: np.ndarray) -> str:

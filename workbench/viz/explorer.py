@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 
 from workbench import records as R
 from workbench.viz.boxes import to_numpy
-from workbench.viz.images import LAYERS, default_views, trace_image_figure
+from workbench.viz.images import LAYERS, default_views, per_box_scalars, trace_image_figure
 from workbench.viz.maps import MAP_LAYER
 
 #: Layers shown when the explorer opens.
@@ -62,6 +62,22 @@ def explorer_images(traces: Iterable[Any], dataset: Any, *, limit: int | None = 
     return items
 
 
+def scalar_ranges(images: Sequence[ExplorerImage], record: str = R.DETECTIONS) -> dict[str, tuple[float, float]]:
+    """The per-box scalars (:func:`workbench.viz.images.per_box_scalars`) of ``record`` over
+    ``images``, each with its finite range over all of them, in order of first appearance: what
+    the detections can be coloured by, on one scale for every image (so a colour means the same
+    value whichever image is picked)."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for item in images:
+        for name, values in per_box_scalars(item.records.get(record, {})).items():
+            finite = values[np.isfinite(values)]
+            low, high = ranges.get(name, (np.inf, -np.inf))
+            if finite.size:
+                low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+            ranges[name] = (low, high)
+    return {name: (low, high) if low <= high else (0.0, 1.0) for name, (low, high) in ranges.items()}
+
+
 def _score_range(records: Mapping[str, Mapping[str, Any]], name: str | None) -> tuple[float, float]:
     scores = to_numpy(records[name]["scores"]) if name in records else np.zeros(0)
     scores = scores[np.isfinite(scores)]
@@ -84,7 +100,11 @@ class TraceExplorer:
     - ``score``: the minimum score of detections and suppressed boxes;
     - ``proposal_score``: the minimum proposal score (its range follows the image's scores);
     - ``nms_iou``: the IoU threshold of the final NMS, re-run on the recorded candidates
-      (at the recorded threshold the recorded detections are shown).
+      (at the recorded threshold the recorded detections are shown);
+    - ``color_by``: the per-detection scalar the detections are coloured by (``None``: one
+      colour), any the images' detection records carry (:func:`scalar_ranges`: the scores and
+      the fields a method adds, e.g. a predicted IoU or an uncertainty), on its range over all
+      images, with a colour bar.
 
     ``views``: the method's record views (``Method.record_views``; default the two-stage
     ones), which say where the proposals, the final NMS and the map are; ``heatmap`` picks a
@@ -98,6 +118,7 @@ class TraceExplorer:
         class_names: Sequence[str] | None = None,
         views: Sequence[Any] | None = None,
         heatmap: str | None = None,
+        color_by: str | None = None,
         score_threshold: float = 0.5,
         layers: Iterable[str] = DEFAULT_LAYERS,
         max_detections: int = 100,
@@ -114,6 +135,10 @@ class TraceExplorer:
         self._proposal_record = next((v.record for v in self.views if v.kind == "boxes" and v.record != R.DETECTIONS),
                                      None)
         self.max_detections = max_detections
+        self._color_ranges = scalar_ranges(self.images, R.DETECTIONS)
+        if color_by is not None and color_by not in self._color_ranges:
+            raise ValueError(f"no per-detection scalar {color_by!r} in these images; "
+                             f"available: {', '.join(self._color_ranges) or 'none'}")
         self._size = dict(width=width, height=height)
         self._quiet = False
         visible = set(layers)
@@ -130,6 +155,8 @@ class TraceExplorer:
         self.proposal_score = widgets.FloatSlider(description="proposal >=", continuous_update=False)
         self.nms_iou = widgets.FloatSlider(min=0.05, max=0.95, step=0.05, description="NMS IoU",
                                            continuous_update=False)
+        self.color_by = widgets.Dropdown(options=[("one colour", None), *((n, n) for n in self._color_ranges)],
+                                         value=color_by, description="colour by")
         self._fit_sliders()
         self.figure = go.FigureWidget(self.build_figure())
         self._wire()
@@ -153,7 +180,7 @@ class TraceExplorer:
             item.records, views=self.views, heatmap=self.heatmap, image=item.image, gt=item.gt, score_threshold=float(self.score.value),
             proposal_threshold=float(self.proposal_score.value), nms_iou=nms_iou,
             max_detections=self.max_detections, class_names=self.class_names, layers=self.visible_layers(),
-            title=item.label,
+            color_by=self.color_by.value, color_range=self._color_ranges.get(self.color_by.value), title=item.label,
         )
         fig.update_layout(**self._size)
         return fig
@@ -161,8 +188,8 @@ class TraceExplorer:
     # -- wiring --------------------------------------------------------------------------
     def _wire(self) -> None:
         self.picker.observe(self._on_image, names="value")
-        for slider in (self.score, self.proposal_score, self.nms_iou):
-            slider.observe(self._on_threshold, names="value")
+        for control in (self.score, self.proposal_score, self.nms_iou, self.color_by):
+            control.observe(self._on_threshold, names="value")
         for layer, box in self.toggles.items():
             box.observe(lambda change, layer=layer: self._on_toggle(layer, change["new"]), names="value")
 
@@ -204,7 +231,7 @@ class TraceExplorer:
     @property
     def widget(self) -> widgets.Widget:
         """The controls above the figure."""
-        toggles = widgets.HBox(list(self.toggles.values()))
+        toggles = widgets.HBox([*self.toggles.values(), self.color_by])
         sliders = widgets.HBox([self.score, self.proposal_score, self.nms_iou])
         return widgets.VBox([self.picker, toggles, sliders, self.figure])
 

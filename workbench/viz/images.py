@@ -17,7 +17,16 @@ import numpy as np
 import plotly.graph_objects as go
 
 from workbench import records as R
-from workbench.viz.boxes import box_layer, class_name, fit_axes, image_layer, to_boxes, to_image, to_numpy
+from workbench.viz.boxes import (
+    box_layer,
+    class_name,
+    fit_axes,
+    image_layer,
+    to_boxes,
+    to_image,
+    to_numpy,
+    value_marker,
+)
 from workbench.viz.maps import MAP_LAYER, map_layer
 from workbench.viz.nms import kept_detections, rerun_nms, suppression_layers
 
@@ -26,6 +35,8 @@ LAYERS = (MAP_LAYER, "proposals", "suppressed", "detections", "gt")
 GT_COLOR = "#00ff7f"
 DETECTION_COLOR = "#ffd700"
 PROPOSAL_COLOR = "#9467bd"
+#: Where the detections' colour bar sits when a heatmap's colour bar takes the default place.
+HEATMAP_NEIGHBOUR_X = 1.2
 
 
 def _above(record: Mapping[str, Any], threshold: float | None) -> np.ndarray:
@@ -43,6 +54,35 @@ def gt_layer(gt: Mapping[str, Any], class_names: Sequence[str] | None = None, vi
     return box_layer(boxes, name="ground truth", layer="gt", color=GT_COLOR, hover=hover, width=2.0, visible=visible)
 
 
+def per_box_scalars(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The per-box scalar fields of a box record, by name: ``scores`` first, then, in record
+    order, every other floating-point field with one value per box; a field of ``K`` values per
+    box ``(N, K)`` (e.g. one per coordinate) by its mean over ``K``, named ``<field>_mean`` as
+    the FiftyOne export names it. Boxes, labels and integer fields (indices, levels) are not
+    scalars one colours by."""
+    boxes = record.get(R.BOXES)
+    count = len(to_boxes(boxes)) if boxes is not None else None
+    fields: dict[str, np.ndarray] = {}
+    for name in sorted(record, key=lambda n: n != R.SCORES):
+        values = record[name]
+        if name in (R.BOXES, R.LABELS) or not _is_float(values):
+            continue
+        array = to_numpy(values)
+        if array.ndim == 0 or (count is not None and array.shape[0] != count) or array.ndim > 2:
+            continue
+        fields[name if array.ndim == 1 else f"{name}_mean"] = array if array.ndim == 1 else array.mean(axis=1)
+    return fields
+
+
+def _is_float(values: Any) -> bool:
+    dtype = getattr(values, "dtype", None)
+    if dtype is None:
+        return False
+    if hasattr(dtype, "is_floating_point"):  # torch
+        return bool(dtype.is_floating_point)
+    return np.issubdtype(dtype, np.floating)
+
+
 def detections_layer(
     detections: Mapping[str, Any],
     *,
@@ -50,17 +90,30 @@ def detections_layer(
     class_names: Sequence[str] | None = None,
     visible: bool = True,
     attributes: Sequence[Any] = (),
+    color_by: str | None = None,
+    color_title: str | None = None,
+    color_range: tuple[float, float] | None = None,
+    colorbar_x: float | None = None,
 ) -> go.Scatter:
     """Detections (``boxes``, ``scores``, ``labels``) with ``score >= score_threshold``;
-    ``attributes`` (attribute views) add hover lines."""
+    ``attributes`` (attribute views) add hover lines.
+
+    ``color_by``: a per-box scalar of :func:`per_box_scalars` (``scores``, a method's predicted
+    IoU, an uncertainty...); each detection's corners are coloured by it, on ``color_range``
+    (default: the shown values' range), with a colour bar titled ``color_title`` (default: the
+    field's name). A field the record lacks leaves the boxes uncoloured."""
     rows = _above(detections, score_threshold)
     scores = to_numpy(detections["scores"])
     labels = to_numpy(detections["labels"], dtype=np.int64)
     hover = [f"{class_name(labels[i], class_names)} {scores[i]:.3f}{attribute_text(detections, attributes, i)}"
              for i in rows]
+    values = per_box_scalars(detections).get(color_by) if color_by is not None else None
+    marker = None if values is None else value_marker(values[rows], title=color_title or color_by,
+                                                      value_range=color_range, colorbar_x=colorbar_x)
     return box_layer(
         to_boxes(detections["boxes"])[rows], name="detections", layer="detections", color=DETECTION_COLOR,
-        hover=hover, width=2.0, visible=visible, extra_meta={"index": rows.tolist()},
+        hover=hover, width=2.0, visible=visible, marker=marker,
+        extra_meta={"index": rows.tolist(), **({"color_by": color_by} if marker is not None else {})},
     )
 
 
@@ -115,6 +168,9 @@ def image_figure(
     detection_attributes: Sequence[Any] = (),
     proposal_attributes: Sequence[Any] = (),
     proposals_name: str = "proposals",
+    color_by: str | None = None,
+    color_title: str | None = None,
+    color_range: tuple[float, float] | None = None,
     title: str | None = None,
     height: int = 640,
 ) -> go.Figure:
@@ -130,7 +186,9 @@ def image_figure(
       ``heatmap_title`` on its colour bar (say what it shows).
 
     ``*_attributes``: attribute views (:class:`workbench.methods.RecordView`) whose per-box
-    values the hover text shows. ``layers`` lists the visible layers (see :data:`LAYERS`).
+    values the hover text shows. ``color_by`` / ``color_title`` / ``color_range`` colour the
+    detections by a per-box scalar (see :func:`detections_layer`; its colour bar sits beside
+    the heatmap's). ``layers`` lists the visible layers (see :data:`LAYERS`).
     ``image_size`` ``(h, w)`` sets the canvas when there is no image; ``height`` the figure's
     height in pixels.
     """
@@ -151,7 +209,9 @@ def image_figure(
                                           visible="suppressed" in layers))
     if detections is not None:
         fig.add_trace(detections_layer(detections, score_threshold=score_threshold, class_names=class_names,
-                                       visible="detections" in layers, attributes=detection_attributes))
+                                       visible="detections" in layers, attributes=detection_attributes,
+                                       color_by=color_by, color_title=color_title, color_range=color_range,
+                                       colorbar_x=None if heatmap is None else HEATMAP_NEIGHBOUR_X))
     if gt is not None:
         fig.add_trace(gt_layer(gt, class_names, visible="gt" in layers))
     rows, cols = _canvas_size(image, image_size, heatmap, heatmap_cell, (gt, detections, proposals))
@@ -209,6 +269,8 @@ def trace_image_figure(
     max_detections: int | None = None,
     class_names: Sequence[str] | None = None,
     layers: Collection[str] = LAYERS,
+    color_by: str | None = None,
+    color_range: tuple[float, float] | None = None,
     title: str | None = None,
 ) -> go.Figure:
     """:func:`image_figure` of one image's trace records, laid out by the method's ``views``
@@ -219,6 +281,11 @@ def trace_image_figure(
     With ``nms_iou`` the suppressed view's NMS is run again on its recorded input at that
     threshold and the detections are its kept boxes (at most ``max_detections``); otherwise the
     recorded detections and NMS are shown.
+
+    ``color_by`` colours the detections by one of their per-box scalars (:func:`per_box_scalars`:
+    ``scores`` or a field the method adds), on ``color_range``; the colour bar is titled by the
+    method's attribute view of that field when it declares one (see :func:`scalar_title`).
+    The detections of a re-run NMS carry only boxes, scores and labels.
     """
     views = tuple(default_views() if views is None else views)
     boxes_views = [v for v in views if v.kind == "boxes"]
@@ -249,8 +316,22 @@ def trace_image_figure(
         heatmap_title=_wrap_title(map_view.title) if map_view is not None else None,
         score_threshold=score_threshold, proposal_threshold=proposal_threshold, class_names=class_names,
         layers=layers, detection_attributes=attributes(detection_view), proposal_attributes=attributes(proposal_view),
-        proposals_name=proposal_view.label if proposal_view is not None else "proposals", title=title,
+        proposals_name=proposal_view.label if proposal_view is not None else "proposals",
+        color_by=color_by, color_title=scalar_title(color_by, attributes(detection_view)) if color_by else None,
+        color_range=color_range, title=title,
     )
+
+
+def scalar_title(name: str, attributes: Sequence[Any] = ()) -> str:
+    """What the per-box scalar ``name`` of :func:`per_box_scalars` shows, for a colour bar or a
+    menu: the declared attribute view's title (its ``<field>_mean`` by ``"mean of"`` it), else
+    ``"score"`` for the scores, else the name itself."""
+    for view in attributes:
+        if name == view.value_field:
+            return _wrap_title(view.title)
+        if name == f"{view.value_field}_mean":
+            return _wrap_title(f"mean of {view.title}")
+    return "score" if name == R.SCORES else name
 
 
 def _wrap_title(text: str, width: int = 30) -> str:
