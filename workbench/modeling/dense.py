@@ -42,9 +42,10 @@ from workbench import records as R
 from workbench.losses import cross_entropy, l1, reduce_loss, smooth_l1
 from workbench.losses.focal import sigmoid_focal_loss
 from workbench.modeling.assignment import AllCandidates, Assignment, Matcher, Sampler
-from workbench.modeling.faster_rcnn import detections_to_original, start_batch
+from workbench.modeling.detector import Detector, Features, detections_to_original
 from workbench.modeling.rpn import level_ids, run_head_on_anchors
 from workbench.modeling.trace import TraceRecorder, grouped_nms
+from workbench.modeling.transform import ImageBatch
 from workbench.ops import BoxCoder, clip_boxes
 from workbench.structures import Detections, DetectorOutput
 
@@ -334,7 +335,7 @@ class SoftmaxPostprocess(_CandidatesThenNMS):
             yield decoded[anchor_index], torch.cat(scores_l), torch.cat(labels_l), levels[anchor_index], anchor_index
 
 
-class DenseDetector(nn.Module):
+class DenseDetector(Detector):
     """Transform -> backbone -> dense head -> anchors -> loss / post-processing; every part
     injected (see the module docstring for each part's contract).
 
@@ -363,9 +364,7 @@ class DenseDetector(nn.Module):
         loss: DenseLoss,
         postprocess: DensePostprocess,
     ) -> None:
-        super().__init__()
-        self.transform = transform
-        self.backbone = backbone
+        super().__init__(transform, backbone)
         self.head = head
         self.anchor_generator = anchor_generator
         self.box_coder = box_coder
@@ -374,27 +373,17 @@ class DenseDetector(nn.Module):
         self.loss = loss
         self.postprocess = postprocess
 
-    def forward(
-        self,
-        images: Sequence[Tensor],
-        targets: Sequence[Mapping[str, Tensor]] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        recorder: TraceRecorder | None = None,
-    ) -> DetectorOutput:
-        """Images (list of (3, H_i, W_i) in [0, 1]) and optional targets -> :class:`DetectorOutput`.
-
-        Losses whenever targets are given; detections (original pixels) in evaluation mode;
+    def detect(self, batch: ImageBatch, features: Features, net_targets: list[dict[str, Tensor]] | None,
+               generator: torch.Generator | None, recorder: TraceRecorder | None) -> DetectorOutput:
+        """Losses whenever targets are given; detections (original pixels) in evaluation mode;
         ``raw``: the head outputs per level under their names, ``anchors`` (per level),
         ``image_sizes``, ``original_sizes``, ``padded_size``.
         """
-        batch, net_targets = start_batch(self.transform, images, targets, self.training, generator, recorder)
-        out = run_head_on_anchors(self.head, self.anchor_generator, self.backbone(batch.tensor), batch.padded_size)
+        out = run_head_on_anchors(self.head, self.anchor_generator, features, batch.padded_size)
         flat, anchors, level_counts = out.flat, out.anchors, out.level_counts
 
         raw: dict[str, object] = dict(out.head_out)
-        raw.update(anchors=out.anchors_per_level, image_sizes=batch.image_sizes, original_sizes=batch.original_sizes,
-                   padded_size=batch.padded_size)
+        raw.update(anchors=out.anchors_per_level, **batch.size_fields())
         losses = {} if net_targets is None else self._losses(flat, anchors, net_targets, generator)
         detections: list[Detections] = []
         if not self.training:

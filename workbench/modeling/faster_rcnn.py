@@ -36,13 +36,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 
-from workbench import records as R
 from workbench.errors import ConfigError
 from workbench.losses import smooth_l1
 from workbench.modeling.anchor_generator import AnchorGenerator
 from workbench.modeling.assignment import IoUMatcher, RandomSampler, Sampler
 from workbench.modeling.backbones import FeatureExtractor, build_backbone
 from workbench.modeling.box_stages import BoxStage, StageLoss
+from workbench.modeling.detector import Detector, Features, detections_to_original
 from workbench.modeling.roi_heads import (
     FastRCNNLoss,
     FastRCNNPostprocess,
@@ -60,9 +60,9 @@ from workbench.modeling.rpn import (
     SigmoidObjectness,
 )
 from workbench.modeling.trace import TraceRecorder
-from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD, ImageBatch, ImageTransform, rescale_boxes
+from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD, ImageBatch, ImageTransform
 from workbench.ops import BoxCoder
-from workbench.structures import Detections, DetectorOutput
+from workbench.structures import DetectorOutput
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class FasterRCNNConfig:
     box_decode_clamp: float = math.log(1000.0 / 16)
 
 
-class FasterRCNN(nn.Module):
+class FasterRCNN(Detector):
     """Transform -> backbone (+ necks) -> RPN -> RoI heads, each an injected module."""
 
     def __init__(
@@ -139,95 +139,21 @@ class FasterRCNN(nn.Module):
         rpn: RegionProposalNetwork,
         roi_heads: RoIHeads,
     ) -> None:
-        super().__init__()
-        self.transform = transform
-        self.backbone = backbone
+        super().__init__(transform, backbone)
         self.rpn = rpn
         self.roi_heads = roi_heads
 
-    def forward(
-        self,
-        images: Sequence[Tensor],
-        targets: Sequence[Mapping[str, Tensor]] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        recorder: TraceRecorder | None = None,
-    ) -> DetectorOutput:
-        """Images (list of (3, H_i, W_i) in [0, 1]) and optional targets -> :class:`DetectorOutput`.
-
-        ``generator`` drives the samplers (and a random ``min_size`` choice); ``recorder``, when
-        given, collects the per-image trace without changing any output.
-        """
-        batch, net_targets = start_batch(self.transform, images, targets, self.training, generator, recorder)
-        features = self.backbone(batch.tensor)
+    def detect(self, batch: ImageBatch, features: Features, net_targets: list[dict[str, Tensor]] | None,
+               generator: torch.Generator | None, recorder: TraceRecorder | None) -> DetectorOutput:
+        """RPN proposals, then the RoI heads' box stages on them."""
         rpn_out = self.rpn(features, batch.padded_size, batch.image_sizes, net_targets, generator, recorder)
         roi_out = self.roi_heads(
             features, rpn_out.proposals, batch.image_sizes, net_targets, generator, recorder, rpn_out.fields
         )
         raw = {**rpn_out.raw, **roi_out.raw}
-        raw.update(image_sizes=batch.image_sizes, original_sizes=batch.original_sizes, padded_size=batch.padded_size)
+        raw.update(batch.size_fields())
         detections = detections_to_original(roi_out.detections, batch, recorder)
         return DetectorOutput(raw=raw, losses={**rpn_out.losses, **roi_out.losses}, detections=detections)
-
-
-def start_batch(
-    transform: Callable,
-    images: Sequence[Tensor],
-    targets: Sequence[Mapping[str, Tensor]] | None,
-    training: bool,
-    generator: torch.Generator | None,
-    recorder: TraceRecorder | None,
-) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
-    """How a detector's forward starts: the targets checked (required in ``training``), the
-    images and targets transformed to network input, and the recorder (when given) started
-    for the batch."""
-    if targets is not None:
-        check_targets(targets, len(images))
-    elif training:
-        raise ValueError("a detector in training mode needs targets")
-    batch, net_targets = transform(images, targets, generator)
-    if recorder is not None:
-        recorder.start(len(batch))
-    return batch, net_targets
-
-
-def detections_to_original(
-    detections: Sequence[Detections], batch: ImageBatch, recorder: TraceRecorder | None
-) -> list[Detections]:
-    """How a detector's forward ends: each image's detections in its original pixels; with a
-    recorder, the trace's boxes rescaled the same way and the detections recorded."""
-    out = [
-        to_original(det, size, original)
-        for det, size, original in zip(detections, batch.image_sizes, batch.original_sizes)
-    ]
-    if recorder is not None:
-        for i, (size, original) in enumerate(zip(batch.image_sizes, batch.original_sizes)):
-            recorder.rescale_boxes(i, original[1] / size[1], original[0] / size[0])
-        for i, det in enumerate(out):
-            recorder.put(i, R.DETECTIONS, boxes=det.boxes, scores=det.scores, labels=det.labels)
-    return out
-
-
-def to_original(det: Detections, size: tuple[int, int], original: tuple[int, int]) -> Detections:
-    """Detections in network-input pixels of ``size`` -> in pixels of the ``original`` image."""
-    return Detections(rescale_boxes(det.boxes, size, original), det.scores, det.labels, dict(det.extras))
-
-
-def check_targets(targets: Sequence[Mapping[str, Tensor]], num_images: int) -> None:
-    """Raise ``ValueError`` naming the image when targets do not fit the documented format."""
-    if len(targets) != num_images:
-        raise ValueError(f"{num_images} images but {len(targets)} targets")
-    for i, target in enumerate(targets):
-        boxes, labels = target.get("boxes"), target.get("labels")
-        if boxes is None or labels is None:
-            raise ValueError(f"target {i}: needs 'boxes' and 'labels'")
-        if boxes.dim() != 2 or boxes.shape[-1] != 4 or not boxes.is_floating_point():
-            raise ValueError(f"target {i}: boxes must be float (G, 4), got {boxes.dtype} {tuple(boxes.shape)}")
-        if labels.dtype != torch.int64 or labels.shape != boxes.shape[:1]:
-            raise ValueError(f"target {i}: labels must be int64 (G,), got {labels.dtype} {tuple(labels.shape)}")
-        ignore = target.get("ignore")
-        if ignore is not None and ignore.shape != labels.shape:
-            raise ValueError(f"target {i}: ignore must be (G,), got {tuple(ignore.shape)}")
 
 
 def build_anchor_generator(cfg: FasterRCNNConfig, num_levels: int) -> AnchorGenerator:

@@ -40,6 +40,12 @@ class ImageBatch:
     def padded_size(self) -> tuple[int, int]:
         return int(self.tensor.shape[-2]), int(self.tensor.shape[-1])
 
+    def size_fields(self) -> dict[str, object]:
+        """The sizes every detector puts in ``DetectorOutput.raw``: ``image_sizes``,
+        ``original_sizes`` and ``padded_size``."""
+        return {"image_sizes": self.image_sizes, "original_sizes": self.original_sizes,
+                "padded_size": self.padded_size}
+
 
 def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float:
     """Scale bringing the short side to ``min_size`` without the long side passing ``max_size``."""

@@ -186,17 +186,9 @@ class KLRPNFasterRCNN(FasterRCNN):
         super().__init__(*args, **kwargs)
         self.uncertainty_maps = uncertainty_maps
 
-    def forward(
-        self,
-        images: Sequence[Tensor],
-        targets: Sequence[Mapping[str, Tensor]] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        recorder: TraceRecorder | None = None,
-    ) -> DetectorOutput:
-        out = super().forward(images, targets, generator=generator, recorder=recorder)
-        if self.training:
-            return out
+    def evaluation_extras(self, out: DetectorOutput, images: Sequence[Tensor],
+                          targets: Sequence[Mapping[str, Tensor]] | None,
+                          recorder: TraceRecorder | None) -> DetectorOutput:
         if self.uncertainty_maps:
             maps = uncertainty_maps(
                 out.raw[f"rpn_{LOG_VAR}"],

@@ -82,10 +82,11 @@ from workbench.losses import smooth_l1
 from workbench.modeling.assignment import Assignment, HardNegativeSampler, SSDMatcher
 from workbench.modeling.backbones import NORM_LAYERS, _classification_network, _freeze_resnet, build_backbone
 from workbench.modeling.dense import DenseTargets, SoftmaxLoss
-from workbench.modeling.faster_rcnn import detections_to_original, start_batch
+from workbench.modeling.detector import Detector, Features, detections_to_original
 from workbench.modeling.rpn import flatten_levels, level_ids
 from workbench.modeling.ssd import SSD_MEAN, SSD_STD, FixedSizeTransform, L2Norm, _vgg_features, _xavier, _scaled, freeze_vgg_blocks
 from workbench.modeling.trace import TraceRecorder, grouped_nms
+from workbench.modeling.transform import ImageBatch
 from workbench.ops import BoxCoder, clip_boxes
 from workbench.ops.boxes import pairwise_iou
 from workbench.structures import Detections, DetectorOutput
@@ -421,7 +422,7 @@ class TransferConnection(nn.Module):
 # -- the detector -----------------------------------------------------------------------------
 
 
-class RefineDet(nn.Module):
+class RefineDet(Detector):
     """Transform -> backbone -> ARM -> (TCB) -> ODM on the refined anchors -> losses /
     post-processing (see the module docstring). Returns a :class:`DetectorOutput` in both modes;
     ``raw`` holds the head outputs per level, ``anchors`` (per level), the flat
@@ -455,9 +456,7 @@ class RefineDet(nn.Module):
         detections_per_img: int = 200,
         trace_top_anchors: int = 100,
     ) -> None:
-        super().__init__()
-        self.transform = transform
-        self.backbone = backbone
+        super().__init__(transform, backbone)
         self.arm_head = arm_head
         self.tcb = tcb
         self.odm_head = odm_head
@@ -477,16 +476,9 @@ class RefineDet(nn.Module):
         self.detections_per_img = detections_per_img
         self.trace_top_anchors = trace_top_anchors
 
-    def forward(
-        self,
-        images: Sequence[Tensor],
-        targets: Sequence[Mapping[str, Tensor]] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        recorder: TraceRecorder | None = None,
-    ) -> DetectorOutput:
-        batch, net_targets = start_batch(self.transform, images, targets, self.training, generator, recorder)
-        features = self.backbone(batch.tensor)
+    def detect(self, batch: ImageBatch, features: Features, net_targets: list[dict[str, Tensor]] | None,
+               generator: torch.Generator | None, recorder: TraceRecorder | None) -> DetectorOutput:
+        """ARM on the backbone levels, ODM on the TCB levels from the (refined, filtered) anchors."""
         levels = list(features.values()) if isinstance(features, Mapping) else list(features)
         arm_out = self.arm_head(levels)
         odm_out = self.odm_head(self.tcb(levels) if self.tcb is not None else levels)
@@ -514,7 +506,7 @@ class RefineDet(nn.Module):
 
         raw: dict[str, object] = {**arm_out, **odm_out}
         raw.update(anchors=anchors_per_level, refined_anchors=refined, arm_objectness=objectness, filtered=filtered,
-                   image_sizes=batch.image_sizes, original_sizes=batch.original_sizes, padded_size=batch.padded_size)
+                   **batch.size_fields())
         losses: dict[str, Tensor] = {}
         if net_targets is not None:
             losses = self._losses(arm, odm, anchors, references, filtered, net_targets, generator, raw)

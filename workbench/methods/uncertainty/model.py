@@ -184,17 +184,9 @@ class UncertaintyDetector(YOLOv3Detector):
     and the detections' uncertainty to :data:`~workbench.records.DETECTIONS`. Given targets and
     a recorder in evaluation, the difficulty ``D`` of every anchor is traced as well."""
 
-    def forward(
-        self,
-        images: Sequence[Tensor],
-        targets: Sequence[Mapping[str, Tensor]] | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        recorder: TraceRecorder | None = None,
-    ) -> DetectorOutput:
-        out = super().forward(images, targets, generator=generator, recorder=recorder)
-        if self.training:
-            return out
+    def evaluation_extras(self, out: DetectorOutput, images: Sequence[Tensor],
+                          targets: Sequence[Mapping[str, Tensor]] | None,
+                          recorder: TraceRecorder | None) -> DetectorOutput:
         with torch.no_grad():
             per_location = self.anchor_generator.num_anchors_per_location()
             u_levels = [bald(mu.float(), sigma.float()) for mu, sigma in zip(out.raw["aux_mu"], out.raw["aux_sigma"])]
