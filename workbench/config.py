@@ -64,6 +64,10 @@ class TrainConfig:
     log_every_steps: int = 20
     deterministic: bool = True  # deterministic algorithms where torch has them
     metric: str = "coco"  # coco | voc07: what per-epoch evaluation reports and `best` is chosen by
+    # Record, every N steps, how the box stage sampled its RoIs on the first images of the batch
+    # (RUN/train_sampling; see workbench.engine.sampling_trace). 0: off.
+    trace_sampling_every: int = 0
+    trace_sampling_images: int = 2  # images of the batch recorded each time
 
     def effective_lr(self, world_size: int = 1) -> float:
         total_batch = self.batch_size * world_size
@@ -118,6 +122,7 @@ def apply_overrides(
     optimizer: str | None = None,
     max_train_images: int | None = None,
     max_val_images: int | None = None,
+    trace_sampling_every: int | None = None,
 ) -> TrainConfig:
     """Flat overrides, as the command line and papermill give them. ``lr`` is taken literally
     for the given batch (it sets the reference batch size to the batch size)."""
@@ -149,6 +154,10 @@ def apply_overrides(
         cfg.optimizer = dataclasses.replace(cfg.optimizer, name=optimizer)
     if device is not None:
         cfg.device = device
+    if trace_sampling_every is not None:
+        if trace_sampling_every < 0:
+            raise ConfigError(f"trace_sampling_every must be >= 0 (0: off), got {trace_sampling_every}")
+        cfg.trace_sampling_every = trace_sampling_every
     if seed is not None:
         cfg.seed = seed
     if amp is not None:

@@ -32,6 +32,14 @@ per-RoI fields (e.g. a predicted IoU); :data:`REFINED_ANCHORS`, :data:`TOP_REFIN
 :data:`DETECTION_ANCHORS` and the map record :data:`FILTERED_ANCHOR_MAP` of a detector that
 refines its anchors before classifying them.
 
+A training record (:mod:`workbench.engine.sampling_trace`, written when a run asks for it, not by
+prediction): :data:`BOX_SAMPLING`, how a box stage sampled its training RoIs on one image at one
+step: per candidate (the image's proposals, then its GT boxes when the stage appends them)
+``max_iou`` (A,) the best IoU with a non-ignored GT box, ``labels`` (A,) the assigned class
+(0 background, -1 ignored), ``sampled`` (A,) bool, picked by the stage's sampler,
+``random_sampled`` (A,) bool, what a uniform random sampler of the same size and positive
+fraction picks from the same assignment, and ``step`` (0-d) the 1-based optimiser step.
+
 An NMS record holds its input (:data:`BOXES`, :data:`SCORES`, :data:`NMS_GROUPS`) and the
 ledger (:data:`NMS_KEEP`, :data:`NMS_SUPPRESSED_BY`, :data:`NMS_SUPPRESSOR_IOU`,
 :data:`NMS_IOU_THRESHOLD`).
@@ -57,6 +65,7 @@ REFINED_ANCHORS = "refined_anchors"
 TOP_REFINED_ANCHORS = "top_refined_anchors"
 DETECTION_ANCHORS = "detection_anchors"
 FILTERED_ANCHOR_MAP = "filtered_anchor_map"
+BOX_SAMPLING = "box_sampling"
 
 # fields of box records --------------------------------------------------------------------------
 BOXES = "boxes"
@@ -80,6 +89,12 @@ NMS_SUPPRESSED_BY = "suppressed_by"
 NMS_SUPPRESSOR_IOU = "suppressor_iou"
 NMS_IOU_THRESHOLD = "iou_threshold"
 
+# fields of the box-sampling record --------------------------------------------------------------
+MAX_IOU = "max_iou"
+SAMPLED = "sampled"
+RANDOM_SAMPLED = "random_sampled"
+STEP = "step"
+
 #: Every record name above.
 ALL_RECORDS = (
     ANCHORS,
@@ -95,4 +110,5 @@ ALL_RECORDS = (
     TOP_REFINED_ANCHORS,
     DETECTION_ANCHORS,
     FILTERED_ANCHOR_MAP,
+    BOX_SAMPLING,
 )

@@ -113,8 +113,9 @@ class SimpleTrainer:
     returns a ``DetectorOutput`` whose ``losses`` are summed.
 
     State read by hooks: ``epoch`` (finished epochs), ``batch_in_epoch``, ``global_step``,
-    ``steps_per_epoch``, ``epochs``, ``step_values`` (float loss parts, ``loss``, ``lr`` of the
-    last step), ``step_time``, ``data_time``, ``stop_requested``, ``failed``.
+    ``steps_per_epoch``, ``epochs``, ``batch`` (the batch of the current or last step),
+    ``step_values`` (float loss parts, ``loss``, ``lr`` of the last step), ``step_time``,
+    ``data_time``, ``stop_requested``, ``failed``.
     """
 
     def __init__(
@@ -142,6 +143,7 @@ class SimpleTrainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.global_step = 0
+        self.batch: Any = None
         self.step_values: dict[str, float] = {}
         self.step_time = 0.0
         self.data_time = 0.0
@@ -193,6 +195,7 @@ class SimpleTrainer:
         t_data = time.perf_counter()
         for batch in self.loader:
             self.data_time = time.perf_counter() - t_data
+            self.batch = batch
             self._call("before_step")
             t0 = time.perf_counter()
             self.step_values = self.run_step(batch)
@@ -360,6 +363,7 @@ class Trainer:
         user = [h if isinstance(h, HookBase) else StepCallback(h) for h in self.hooks]
         hooks = [
             LRSchedule(base_lr, lambda step, per_epoch: lr_factor(step, per_epoch, cfg.schedule)),
+            *self._sampling_trace(),
             *user,
             MetricsWriter(self.run, cfg.log_every_steps, self.device),
             self.progress_hook,
@@ -384,6 +388,18 @@ class Trainer:
                 self.run.truncate_metrics_after(self.engine.global_step)
         distributed.barrier()
         return self.engine
+
+    def _sampling_trace(self) -> list[HookBase]:
+        """The :class:`~workbench.engine.sampling_trace.SamplingTrace` hook the config asks for
+        (``trace_sampling_every > 0``), else none."""
+        cfg = self.cfg
+        if not cfg.trace_sampling_every:
+            return []
+        from workbench.engine.sampling_trace import SamplingTrace, sampling_trace_dir
+
+        return [SamplingTrace(sampling_trace_dir(self.run.root), every=cfg.trace_sampling_every,
+                              images=cfg.trace_sampling_images, method=cfg.method, split=cfg.data.train_split,
+                              seed=cfg.seed, meta={"data": cfg.data.spec})]
 
     def _save(self, which: str) -> None:
         if distributed.is_main_process():

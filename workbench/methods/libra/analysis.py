@@ -5,7 +5,8 @@
 - :func:`negative_ious`: the best IoU of every negative candidate of a box stage, and of those a
   random and an IoU-balanced sampler pick from the same candidates (paper section 3.1, the
   share of hard negatives above IoU 0.05); :func:`model_proposals` gives the candidates of a
-  model;
+  model; :func:`recorded_negative_ious` gives the same three sets from the records a run wrote
+  while training (``trace_sampling_every``), the candidates the box stage actually sampled;
 - :func:`level_magnitudes`: the mean absolute activation of every pyramid level before and
   after the balanced feature pyramid.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,6 +122,29 @@ def negative_ious(
             _, neg = sampler(assignment, generator)
             out[name].append(iou[neg.cpu()].numpy())
     return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in out.items()}
+
+
+def recorded_negative_ious(run_dir: str | Path, *, min_step: int = 0) -> dict[str, np.ndarray] | None:
+    """The three sets of :func:`negative_ious` from a run's training-time sampling records
+    (:mod:`workbench.engine.sampling_trace`) of steps ``min_step`` on: every negative the box
+    stage was given, those its own sampler picked (named :data:`IOU_BALANCED` when it is the
+    IoU-balanced sampler, else by its class) and those the random sampler of the comparison
+    picked from the same assignment. ``None`` when the run recorded no sampling."""
+    from workbench.inspection.sampling import (
+        ALL_NEGATIVES,
+        RANDOM_SAMPLER,
+        STAGE_SAMPLER,
+        load_sampling_traces,
+        sampled_negative_ious,
+    )
+
+    traces = load_sampling_traces(run_dir)
+    if traces is None:
+        return None
+    sampler = str(traces.meta.get("sampler", ""))
+    own = IOU_BALANCED if sampler.startswith(IoUBalancedSampler.__name__) else f"the run's sampler ({sampler.split('(')[0]})"
+    ious = sampled_negative_ious(traces, min_step=min_step)
+    return {ALL: ious[ALL_NEGATIVES], RANDOM: ious[RANDOM_SAMPLER], own: ious[STAGE_SAMPLER]}
 
 
 def model_proposals(
@@ -264,5 +289,6 @@ __all__ = [
     "loss_curves",
     "model_proposals",
     "negative_ious",
+    "recorded_negative_ious",
     "untrained_model",
 ]
