@@ -76,29 +76,38 @@ def run_names(run_dirs: Sequence[Path | str], names: Sequence[str] | None = None
 
 def summary_sections(runs) -> list[Section]:
     """Final metrics of every run and their training loss / AP side by side."""
+    from workbench.engine.timing import without_timing
     from workbench.viz.curves import compare_curves_figure
     from workbench.viz.tables import metrics_table_figure
 
-    rows = {r.name: {"method": r.method, "preset": r.preset, **r.final} for r in runs}
+    rows = {r.name: {"method": r.method, "preset": r.preset, **without_timing(r.final)} for r in runs}
     return [
         Section("Final COCO metrics (validation)", metrics_table_figure(rows, title="")),
         Section("Training loss and AP per epoch", compare_curves_figure({r.name: r.records for r in runs}, title="")),
     ]
 
 
+#: The heading of the speed table (report and notebook).
+SPEED_TITLE = ("Inference speed per image by method and preset: forward pass, mean ± sample standard deviation "
+               "over the timed seeds (n/a: no timed evaluation)")
+
+
 def group_sections(runs) -> list[Section]:
     """Per group of runs (method and preset): the metrics table with mean ± spread over seeds,
-    AP against IoU threshold and the training curves averaged over seeds."""
-    from workbench.evaluation.grouping import group_runs, group_table_rows
+    the inference speed per image (mean ± spread over the timed seeds, with where it was
+    measured), AP against IoU threshold and the training curves averaged over seeds."""
+    from workbench.evaluation.grouping import group_runs, group_table_rows, speed_table_rows
     from workbench.viz.curves import group_curves_figure
     from workbench.viz.iou import AP_KEYS, ap_per_iou_figure
     from workbench.viz.tables import metrics_table_figure
 
     groups = group_runs(runs)
     rows = group_table_rows(groups)
+    speeds = speed_table_rows(groups, {r.name: r.speed for r in runs})
     return [
         Section("Metrics by method and preset: mean ± sample standard deviation over seeds (validation)",
                 metrics_table_figure(rows, title="", row_header="method/preset")),
+        Section(SPEED_TITLE, metrics_table_figure(speeds, title="", row_header="method/preset")),
         Section("AP against IoU threshold by method and preset (mean, bars: spread over seeds)",
                 ap_per_iou_figure({g.label: g.metrics for g in groups}, keys=AP_KEYS, title="")),
         Section("Training loss and AP by method and preset, mean over seeds",

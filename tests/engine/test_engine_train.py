@@ -14,6 +14,7 @@ from engine_support import small_config
 
 from workbench.engine.checkpoint import load_checkpoint
 from workbench.engine.predict import evaluate_run, predict_run
+from workbench.engine.timing import DEVICE, IMAGES, SECONDS_PER_IMAGE, THREADS, without_timing
 from workbench.engine.trainer import NonFiniteLossError, Trainer, train
 from workbench.errors import WorkbenchError
 
@@ -78,7 +79,7 @@ def test_a_stopped_and_resumed_run_equals_an_uninterrupted_one(straight_run, sma
         load_checkpoint(run / "checkpoints" / "last.pt")["model"],
         load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"],
     )
-    assert _records(tmp_path, "eval") == _records(run, "eval")
+    assert [without_timing(r) for r in _records(tmp_path, "eval")] == [without_timing(r) for r in _records(run, "eval")]
     assert [r["loss"] for r in _records(tmp_path, "train")] == [r["loss"] for r in _records(run, "train")]
 
 
@@ -107,7 +108,11 @@ def test_predict_and_evaluate_a_run(straight_run, tmp_path):
     assert all(set(r) == {"image_id", "category_id", "bbox", "score"} for r in results)
     metrics = evaluate_run(run, which="last", device="cpu", progress=False)
     reported = _records(run, "eval")[-1]
-    assert metrics == {k: reported[k] for k in metrics}
+    assert without_timing(metrics) == {k: reported[k] for k in without_timing(metrics)}
+    # the forward time per image of the pass, its device and threads, beside the metrics
+    assert metrics[SECONDS_PER_IMAGE] > 0 and metrics[DEVICE] == "cpu" and metrics[THREADS] == torch.get_num_threads()
+    assert metrics[IMAGES] == 2  # 4 val images in batches of 2: the first batch is the warm-up
+    assert reported[SECONDS_PER_IMAGE] > 0  # the training's evaluations record it too
 
 
 def test_torchrun_two_processes_report_the_single_process_evaluation(small_shapes, tmp_path):
@@ -123,7 +128,7 @@ def test_torchrun_two_processes_report_the_single_process_evaluation(small_shape
     assert proc.stdout.count("training finished") == 1  # rank 0 only
     reported = _records(run, "eval")[-1]
     single = evaluate_run(run, which="last", device="cpu", progress=False)
-    for key, value in single.items():
+    for key, value in without_timing(single).items():
         assert reported[key] == pytest.approx(value, abs=1e-12), key
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["batch_size"] == 2

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from workbench.evaluation.grouping import (
+    SPEED_COLUMN,
     SUMMARY_KEYS,
     format_summary,
     group_runs,
@@ -15,6 +16,7 @@ from workbench.evaluation.grouping import (
     mean_and_spread,
     mean_curve,
     reported_keys,
+    speed_table_rows,
     summarize_group,
     value_table_rows,
 )
@@ -106,3 +108,17 @@ def test_table_of_other_per_run_values():
     assert rows["alpha/tiny"] == {"circle": "0.300 ± 0.141", "square": "0.400", "star": None}
     assert rows["beta/tiny"] == {"circle": None, "square": "0.500", "star": "0.100"}
     assert rows["alpha/large"] == {"circle": None, "square": None, "star": None}
+
+
+def test_speed_table_in_milliseconds_with_the_setting_and_n_a_for_untimed_groups():
+    from workbench.engine.timing import InferenceSpeed
+
+    cpu = "cpu, 1 thread, batch 2"
+    speeds = {"a0": InferenceSpeed(0.010, "cpu", 1, 2), "a1": InferenceSpeed(0.014, "cpu", 1, 2), "a3": None,
+              "b0": InferenceSpeed(0.002, "cuda:0 (H100)", 16, 8)}
+    rows = speed_table_rows(group_runs(runs()), speeds)
+    assert rows["alpha/tiny"] == {SPEED_COLUMN: "12.0 ± 2.8", "timed runs": "2 of 3", "measured on": cpu}
+    assert rows["beta/tiny"] == {SPEED_COLUMN: "2.0", "timed runs": "1 of 1",
+                                 "measured on": "cuda:0 (H100), 16 threads, batch 8"}
+    # a run written before timing was recorded: no number, not a crash
+    assert rows["alpha/large"] == {SPEED_COLUMN: "n/a", "timed runs": "0 of 1", "measured on": "n/a"}

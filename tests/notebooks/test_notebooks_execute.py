@@ -89,7 +89,11 @@ def test_compare_runs_tables_curves_recall_and_fig3(trained, baseline_run, tmp_p
 
     shown = figures(nb)
     tables = [f["data"][0] for f in shown if f["data"][0]["type"] == "table"]
-    groups, per_class, metrics, recall = tables
+    groups, speed, per_class, metrics, recall = tables
+    assert speed["header"]["values"] == ["method/preset", "ms / image", "timed runs", "measured on"]
+    assert all(float(v.split(" ")[0]) > 0 for v in speed["cells"]["values"][1])  # both runs timed while training
+    assert speed["cells"]["values"][3] == ["cpu, 1 thread, batch 2"] * 2
+    assert not any(h.startswith("inference_") for h in metrics["header"]["values"])
     assert per_class["cells"]["values"][0] == ["faster_rcnn/tiny", "kl_rpn/tiny"]
     assert len(per_class["header"]["values"]) > 1
     assert groups["cells"]["values"][0] == ["faster_rcnn/tiny", "kl_rpn/tiny"]

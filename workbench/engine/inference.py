@@ -11,6 +11,7 @@ one was asked for). The model's train / eval mode is restored afterwards.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from torch import nn
 from workbench import distributed
 from workbench.engine.progress import counted_progress
 from workbench.engine.sampler import shard_indices
+from workbench.engine.timing import InferenceTimer
 from workbench.structures import Detections
 
 
@@ -63,6 +65,7 @@ def iter_model_outputs(
     progress: bool | str = False,
     desc: str = "predict",
     recorder_factory: Callable[[], Any] | None = None,
+    timer: InferenceTimer | None = None,
 ) -> Iterator[BatchOutput]:
     """Run ``model`` (unwrapped from DDP, in evaluation mode) over ``dataset[i]`` for ``i`` in
     ``indices`` (default all), ``batch_size`` items at a time, in that order.
@@ -70,7 +73,8 @@ def iter_model_outputs(
     With ``recorder_factory`` each batch gets a fresh recorder, passed as
     ``model(images, recorder=...)``. ``progress``: ``True`` / ``"bar"`` a tqdm bar of images,
     ``"lines"`` plain progress lines with an ETA (:mod:`workbench.engine.progress`), ``"auto"``
-    one or the other as stderr is a terminal or not, ``False`` nothing.
+    one or the other as stderr is a terminal or not, ``False`` nothing. ``timer``
+    (:class:`workbench.engine.timing.InferenceTimer`) times each batch's forward pass.
     """
     from workbench.data.collate import collate_samples
 
@@ -84,11 +88,9 @@ def iter_model_outputs(
         for start in range(0, len(indices), batch_size):
             batch = collate_samples([dataset[i] for i in indices[start : start + batch_size]])
             images = images_to_model_input(batch.images, device)
-            if recorder_factory is None:
-                recorder, output = None, net(images)
-            else:
-                recorder = recorder_factory()
-                output = net(images, recorder=recorder)
+            recorder = None if recorder_factory is None else recorder_factory()
+            with contextlib.nullcontext() if timer is None else timer.batch(len(images)):
+                output = net(images) if recorder is None else net(images, recorder=recorder)
             yield BatchOutput(batch, output, recorder)
             bar.update(len(batch.image_ids))
     finally:
@@ -105,18 +107,19 @@ def predict_dataset(
     indices: Sequence[int] | None = None,
     progress: bool | str = False,
     gather: bool = True,
+    timer: InferenceTimer | None = None,
 ) -> list[ImagePrediction]:
     """Detections for ``dataset[i]`` (all items, or ``indices``), in original-image coordinates.
 
     Under torchrun each rank predicts its share and, with ``gather``, every rank receives all
-    predictions sorted by image id.
+    predictions sorted by image id. ``timer`` times this process's forward passes.
     """
     if indices is None:
         indices = range(len(dataset))
     mine = [indices[i] for i in shard_indices(len(indices), distributed.rank(), distributed.world_size())]
     out: list[ImagePrediction] = []
     for item in iter_model_outputs(model, dataset, device, indices=mine, batch_size=batch_size,
-                                   progress=progress if distributed.is_main_process() else False):
+                                   progress=progress if distributed.is_main_process() else False, timer=timer):
         for image_id, det in zip(item.batch.image_ids, item.output.detections):
             out.append(ImagePrediction(int(image_id), det.to("cpu")))
     if gather and distributed.is_distributed():

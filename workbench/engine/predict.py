@@ -10,6 +10,7 @@ from workbench.atomic import write_text_atomic
 from workbench.engine.inference import evaluate_predictions, predict_dataset, predictions_to_coco_results
 from workbench.engine.loading import open_trained_run
 from workbench.engine.run_dir import RunDir
+from workbench.engine.timing import InferenceTimer
 
 
 def predict_run(run_dir: Path, out: Path | None = None, *, which: str = "best", data: str | None = None,
@@ -46,12 +47,15 @@ def evaluate_run(run_dir: Path, *, which: str = "best", data: str | None = None,
     """The metrics of the run's checkpoint on ``split``: the COCO numbers, AP at IoU 0.5 .. 0.9
     and, with ``metric="voc07"``, VOC07 11-point and all-point mAP (``metric`` defaults to the
     one the run is judged by, ``TrainConfig.metric``). Also written to
-    ``RUN/eval/<which>_<split>.json``."""
+    ``RUN/eval/<which>_<split>.json``, with the forward time per image of the pass, its device and
+    threads (:mod:`workbench.engine.timing`)."""
     from workbench.evaluation.detection import check_metric
 
     run = open_trained_run(run_dir, which, data=data, split=split, device=device)
     metric = check_metric(metric or run.cfg.metric)
-    preds = predict_dataset(run.model, run.dataset, run.device, batch_size=run.cfg.batch_size, progress=progress)
-    metrics = evaluate_predictions(run.dataset, preds, metric=metric)
+    timer = InferenceTimer(run.device, batch_size=run.cfg.batch_size)
+    preds = predict_dataset(run.model, run.dataset, run.device, batch_size=run.cfg.batch_size, progress=progress,
+                            timer=timer)
+    metrics = {**evaluate_predictions(run.dataset, preds, metric=metric), **timer.record()}
     write_text_atomic(eval_result_path(run_dir, which, run.split), json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -55,6 +55,7 @@ from workbench.engine.inference import (
 from workbench.engine.loading import load_run_config, load_trained_model, resolve_device
 from workbench.engine.run_dir import RunDir
 from workbench.engine.schedule import lr_factor
+from workbench.engine.timing import InferenceTimer
 from workbench.engine.train_loader import TrainLoader
 from workbench.errors import ConfigError, WorkbenchError
 
@@ -416,13 +417,15 @@ class Trainer:
         engine = self.engine
         self.progress_hook.note(f"epoch {engine.epoch}/{engine.epochs}: evaluating on {len(self.val_indices)} "
                                 f"{self.cfg.data.val_split} images")
+        timer = InferenceTimer(self.device, batch_size=self.cfg.batch_size)
         preds = predict_dataset(
             engine.model, self.val_set, self.device, batch_size=self.cfg.batch_size,
-            indices=self.val_indices, progress=self.progress if self.progress != "off" else False,
+            indices=self.val_indices, progress=self.progress if self.progress != "off" else False, timer=timer,
         )
         metrics: dict[str, Any] = {}
         if distributed.is_main_process():
             metrics = evaluate_predictions(self.val_set, preds, indices=self.val_indices, metric=self.cfg.metric)
+            metrics.update(timer.record())  # the speed per image beside the metrics (engine.timing)
         return distributed.broadcast_object(metrics)
 
     def fit(self) -> TrainResult:

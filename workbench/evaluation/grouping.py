@@ -132,6 +132,32 @@ def value_table_rows(groups: Sequence[RunGroup], values: Mapping[str, Mapping[st
     return rows
 
 
+#: The column of a speed table that holds the time per image.
+SPEED_COLUMN = "ms / image"
+
+
+def speed_table_rows(groups: Sequence[RunGroup], speeds: Mapping[str, Any], *,
+                     digits: int = 1) -> dict[str, dict[str, Any]]:
+    """Rows of a table of inference speed: group label -> ``ms / image`` (``mean ± std`` over
+    the group's timed runs, in milliseconds; ``n/a`` when none of its runs was timed),
+    ``timed runs`` (``k of n``) and ``measured on`` (the distinct settings of its timed runs,
+    e.g. ``cpu, 1 thread, batch 2``: speeds compare only under the same one).
+
+    ``speeds``: run name -> an object with ``seconds_per_image`` and ``setting`` (such as
+    :class:`workbench.engine.timing.InferenceSpeed`), or ``None`` for a run without timing
+    (written before it was recorded); runs missing from it count as untimed."""
+    rows = {}
+    for group in groups:
+        timed = [speeds[name] for name in group.names if speeds.get(name) is not None]
+        summary = MetricSummary(*mean_and_spread(1000.0 * s.seconds_per_image for s in timed))
+        rows[group.label] = {
+            SPEED_COLUMN: format_summary(summary, digits) or "n/a",
+            "timed runs": f"{len(timed)} of {len(group.runs)}",
+            "measured on": "; ".join(dict.fromkeys(s.setting for s in timed)) or "n/a",
+        }
+    return rows
+
+
 def mean_curve(records_of_runs: Sequence[Sequence[Mapping[str, Any]]], *, kind: str = "eval", x: str = "epoch",
                y: str = "AP") -> tuple[list[Any], list[float], list[float | None]]:
     """``(x values, mean, sample std)`` of ``y`` over runs at each ``x`` of their ``kind``
@@ -149,6 +175,7 @@ def mean_curve(records_of_runs: Sequence[Sequence[Mapping[str, Any]]], *, kind: 
 __all__ = [
     "MetricSummary",
     "RunGroup",
+    "SPEED_COLUMN",
     "SUMMARY_KEYS",
     "format_summary",
     "group_runs",
@@ -156,6 +183,7 @@ __all__ = [
     "mean_and_spread",
     "mean_curve",
     "reported_keys",
+    "speed_table_rows",
     "summarize_group",
     "value_table_rows",
 ]

@@ -123,8 +123,10 @@ def select_traces(traces, image_ids: Sequence[int] | None = None, num_images: in
 
 @dataclass
 class RunSummary:
-    """What a comparison needs of a run: its name, folder, method, preset, seed, metrics records
-    and the metrics of its last evaluation."""
+    """What a comparison needs of a run: its name, folder, method, preset, seed, metrics records,
+    the metrics of its last evaluation and its inference speed per image
+    (:class:`workbench.engine.timing.InferenceSpeed`; ``None`` for a run written before it was
+    recorded)."""
 
     name: str
     path: Path
@@ -133,11 +135,14 @@ class RunSummary:
     records: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
+    speed: Any = None
 
 
 def load_run(run_dir: Path | str, name: str | None = None) -> RunSummary:
     """A :class:`RunSummary` from the run folder's ``config.json`` and ``metrics.jsonl``; ``final``
-    is its best-checkpoint evaluation when one was written, else its last epoch's."""
+    is its best-checkpoint evaluation when one was written, else its last epoch's; ``speed`` that
+    of ``final``, else of the last evaluation that was timed (:func:`~workbench.engine.timing.run_speed`)."""
+    from workbench.engine.timing import run_speed
     run = RunDir(Path(run_dir))
     config = run.read_config()
     records = run.read_metrics()
@@ -149,7 +154,7 @@ def load_run(run_dir: Path | str, name: str | None = None) -> RunSummary:
         final = {k: v for k, v in evals[-1].items() if k not in ("kind", "step")} if evals else {}
     return RunSummary(
         name=name or run.root.name, path=run.root, method=config["method"], preset=config["preset"],
-        records=records, final=final, seed=config.get("seed"),
+        records=records, final=final, seed=config.get("seed"), speed=run_speed(final, records),
     )
 
 
