@@ -219,6 +219,52 @@ def test_without_repooling_the_first_iou_is_the_prediction():
     assert not torch.equal(a.detections[0].scores, b.detections[0].scores)
 
 
+@pytest.mark.parametrize("switch", ["default", "class_score_nms"])
+def test_the_repooling_gate_leaves_the_detections_exactly_as_without_it(switch):
+    """Re-pooling only the RoIs whose class probability passes the score threshold changes no
+    detection; the RoIs left out carry NaN for the second IoU, the others the full pass's."""
+    import dataclasses
+
+    from torch import nn
+
+    from workbench.methods.iou_uniform.model import REPOOL_STAGE, IoUPredictor
+
+    images, _ = two_image_batch()
+
+    def build(thresh):
+        torch.manual_seed(0)
+        base = small_faster_rcnn(box_score_thresh=thresh)
+        model = build_iou_uniform_faster_rcnn(IoUUniformConfig(base=base, **SWITCHES[switch])).eval()
+        for module in model.modules():  # IoUs in (0.5, 1) so that class x IoU passes the threshold
+            if isinstance(module, IoUPredictor):
+                nn.init.constant_(module.iou_pred.bias, 3.0)
+        return model
+
+    with torch.no_grad():  # a threshold at the median class probability of this untrained model
+        logits = build(0.05)(images).raw["box_stages"][0]["class_logits"]
+    thresh = float(F.softmax(logits, dim=1)[:, 1:].max(dim=1).values.median())
+    gated, full = build(thresh), build(thresh)
+    stages = list(full.roi_heads.stages)
+    k = next(i for i, s in enumerate(stages) if s.name == REPOOL_STAGE)
+    assert stages[k].inference_gate is not None
+    stages[k] = dataclasses.replace(stages[k], inference_gate=None)
+    full.roi_heads.stages = tuple(stages)
+    with torch.no_grad():
+        a, b = gated(images), full(images)
+    probs = F.softmax(a.raw["box_stages"][0]["class_logits"], dim=1)[:, 1:].max(dim=1).values
+    kept = probs > thresh
+    assert 0 < int(kept.sum()) < kept.numel()  # the gate leaves some RoIs out, not all
+    gated_iou, full_iou = a.raw["box_stages"][-1]["iou"], b.raw["box_stages"][-1]["iou"]
+    assert torch.isnan(gated_iou[~kept]).all()
+    torch.testing.assert_close(gated_iou[kept], full_iou[kept])
+    assert sum(len(d) for d in a.detections) > 0
+    for det_a, det_b in zip(a.detections, b.detections):
+        torch.testing.assert_close(det_a.boxes, det_b.boxes)
+        torch.testing.assert_close(det_a.scores, det_b.scores)
+        assert torch.equal(det_a.labels, det_b.labels)
+        torch.testing.assert_close(det_a.extras[IOU_PRED], det_b.extras[IOU_PRED])
+
+
 def test_switches_are_checked():
     with pytest.raises(ConfigError, match="sample_count"):
         IoUUniformConfig(sample_count="triple")

@@ -16,7 +16,10 @@ Conventions (shapes as in :mod:`workbench.modeling.roi_heads`):
   RPN proposals (the first stage, or ``input="proposals"``) or on the boxes refined by the
   previous stage (detached, clipped, empty ones dropped), then matches and samples them. At
   inference a stage takes the proposals or the previous stage's refined boxes (clipped, none
-  dropped), so row ``r`` of every stage belongs to proposal ``r`` of its image;
+  dropped), so row ``r`` of every stage belongs to proposal ``r`` of its image. A stage with
+  an ``inference_gate`` pools only the boxes its gate keeps and fills the other rows of its
+  outputs with NaN (e.g. a re-pooling pass that cannot change RoIs already below the score
+  threshold), so the row correspondence holds for it too;
 - **refined boxes** of a stage: its class-agnostic regression decoded on its RoIs, or, with
   per-class regression, the offsets of the highest-scoring foreground class (mmdetection's
   ``regress_by_class``); a stage without ``box_regression`` passes its RoIs on unchanged;
@@ -37,6 +40,10 @@ from torch import Tensor, nn
 
 from workbench.modeling.assignment import Assignment, Matcher, Sampler
 from workbench.ops import BoxCoder, clip_boxes, nondegenerate
+
+#: ``gate(previous inference passes) -> bool mask per image`` over the boxes a stage takes at
+#: inference (see :attr:`BoxStage.inference_gate`).
+RoIGate = Callable[[Sequence["StageOutput"]], list[Tensor]]
 
 #: Output names a predictor's ``(class_logits, box_regression)`` tuple is read as.
 CLASS_LOGITS = "class_logits"
@@ -129,6 +136,9 @@ class BoxStage:
         in_training / in_inference: whether the stage runs with targets / at inference (a stage
             that re-pools the refined boxes with the modules of an earlier one runs at inference
             only and passes the same modules).
+        inference_gate: at inference, which of its input boxes the stage pools, given the
+            passes before it (:data:`RoIGate`); the other rows of its outputs are NaN. For a
+            pass whose outputs only matter for RoIs that can still become detections.
         name: names the stage in ``raw["box_stages"]``.
     """
 
@@ -146,6 +156,7 @@ class BoxStage:
     fields: RoIFields | None = None
     in_training: bool = True
     in_inference: bool = True
+    inference_gate: RoIGate | None = None
     name: str = "rcnn"
 
     def __post_init__(self) -> None:
@@ -275,10 +286,34 @@ def run_inference_stages(
             rois = list(proposals)
         else:
             rois = results[-1].refined(image_sizes)
-        outputs = stage.predict(features, rois, image_sizes)
+        if stage.inference_gate is None:
+            outputs = stage.predict(features, rois, image_sizes)
+        else:
+            outputs = gated_predict(stage, features, rois, image_sizes, stage.inference_gate(results))
         fields = {} if stage.fields is None else dict(stage.fields(outputs))
         results.append(StageOutput(stage, rois, outputs, None, fields))
     return results
+
+
+def gated_predict(
+    stage: BoxStage,
+    features: Mapping[str, Tensor],
+    rois: Sequence[Tensor],
+    image_sizes: Sequence[tuple[int, int]],
+    keep: Sequence[Tensor],
+) -> dict[str, Tensor]:
+    """``stage.predict`` on the RoIs of each image that ``keep`` (bool (R_i,) per image) selects,
+    returned over all the RoIs (R, ...) with NaN in the rows not pooled."""
+    if len(keep) != len(rois) or any(k.shape[0] != r.shape[0] for k, r in zip(keep, rois)):
+        raise ValueError(f"inference gate of box stage {stage.name!r}: one mask per image, one entry per RoI")
+    mask = torch.cat(list(keep)).to(torch.bool)
+    kept = stage.predict(features, [r[k.to(torch.bool)] for r, k in zip(rois, keep)], image_sizes)
+    outputs = {}
+    for name, value in kept.items():
+        full = value.new_full((mask.shape[0], *value.shape[1:]), float("nan"))
+        full[mask] = value
+        outputs[name] = full
+    return outputs
 
 
 def stage_losses(results: Sequence[StageOutput]) -> dict[str, Tensor]:

@@ -52,6 +52,7 @@ from workbench.methods.iou_uniform.model import (
     IoUHeadLoss,
     IoUPredictor,
     IoUUniformPostprocess,
+    RepoolGate,
     PositivesOnly,
     SplitHead,
     SplitPredictor,
@@ -179,10 +180,18 @@ def cascade_iou_uniform_stages(cfg: CascadeIoUUniformConfig):
         built = cascade_stages + generated
         if cfg.repool:
             built.append(dataclasses.replace(cascade_stages[-1], in_training=False, fields=IoUFields((IOU_PRED,)),
-                                             name="repool"))
+                                             name="repool",
+                                             inference_gate=RepoolGate(base.box_score_thresh, score_passes(cfg))))
         return built
 
     return stages
+
+
+def score_passes(cfg: CascadeIoUUniformConfig) -> tuple[int, ...]:
+    """The inference passes whose class probabilities score the detections (every stage's,
+    averaged, unless the cascade names them)."""
+    casc = cfg.cascade
+    return tuple(casc.score_stages) if casc.score_stages is not None else tuple(range(len(casc.stage_iou_thresholds)))
 
 
 def build_cascade_iou_uniform(cfg: CascadeIoUUniformConfig) -> FasterRCNN:
@@ -191,7 +200,7 @@ def build_cascade_iou_uniform(cfg: CascadeIoUUniformConfig) -> FasterRCNN:
     postprocess = IoUUniformPostprocess(
         base.box_score_thresh, base.box_nms_thresh, base.box_detections_per_img, base.box_min_size,
         use_iou=cfg.nms_score == "class_iou",
-        score_passes=cfg.cascade.score_stages if cfg.cascade.score_stages is not None else tuple(range(n)),
+        score_passes=score_passes(cfg),
         box_pass=n - 1,
     )
     return build_faster_rcnn(base, box_stages=cascade_iou_uniform_stages(cfg), roi_postprocess=postprocess)

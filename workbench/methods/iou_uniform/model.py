@@ -351,6 +351,35 @@ class IoUFields:
         return {name: outputs[IOU] for name in self.names}
 
 
+def class_probabilities(stages: Sequence[StageOutput], score_passes: Sequence[int]) -> Tensor:
+    """The softmax of the ``class_logits`` of the inference passes ``score_passes``, averaged
+    when more than one (R, K)."""
+    probabilities = [F.softmax(stages[k].outputs[CLASS_LOGITS], dim=-1) for k in score_passes]
+    return probabilities[0] if len(probabilities) == 1 else sum(probabilities) / len(probabilities)
+
+
+@dataclass(frozen=True)
+class RepoolGate:
+    """The re-pooling pass's :data:`~workbench.modeling.box_stages.RoIGate`: only the refined
+    boxes whose best foreground class probability (of the passes ``score_passes``, as the
+    post-processing computes it) exceeds ``score_thresh`` are pooled again.
+
+    Exact: a detection's score is that probability times the re-pooled IoU, a sigmoid in
+    [0, 1], and the post-processing keeps scores strictly above ``score_thresh``; so no box left
+    out could have become a detection, with or without ``use_iou``. In a trained detector most of
+    the 300 proposals are background at inference and the second RoIAlign pass, the largest
+    part of the re-pooling's cost on the CPU, shrinks to the candidates. The ``iou_pred`` of a
+    RoI left out is NaN in the traced refined RoIs.
+    """
+
+    score_thresh: float
+    score_passes: tuple[int, ...] = (0,)
+
+    def __call__(self, passes: Sequence[StageOutput]) -> list[Tensor]:
+        best = class_probabilities(passes, self.score_passes)[:, 1:].max(dim=1).values
+        return list((best > self.score_thresh).split([int(r.shape[0]) for r in passes[0].rois]))
+
+
 @dataclass(frozen=True)
 class IoUUniformPostprocess:
     """Detections of the inference passes (for :func:`iou_uniform_stages`: ``rcnn`` and, with
@@ -380,10 +409,10 @@ class IoUUniformPostprocess:
                  roi_fields: Sequence[Mapping[str, Tensor]], recorder: TraceRecorder | None = None) -> list[Detections]:
         iou_pass, last = stages[self.box_pass], stages[-1]
         counts = [int(r.shape[0]) for r in stages[0].rois]
-        probabilities = [F.softmax(stages[k].outputs[CLASS_LOGITS], dim=-1) for k in self.score_passes]
-        scores = probabilities[0] if len(probabilities) == 1 else sum(probabilities) / len(probabilities)
+        scores = class_probabilities(stages, self.score_passes)
         if self.use_iou:
-            scores = scores * last.outputs[IOU][:, None]
+            # NaN: a RoI the re-pooling gate left out (its class score cannot pass the threshold)
+            scores = scores * last.outputs[IOU].nan_to_num(0.0)[:, None]
         num_classes = scores.shape[1]
         refined = iou_pass.refined(image_sizes)
         out = []
@@ -442,7 +471,8 @@ def iou_uniform_stages(cfg: IoUUniformConfig):
         built = [main, iou]
         if cfg.repool:
             built.append(dataclasses.replace(iou, in_training=False, in_inference=True, input="previous",
-                                             box_source=None, fields=IoUFields((IOU_PRED,)), name=REPOOL_STAGE))
+                                             box_source=None, fields=IoUFields((IOU_PRED,)), name=REPOOL_STAGE,
+                                             inference_gate=RepoolGate(base.box_score_thresh)))
         return built
 
     return stages
@@ -477,12 +507,14 @@ __all__ = [
     "IoUUniformConfig",
     "IoUUniformPostprocess",
     "PositivesOnly",
+    "RepoolGate",
     "SplitHead",
     "SplitPredictor",
     "UniformIoUSource",
     "build_iou_uniform_faster_rcnn",
     "build_model",
     "build_postprocess",
+    "class_probabilities",
     "interval_weight",
     "iou_uniform_stages",
 ]
