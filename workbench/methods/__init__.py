@@ -7,7 +7,8 @@ A :class:`Method` declares everything generic code needs to know about it, so th
 - its paper and its baseline (the registered method it is compared against; ``None`` for a
   baseline), listed by ``workbench methods`` and used to group a comparison;
 - its model config type and builder ``build_model(model_cfg, num_classes)``;
-- its presets (plain functions returning a ``TrainConfig``);
+- its presets (plain functions returning a ``TrainConfig``); a method that only adds parts to
+  its baseline takes the baseline's presets with its own model (:meth:`Method.extended`);
 - its data transforms for training and evaluation (``None``: the two-stage defaults, see
   :meth:`Method.training_transforms` / :meth:`Method.evaluation_transforms`);
 - its trace records and how each is shown (:class:`RecordView`): a box record as a FiftyOne
@@ -18,8 +19,10 @@ A :class:`Method` declares everything generic code needs to know about it, so th
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +182,33 @@ class Method:
     def records(self) -> tuple[str, ...]:
         """The record names the declared views show, in declaration order."""
         return tuple(dict.fromkeys(v.record for v in self.record_views))
+
+    def extended(
+        self,
+        name: str,
+        description: str,
+        model_config_type: type,
+        build_model: Callable[[Any, int], nn.Module],
+        wrap_model: Callable[[str, Any], Any],
+        presets: Sequence[str],
+        paper: str | None = None,
+    ) -> Method:
+        """The method ``name`` that adds parts to this one (its baseline) and changes nothing
+        else, as Cascade R-CNN, Libra R-CNN and Libra RetinaNet do: each of this method's
+        ``presets`` with the method renamed and the model config ``wrap_model(preset name,
+        baseline model config)``; data, schedule, optimiser, transforms and record views stay
+        this method's, so a comparison with the baseline differs only in the model."""
+        derived = {preset: functools.partial(_extended_preset, self.presets[preset], name, preset, wrap_model)
+                   for preset in presets}
+        return dataclasses.replace(self, name=name, description=description, model_config_type=model_config_type,
+                                   build_model=build_model, presets=derived, paper=paper, baseline=self.name)
+
+
+def _extended_preset(baseline_preset: Callable[[], TrainConfig], method: str, preset: str,
+                     wrap_model: Callable[[str, Any], Any]) -> TrainConfig:
+    """``baseline_preset()`` as a preset of ``method``: renamed, its model wrapped."""
+    cfg = baseline_preset()
+    return dataclasses.replace(cfg, method=method, model=wrap_model(preset, cfg.model))
 
 
 def get_method(name: str) -> Method:

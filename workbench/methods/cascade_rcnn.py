@@ -11,9 +11,10 @@ with ``resample_later_stages`` (mmdetection's ``CascadeRoIHead``). At inference 
 re-pools the previous stage's boxes; the class scores are averaged over the stages and the boxes
 are the last stage's. One RoIAlign pooler serves every stage.
 
-Presets: ``tiny`` (the baseline's miniature regime with the cascade) and ``r50_fpn_1x`` (the
-baseline's COCO 1x with the cascade; paper Table 2's Cascade R-CNN R50-FPN: 40.4 AP on COCO val
-in the IoU-uniform paper).
+Presets (:meth:`workbench.methods.Method.extended`): ``tiny`` (the baseline's miniature regime
+with the cascade) and ``r50_fpn_1x`` (the baseline's COCO 1x, SGD lr 0.02 for 16 images, 12
+epochs, steps 8 and 11, with the cascade, as detectron2's and mmdetection's Cascade R-CNN R50-FPN
+1x; paper Table 2's Cascade R-CNN R50-FPN: 40.4 AP on COCO val in the IoU-uniform paper).
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from workbench.config import TrainConfig
 from workbench.errors import ConfigError
-from workbench.methods import Method
 from workbench.methods import faster_rcnn as baseline
 from workbench.modeling import AllCandidates, BoxStage, FasterRCNN, FasterRCNNConfig, build_faster_rcnn
 from workbench.modeling.faster_rcnn import build_box_pooler, build_box_postprocess, build_box_stage
@@ -95,28 +94,16 @@ def build_model(cfg: CascadeRCNNConfig, num_classes: int) -> FasterRCNN:
     return build_cascade_rcnn(dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, num_classes=num_classes)))
 
 
-def tiny() -> TrainConfig:
-    """The baseline's ``tiny`` with the cascade; nothing else changes."""
-    cfg = baseline.tiny()
-    return dataclasses.replace(cfg, method="cascade_rcnn", model=CascadeRCNNConfig(base=cfg.model))
+def cascade_model(preset: str, base: FasterRCNNConfig) -> CascadeRCNNConfig:
+    """The baseline preset's model with the cascade's three stages (the same in every preset)."""
+    return CascadeRCNNConfig(base=base)
 
 
-def r50_fpn_1x() -> TrainConfig:
-    """The baseline's ``r50_fpn_1x`` (SGD lr 0.02 for 16 images, 12 epochs, steps 8 and 11) with
-    the cascade, as detectron2's and mmdetection's Cascade R-CNN R50-FPN 1x."""
-    cfg = baseline.r50_fpn_1x()
-    return dataclasses.replace(cfg, method="cascade_rcnn", model=CascadeRCNNConfig(base=cfg.model))
-
-
-METHOD = Method(
-    name="cascade_rcnn",
+METHOD = baseline.METHOD.extended(
+    "cascade_rcnn", "Cascade R-CNN: three box stages at IoU 0.5 / 0.6 / 0.7, each refining the previous one's boxes",
+    CascadeRCNNConfig, build_model, cascade_model, presets=("tiny", "r50_fpn_1x"),
     paper="Cascade R-CNN: Delving into High Quality Object Detection (Cai and Vasconcelos, CVPR 2018)",
-    baseline="faster_rcnn",
-    description="Cascade R-CNN: three box stages at IoU 0.5 / 0.6 / 0.7, each refining the previous one's boxes",
-    model_config_type=CascadeRCNNConfig,
-    build_model=build_model,
-    presets={"tiny": tiny, "r50_fpn_1x": r50_fpn_1x},
 )
 
-__all__ = ["METHOD", "CascadeRCNNConfig", "build_cascade_rcnn", "build_model", "cascade_stages", "r50_fpn_1x",
-           "stage_loss_name", "tiny"]
+__all__ = ["METHOD", "CascadeRCNNConfig", "build_cascade_rcnn", "build_model", "cascade_model", "cascade_stages",
+           "stage_loss_name"]

@@ -35,6 +35,9 @@ from workbench.modeling.dense import DenseDetector
 from workbench.modeling.retinanet import RetinaNetConfig, build_retinanet
 from workbench.ops import sample_libra
 
+#: The paper both Libra methods follow (``libra_rcnn``, ``libra_retinanet``).
+PAPER = "Libra R-CNN: Towards Balanced Learning for Object Detection (Pang et al., CVPR 2019)"
+
 
 @dataclass(frozen=True)
 class IoUBalancedSampler:
