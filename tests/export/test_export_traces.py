@@ -70,6 +70,7 @@ def _odd_record() -> dict[str, torch.Tensor]:
         "scalar": torch.tensor(0.25, dtype=torch.float64),
         "empty": torch.zeros((0, 4)),
         "flags": torch.tensor([True, False, True]),
+        "mask": torch.rand(3, 7, generator=torch.Generator().manual_seed(0)) > 0.5,  # 21 bits in 3 bytes
         "half": torch.tensor([[1.5, -2.0], [3.25, float("nan")]], dtype=torch.bfloat16),
         "nan": torch.tensor([float("nan"), 1.0]),
     }
@@ -85,7 +86,9 @@ def test_saved_traces_load_back_losslessly(traced, tmp_path):
     loaded = load_traces(tmp_path, "val")
     assert len(loaded) == len(originals) and loaded.method == "faster_rcnn" and loaded.split == "val"
     assert loaded.meta == {"note": "round trip"} and "odd" in loaded.record_names
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "shard-00000.npz", "shard-00001.npz"]
+    # the anchors of the four 96 x 96 images: one network-input size, one shared file
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "shard-00000.npz", "shard-00001.npz", "shared-00000.npy",
+                                                "shared-00001.npy"]
     for original, back in zip(originals, loaded):
         assert (back.image_id, back.file_name, back.orig_size) == (original.image_id, original.file_name,
                                                                     original.orig_size)
@@ -97,20 +100,93 @@ def test_saved_traces_load_back_losslessly(traced, tmp_path):
     assert loaded.by_image_id(originals[2].image_id).image_id == originals[2].image_id
 
 
-def test_equal_tensors_are_stored_once_per_shard(traced, tmp_path):
+def test_equal_tensors_are_stored_once_and_anchors_once_per_directory(traced, tmp_path):
     _, _, _, pairs = traced
     traces = [t for _, t in pairs]
-    save_traces(traces, tmp_path / "val", method="faster_rcnn", split="val")
-    with np.load(tmp_path / "val" / "shard-00000.npz", allow_pickle=False) as npz:
-        index = json.loads(str(npz[INDEX_KEY]))
-        sizes = {key: npz[key].nbytes for key in npz.files if key != INDEX_KEY}
-    anchor_keys = {image["anchors"]["boxes"] for image in index["images"]}
-    assert len(anchor_keys) == 1  # four 96 x 96 images share one anchor tensor
-    # rpn_nms re-uses the boxes of rpn_proposals_pre_nms
-    assert all(im["rpn_nms"]["boxes"] == im["rpn_proposals_pre_nms"]["boxes"] for im in index["images"])
+    save_traces(traces, tmp_path / "val", method="faster_rcnn", split="val", shard_size=2)
+    assert json.loads((tmp_path / "val" / MANIFEST).read_text())["shared"] == ["shared-00000.npy", "shared-00001.npy"]
+    stored, anchor_files = 0, set()
+    for shard in ("shard-00000.npz", "shard-00001.npz"):
+        with np.load(tmp_path / "val" / shard, allow_pickle=False) as npz:
+            index = json.loads(str(npz[INDEX_KEY]))
+            stored += sum(npz[key].nbytes for key in npz.files if key != INDEX_KEY)
+        anchors = [image["anchors"] for image in index["images"]]
+        # the anchors are kept in network-input pixels, in the shared file, and not per image
+        assert all("boxes" not in a for a in anchors)
+        anchor_files |= {(index["shared"][a["network_boxes"]], index["shared"][a["levels"]]) for a in anchors}
+        # rpn_nms re-uses the boxes of rpn_proposals_pre_nms
+        assert all(im["rpn_nms"]["boxes"] == im["rpn_proposals_pre_nms"]["boxes"] for im in index["images"])
+        # int64 levels and indices are stored narrower
+        assert index["cast"][index["images"][0]["rpn_nms"]["idxs"]] == "<i8"
     as_recorded = sum(t.numel() * t.element_size() for tr in traces for f in tr.records.values() for t in f.values())
     anchor_bytes = traces[0]["anchors"]["boxes"].numel() * 4
-    assert sum(sizes.values()) <= as_recorded - 3 * anchor_bytes
+    assert stored <= as_recorded - 4 * 2 * anchor_bytes
+    assert len(anchor_files) == 1
+
+
+def test_narrow_integers_is_lossless_and_picks_the_smallest_type():
+    from workbench.inspection.traces import narrow_integers
+
+    cases = [(np.array([-1, 0, 127], dtype=np.int64), np.int8), (np.array([-1, 300], dtype=np.int64), np.int16),
+             (np.array([0, 70000], dtype=np.int64), np.int32), (np.array([2**40], dtype=np.int64), np.int64),
+             (np.array([1.5], dtype=np.float32), np.float32), (np.array([True]), np.bool_)]
+    for array, dtype in cases:
+        narrow = narrow_integers(array)
+        assert narrow.dtype == dtype and np.array_equal(narrow.astype(array.dtype), array)
+
+
+def _numbered_traces(n: int) -> list[ImageTrace]:
+    return [ImageTrace(i, f"{i}.png", (4, 5), {"detections": {"scores": torch.full((3,), float(i))}})
+            for i in range(n)]
+
+
+def test_opening_a_trace_directory_reads_only_the_shards_of_the_images_asked_for(tmp_path, monkeypatch):
+    from workbench.inspection import traces as trace_module
+
+    save_traces(_numbered_traces(12), tmp_path / "val", method="m", split="val", shard_size=4)
+    opened, members = [], []
+    real_open = trace_module.open_shard
+
+    class CountingNpz:
+        def __init__(self, npz):
+            self.npz = npz
+
+        def __getitem__(self, key):
+            members.append(key)
+            return self.npz[key]
+
+        def close(self):
+            self.npz.close()
+
+    def counting_open(path):
+        opened.append(path.name)
+        return CountingNpz(real_open(path))
+
+    monkeypatch.setattr(trace_module, "open_shard", counting_open)
+    loaded = load_traces(tmp_path / "val")
+    assert len(loaded) == 12 and opened == []  # the manifest only
+    assert float(loaded[9]["detections"]["scores"][0]) == 9.0
+    assert float(loaded.by_image_id(10)["detections"]["scores"][0]) == 10.0
+    assert opened == ["shard-00002.npz"]
+    # the index and the two images' arrays, none of the shard's other images
+    assert len(members) == 3 and members[0] == INDEX_KEY
+    assert float(loaded[1]["detections"]["scores"][0]) == 1.0
+    assert opened == ["shard-00002.npz", "shard-00000.npz"]
+
+
+def test_version_1_directories_still_load(tmp_path):
+    from workbench.inspection.traces import FORMAT_NAME as NAME
+
+    out = save_traces(_numbered_traces(2), tmp_path / "val", method="m", split="val")
+    with np.load(out / "shard-00000.npz", allow_pickle=False) as npz:
+        index = json.loads(str(npz[INDEX_KEY]))
+        arrays = {key: npz[key] for key in npz.files if key != INDEX_KEY}
+    np.savez(out / "shard-00000.npz", **{INDEX_KEY: np.array(json.dumps({"images": index["images"], "raw": {}}))},
+             **arrays)
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest.pop("shared")
+    (out / MANIFEST).write_text(json.dumps({**manifest, "format": NAME, "version": 1}))
+    assert [float(t["detections"]["scores"][1]) for t in load_traces(out)] == [0.0, 1.0]
 
 
 def test_predict_with_trace_writes_the_same_results_and_a_versioned_manifest(frcnn_run, tmp_path):
@@ -118,7 +194,7 @@ def test_predict_with_trace_writes_the_same_results_and_a_versioned_manifest(frc
     traced = predict_run(frcnn_run, tmp_path / "traced.json", device="cpu", progress=False, trace=True)
     assert json.loads(plain.read_text()) == json.loads(traced.read_text())
     manifest = json.loads((trace_dir(frcnn_run, "val") / MANIFEST).read_text())
-    assert manifest["format"] == FORMAT_NAME and manifest["version"] == FORMAT_VERSION == 1
+    assert manifest["format"] == FORMAT_NAME and manifest["version"] == FORMAT_VERSION == 2
     assert manifest["method"] == "faster_rcnn" and manifest["split"] == "val" and manifest["num_images"] == 4
     assert BASELINE_RECORDS <= set(manifest["records"])
     assert [im["orig_size"] for im in manifest["images"]] == [[96, 96]] * 4

@@ -115,8 +115,13 @@ def test_saved_traces_read_back_with_the_anchors_once(tmp_path):
     shard = next((tmp_path / "traces").glob("shard-*.npz"))
     with np.load(shard, allow_pickle=False) as data:
         index = json.loads(str(data["__index__"]))["images"]
-    keys = [image[R.ANCHORS][R.BOXES] for image in index]
-    assert keys[0] == keys[2] != keys[1]
+    # one network-input size: the anchors are stored once, in network pixels, and each image's
+    # original-pixel anchors are recomputed on reading exactly as recorded
+    assert len({image[R.ANCHORS]["network_boxes"] for image in index}) == 1
+    assert all(R.BOXES not in image[R.ANCHORS] for image in index)
+    assert len(list((tmp_path / "traces").glob("shared-*.npy"))) == 2  # boxes and levels
+    for position, k in enumerate((0, 1, 0)):
+        assert torch.equal(back[position][R.ANCHORS][R.BOXES], recorder.images[k][R.ANCHORS][R.BOXES])
 
 
 def test_analysis_arrays():

@@ -8,34 +8,52 @@ records a method writes and how each is shown is its declaration
 are absolute ``xyxy`` in the pixels of the original image; maps follow
 :data:`workbench.records.MAP_CELL_SIZE`.
 
-On-disk format ``workbench-trace``, version 1 (``FORMAT_NAME``, ``FORMAT_VERSION``)::
+On-disk format ``workbench-trace``, version 2 (``FORMAT_NAME``, ``FORMAT_VERSION``)::
 
     RUN/traces/<split>/
       manifest.json        what the traces are (below); written last
       shard-00000.npz      the tensors of up to ``shard_size`` images (default 256)
       shard-00001.npz
       ...
+      shared-00000.npy     arrays referenced by the images of several shards (the anchors)
 
 ``manifest.json`` holds ``format`` (``"workbench-trace"``), ``version`` (int),
 ``workbench_version`` (the package version that wrote it), ``method``,
 ``split``, ``num_images``, ``records`` (record name -> sorted field names, the union over
-images), ``shards`` (file names), ``images`` (one entry per image, in prediction order:
-``image_id``, ``file_name``, ``orig_size`` ``[height, width]``, ``shard`` (index into
-``shards``)) and ``meta`` (free-form JSON given by the writer: the dataset spec, checkpoint,
-image folder, categories ...).
+images), ``shards`` (file names), ``shared`` (file names, version 2), ``images`` (one entry per
+image, in prediction order: ``image_id``, ``file_name``, ``orig_size`` ``[height, width]``,
+``shard`` (index into ``shards``)) and ``meta`` (free-form JSON given by the writer: the dataset
+spec, checkpoint, image folder, categories ...).
 
 Each shard is an uncompressed NumPy ``.npz`` (readable with ``numpy.load(...,
 allow_pickle=False)``, no torch or pickle needed). Its member ``__index__`` is a 0-d string array
 holding a JSON object: ``images`` (one ``{record: {field: key}}`` per image of the shard, in
-manifest order) and ``raw`` (``key -> [torch dtype, shape]`` for the tensors whose dtype NumPy
-lacks, e.g. ``bfloat16``, stored as their bytes in ``uint8``). Every other member is one array
-named by its key. Tensors are stored by content: identical tensors within a shard (the anchors
-of every image of one size, the boxes that ``rpn_proposals_pre_nms`` and ``rpn_nms`` share)
-are written once and referenced by every image and record that holds them.
+manifest order), ``raw`` (``key -> [torch dtype, shape]`` for the tensors whose dtype NumPy
+lacks, e.g. ``bfloat16``, stored as their bytes in ``uint8``), ``cast`` (``key -> NumPy dtype``:
+integer tensors are stored in the smallest signed integer type that holds their values and
+cast back on reading, so ``int64`` indices and levels cost one to four bytes, losslessly),
+``bits`` (``key -> shape`` of a bool tensor stored as its bits, eight to a byte) and
+``shared`` (``key -> file name`` of a ``shared-*.npy`` file). Every other member is one array
+named by its key. Tensors are stored by content: identical tensors within a shard (the boxes
+that ``rpn_proposals_pre_nms`` and ``rpn_nms`` share) are written once and referenced by every
+image and record that holds them.
+
+Boxes that are the same for every image of one network-input size (the anchors) are recorded
+with two more fields (:data:`workbench.modeling.trace.NETWORK_BOXES`, the boxes in network-input
+pixels, and :data:`~workbench.modeling.trace.BOX_SCALE`, ``(scale_x, scale_y)`` to original
+pixels): the writer stores ``network_boxes`` and the record's other fields but ``box_scale``
+(the anchors' ``levels``) once per trace directory in ``shared-*.npy`` files, and not ``boxes``,
+which the reader recomputes as
+``scale_boxes(network_boxes, scale_x, scale_y)``, bit-identical to the recorded ones. At COCO
+input size this takes the anchors (268,569 of them for ResNet-50-FPN, 6.4 MB an image) out of
+the per-image cost.
+
+Reading is lazy: :class:`TraceSet` opens one shard at a time and reads from it only the arrays
+of the images asked for; ``shared-*.npy`` files are memory-mapped.
 
 Compatibility: readers refuse a different ``format`` and a ``version`` newer than theirs;
-version 1 readers will keep reading version 1 directories. New record names or fields do not
-change the version; a change of layout does.
+they keep reading version 1 directories (no ``cast``, ``shared`` or network boxes). New record
+names or fields do not change the version; a change of layout does.
 """
 
 from __future__ import annotations
@@ -57,11 +75,14 @@ from torch import Tensor
 from workbench import __version__
 from workbench.atomic import atomic_output, write_text_atomic
 from workbench.errors import WorkbenchError
+from workbench.modeling.trace import BOX_SCALE, NETWORK_BOXES
+from workbench.ops import scale_boxes
 
 FORMAT_NAME = "workbench-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 INDEX_KEY = "__index__"
+SHARED_PREFIX = "shared-"
 DEFAULT_SHARD_SIZE = 256
 
 
@@ -101,9 +122,11 @@ class TraceSet(Sequence[ImageTrace]):
     """The saved traces of one split of a run; a read-only sequence of :class:`ImageTrace`.
 
     Indexing is by position (prediction order, ``image_ids[i]``); :meth:`by_image_id` looks an
-    image up by its dataset id. Shards are read when first needed and one is kept in memory, so
-    iterating in order reads each shard once. Tensors stored once for several images or records
-    (see the module docstring) share memory after loading: clone before editing one in place.
+    image up by its dataset id. Opening the set reads only the manifest; indexing opens the
+    image's shard (one shard is kept open) and reads from it only that image's arrays, so
+    iterating in order opens each shard once and showing a few images of thousands reads only
+    theirs. Tensors stored once for several images or records (see the module docstring) share
+    memory after loading: clone before editing one in place.
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
@@ -111,7 +134,8 @@ class TraceSet(Sequence[ImageTrace]):
         self.manifest = manifest
         self._position = {int(im["image_id"]): i for i, im in enumerate(manifest["images"])}
         self._shard_number: int | None = None
-        self._shard: list[dict[str, dict[str, Tensor]]] = []
+        self._shard: ShardReader | None = None
+        self._shared = SharedArrays(self.path)
         self._first_of_shard = _first_positions(manifest["images"])
 
     @property
@@ -150,7 +174,7 @@ class TraceSet(Sequence[ImageTrace]):
             raise IndexError(f"trace position {index} out of range for {n} images")
         index %= n
         entry = self.manifest["images"][index]
-        records = self._load_shard(int(entry["shard"]))[index - self._first_of_shard[int(entry["shard"])]]
+        records = self._open_shard(int(entry["shard"])).image(index - self._first_of_shard[int(entry["shard"])])
         return ImageTrace(
             image_id=int(entry["image_id"]),
             file_name=str(entry["file_name"]),
@@ -168,11 +192,18 @@ class TraceSet(Sequence[ImageTrace]):
             raise KeyError(f"no trace of image id {image_id} in {self.path}")
         return self[self._position[int(image_id)]]
 
-    def _load_shard(self, number: int) -> list[dict[str, dict[str, Tensor]]]:
-        if self._shard_number != number:
-            self._shard = read_shard(self.path / self.manifest["shards"][number])
+    def _open_shard(self, number: int) -> "ShardReader":
+        if self._shard_number != number or self._shard is None:
+            self.close()
+            self._shard = ShardReader(self.path / self.manifest["shards"][number], self._shared)
             self._shard_number = number
         return self._shard
+
+    def close(self) -> None:
+        """Close the open shard (indexing opens it again when needed)."""
+        if self._shard is not None:
+            self._shard.close()
+        self._shard, self._shard_number = None, None
 
 
 def _first_positions(images: Sequence[Mapping[str, Any]]) -> dict[int, int]:
@@ -275,13 +306,84 @@ def content_key(array: np.ndarray) -> str:
     return f"{array.dtype.str}-{shape}-{digest}"
 
 
-class ShardBuilder:
-    """Collects the records of consecutive images and writes them as one ``.npz`` shard."""
+def narrow_integers(array: np.ndarray) -> np.ndarray:
+    """``array`` in the smallest signed integer type (``int8`` .. ``int64``) that holds its
+    values, when that is narrower than its own; any other array unchanged. Casting back to the
+    recorded dtype restores it exactly."""
+    if array.dtype.kind not in "iu" or array.dtype.itemsize == 1 or array.size == 0:
+        return array
+    low, high = int(array.min()), int(array.max())
+    for dtype in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if np.dtype(dtype).itemsize < array.dtype.itemsize and info.min <= low and high <= info.max:
+            return array.astype(dtype)
+    return array
 
-    def __init__(self) -> None:
+
+def pack_bits(array: np.ndarray) -> np.ndarray | None:
+    """A bool array as its bits, eight to a byte (``numpy.packbits`` of the flattened array);
+    ``None`` for any other array. :func:`unpack_bits` with the shape restores it exactly."""
+    if array.dtype != np.bool_:
+        return None
+    return np.packbits(array.reshape(-1))
+
+
+def unpack_bits(packed: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`pack_bits`."""
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.unpackbits(packed, count=count).astype(np.bool_).reshape(tuple(shape))
+
+
+def network_box_record(fields: Mapping[str, Tensor]) -> bool:
+    """Whether a record's ``boxes`` are recomputed on reading from ``network_boxes`` and
+    ``box_scale`` (see the module docstring), so the writer does not store them."""
+    return NETWORK_BOXES in fields and BOX_SCALE in fields
+
+
+def restore_boxes(fields: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Add ``boxes`` to a read record stored without them: ``scale_boxes(network_boxes,
+    scale_x, scale_y)`` with the recorded factors, the computation of
+    :meth:`workbench.modeling.TraceRecorder.rescale_boxes`, so the result is bit-identical."""
+    if "boxes" not in fields and network_box_record(fields):
+        scale_x, scale_y = (float(v) for v in fields[BOX_SCALE].tolist())
+        fields["boxes"] = scale_boxes(fields[NETWORK_BOXES], scale_x, scale_y)
+    return fields
+
+
+class SharedStore:
+    """The writer's ``shared-*.npy`` files: arrays referenced from several shards, one file per
+    content (:func:`content_key`)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.files: dict[str, str] = {}
+
+    def put(self, digest: str, array: np.ndarray) -> str:
+        """The file name holding ``array`` (written on its first use)."""
+        name = self.files.get(digest)
+        if name is None:
+            name = f"{SHARED_PREFIX}{len(self.files):05d}.npy"
+            with atomic_output(self.directory / name) as f:
+                np.save(f, array, allow_pickle=False)
+            self.files[digest] = name
+        return name
+
+
+class ShardBuilder:
+    """Collects the records of consecutive images and writes them as one ``.npz`` shard.
+
+    ``shared``: where the fields of a network-box record (``network_boxes`` and the other
+    per-anchor fields, e.g. ``levels``; not ``box_scale``) go, one file per content for the whole
+    directory; without it they are stored in the shard like any other tensor."""
+
+    def __init__(self, shared: SharedStore | None = None) -> None:
         self.images: list[dict[str, dict[str, str]]] = []
         self.arrays: dict[str, np.ndarray] = {}
         self.raw: dict[str, list[Any]] = {}
+        self.cast: dict[str, str] = {}
+        self.bits: dict[str, list[int]] = {}
+        self.shared_files: dict[str, str] = {}
+        self.shared = shared
         self._names: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -289,41 +391,118 @@ class ShardBuilder:
 
     def add(self, records: Mapping[str, Mapping[str, Tensor]]) -> None:
         """Store one image's records (tensors equal to stored ones are referenced, not copied)."""
-        self.images.append(
-            {name: {f: self._store(t) for f, t in fields.items()} for name, fields in records.items()}
-        )
+        self.images.append({name: self._store_record(fields) for name, fields in records.items()})
 
-    def _store(self, tensor: Tensor) -> str:
+    def _store_record(self, fields: Mapping[str, Tensor]) -> dict[str, str]:
+        derived = network_box_record(fields)
+        return {f: self._store(t, shared=derived and f != BOX_SCALE) for f, t in fields.items()
+                if not (derived and f == "boxes")}
+
+    def _store(self, tensor: Tensor, *, shared: bool = False) -> str:
         array, raw = tensor_to_array(tensor)
         digest = content_key(array) + ("" if raw is None else f"-{raw[0]}")
         name = self._names.get(digest)
-        if name is None:
-            name = f"t{len(self.arrays)}"
-            self._names[digest] = name
-            self.arrays[name] = array
-            if raw is not None:
-                self.raw[name] = raw
+        if name is not None:
+            return name
+        name = f"t{len(self._names)}"
+        self._names[digest] = name
+        stored = narrow_integers(array) if raw is None else array
+        if stored.dtype != array.dtype:
+            self.cast[name] = array.dtype.str
+        packed = pack_bits(array)
+        if packed is not None:
+            stored, self.bits[name] = packed, list(array.shape)
+        if shared and self.shared is not None:
+            self.shared_files[name] = self.shared.put(digest, stored)
+        else:
+            self.arrays[name] = stored
+        if raw is not None:
+            self.raw[name] = raw
         return name
 
     def write(self, path: Path) -> None:
         """Write the shard to ``path`` (an uncompressed ``.npz``)."""
-        index = json.dumps({"images": self.images, "raw": self.raw}, separators=(",", ":"))
+        index = json.dumps({"images": self.images, "raw": self.raw, "cast": self.cast, "bits": self.bits,
+                            "shared": self.shared_files},
+                           separators=(",", ":"))
         with atomic_output(path) as f:
             np.savez(f, **{INDEX_KEY: np.array(index)}, **self.arrays)
 
 
+class SharedArrays:
+    """The reader's ``shared-*.npy`` files of one trace directory, memory-mapped when first
+    referenced and kept for the life of the :class:`TraceSet`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = np.load(self.directory / name, mmap_mode="r", allow_pickle=False)
+        return self._arrays[name]
+
+
+def open_shard(path: Path) -> Any:
+    """``numpy.load`` of a shard: an ``NpzFile`` that reads a member only when it is indexed."""
+    return np.load(path, allow_pickle=False)
+
+
+class ShardReader:
+    """One open shard: its index, and the tensors of the images read so far (by key, so a tensor
+    several images share is read once)."""
+
+    def __init__(self, path: Path, shared: SharedArrays | None = None) -> None:
+        self.path = path
+        self.shared = shared if shared is not None else SharedArrays(path.parent)
+        try:
+            self.npz = open_shard(path)
+            self.index = json.loads(str(self.npz[INDEX_KEY]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise WorkbenchError(f"{path}: cannot read the trace shard ({exc})") from None
+        self._tensors: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.index["images"])
+
+    def image(self, position: int) -> dict[str, dict[str, Tensor]]:
+        """The records of the shard's image ``position`` (``0 .. len - 1``)."""
+        fields_of = self.index["images"][position]
+        return {name: restore_boxes({f: self._tensor(key) for f, key in fields.items()})
+                for name, fields in fields_of.items()}
+
+    def _tensor(self, key: str) -> Tensor:
+        if key not in self._tensors:
+            try:
+                array = self._array(key)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                raise WorkbenchError(f"{self.path}: cannot read the trace shard ({exc})") from None
+            bits = self.index.get("bits", {}).get(key)
+            if bits is not None:
+                array = unpack_bits(array, bits)
+            cast = self.index.get("cast", {}).get(key)
+            if cast is not None:
+                array = array.astype(np.dtype(cast))
+            self._tensors[key] = array_to_tensor(array, self.index["raw"].get(key))
+        return self._tensors[key]
+
+    def _array(self, key: str) -> np.ndarray:
+        shared = self.index.get("shared", {}).get(key)
+        if shared is None:
+            return self.npz[key]
+        return np.array(self.shared[shared])  # a private copy: tensors may be edited in place
+
+    def close(self) -> None:
+        self.npz.close()
+
+
 def read_shard(path: Path) -> list[dict[str, dict[str, Tensor]]]:
     """The records of every image of one shard, as written by :class:`ShardBuilder`."""
+    reader = ShardReader(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            index = json.loads(str(npz[INDEX_KEY]))
-            tensors = {key: array_to_tensor(npz[key], index["raw"].get(key)) for key in npz.files if key != INDEX_KEY}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise WorkbenchError(f"{path}: cannot read the trace shard ({exc})") from None
-    return [
-        {name: {f: tensors[key] for f, key in fields.items()} for name, fields in image.items()}
-        for image in index["images"]
-    ]
+        return [reader.image(i) for i in range(len(reader))]
+    finally:
+        reader.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,7 +541,8 @@ class TraceWriter:
         self._images: list[dict[str, Any]] = []
         self._fields: dict[str, set[str]] = {}
         self._shards: list[str] = []
-        self._builder = ShardBuilder()
+        self._shared = SharedStore(self.tmp_dir)
+        self._builder = ShardBuilder(self._shared)
         self._closed = False
 
     def add(self, trace: ImageTrace) -> None:
@@ -389,7 +569,7 @@ class TraceWriter:
         name = f"shard-{len(self._shards):05d}.npz"
         self._builder.write(self.tmp_dir / name)
         self._shards.append(name)
-        self._builder = ShardBuilder()
+        self._builder = ShardBuilder(self._shared)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -401,6 +581,7 @@ class TraceWriter:
             "num_images": len(self._images),
             "records": {name: sorted(fields) for name, fields in self._fields.items()},
             "shards": list(self._shards),
+            "shared": sorted(self._shared.files.values()),
             "images": self._images,
             "meta": self.meta,
         }

@@ -8,7 +8,11 @@ Conventions:
 - ``recorder.images[i]`` maps a record name to a dict of tensors for image ``i``. A field named
   ``boxes`` holds absolute ``xyxy`` boxes; while the forward runs they are in network-input
   coordinates, and the detector maps them to original-image coordinates before it returns
-  (:meth:`TraceRecorder.rescale_boxes`). Tensors are detached.
+  (:meth:`TraceRecorder.rescale_boxes`). Tensors are detached. The boxes of the records in
+  :data:`NETWORK_BOX_RECORDS` (the anchors: the same for every image of one network-input size)
+  keep their network-input version too, as ``network_boxes`` with ``box_scale``
+  ``(scale_x, scale_y)`` (float64), so that a saved trace stores them once per input size
+  (:mod:`workbench.inspection.traces`) and not once per image.
 
 Record names written by the two-stage baseline: ``anchors``; ``rpn_proposals_pre_nms``
 (``boxes``, ``scores``, ``levels``: after top-k, clipping and removal of small boxes);
@@ -28,10 +32,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from workbench import records as R
 from workbench.ops import nms_with_ledger, scale_boxes
+
+#: Field of a box record: its ``boxes`` in network-input pixels, before :meth:`TraceRecorder.rescale_boxes`.
+NETWORK_BOXES = "network_boxes"
+#: Field of a box record with :data:`NETWORK_BOXES`: ``(scale_x, scale_y)`` (float64, 2), the
+#: factors that gave ``boxes``: ``boxes == scale_boxes(network_boxes, scale_x, scale_y)``.
+BOX_SCALE = "box_scale"
+#: The records whose boxes do not depend on the image's content, only on its network-input size.
+NETWORK_BOX_RECORDS = frozenset({R.ANCHORS})
 
 
 class TraceRecorder:
@@ -63,10 +77,16 @@ class TraceRecorder:
         return ledger.keep
 
     def rescale_boxes(self, image_index: int, scale_x: float, scale_y: float) -> None:
-        """Multiply every recorded ``boxes`` field of one image by the given factors."""
-        for fields in self.images[image_index].values():
-            if "boxes" in fields:
-                fields["boxes"] = scale_boxes(fields["boxes"], scale_x, scale_y)
+        """Multiply every recorded ``boxes`` field of one image by the given factors; the records
+        of :data:`NETWORK_BOX_RECORDS` keep the boxes as they were and the factors (see the module
+        docstring)."""
+        for name, fields in self.images[image_index].items():
+            if "boxes" not in fields:
+                continue
+            if name in NETWORK_BOX_RECORDS:
+                fields[NETWORK_BOXES] = fields["boxes"]
+                fields[BOX_SCALE] = torch.tensor([scale_x, scale_y], dtype=torch.float64)
+            fields["boxes"] = scale_boxes(fields["boxes"], scale_x, scale_y)
 
     def as_dict(self) -> list[dict[str, dict[str, Any]]]:
         """The records, one dict per image."""
