@@ -6,20 +6,22 @@ Conventions:
   positives: candidates overlapping one above the matcher's positive threshold are ignored;
 - an :class:`Assignment` labels each candidate ``c > 0`` (positive, class ``c``; ``1`` for a
   class-agnostic stage), ``0`` (background) or ``-1`` (ignored);
-- a matcher is any callable ``matcher(candidates, gt_boxes, gt_labels=None, gt_ignore=None)
-  -> Assignment`` (:class:`Matcher`): :class:`IoUMatcher` (two thresholds and Faster R-CNN's
-  low-quality rule) and :class:`SSDMatcher` (one threshold plus a candidate for each GT);
-- a sampler is any callable ``sampler(assignment, generator=None, losses=None)
-  -> (pos_mask, neg_mask)`` with (A,) bool masks (:class:`Sampler`). ``losses`` (A,) is a
-  per-candidate loss that samplers may rank by (:class:`HardNegativeSampler` needs it: the
-  classification loss of each candidate); random samplers ignore it, so one call form serves
-  every sampler.
+- a matcher is called ``matcher(candidates, gt_boxes, gt_labels=None, gt_ignore=None)
+  -> Assignment``; :class:`Matcher` holds that call form once and a subclass gives only its
+  rule: :class:`IoUMatcher` (two thresholds and Faster R-CNN's low-quality rule) and
+  :class:`SSDMatcher` (one threshold plus a candidate for each GT);
+- a sampler is called ``sampler(assignment, generator=None, losses=None) -> (pos_mask,
+  neg_mask)`` with (A,) bool masks; :class:`Sampler` holds that call form once and a subclass
+  implements :meth:`Sampler.sample`. ``losses`` (A,) is a per-candidate loss that samplers may
+  rank by (:class:`HardNegativeSampler` needs it: the classification loss of each candidate);
+  random samplers ignore it, so one call form serves every sampler. Any other callable of the
+  same form works where a sampler is expected (e.g. a wrapper that records the choice).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -60,19 +62,6 @@ class Assignment:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
-
-class Matcher(Protocol):
-    """Labels each candidate of one image against that image's ground truth."""
-
-    def __call__(
-        self,
-        candidates: Tensor,
-        gt_boxes: Tensor,
-        gt_labels: Tensor | None = None,
-        gt_ignore: Tensor | None = None,
-    ) -> Assignment:
-        ...
 
 
 def _assign(
@@ -121,17 +110,18 @@ def _assign(
     return Assignment(labels, matched_gt, max_iou)
 
 
-class _MatchThenAssign:
-    """What the matchers share: a matcher's own rule (``match``: GT-by-candidate IoU (G, A) ->
-    matched GT index or a below/between code per candidate) and its threshold for ignored GT
-    (``ignore_threshold``), then the same assignment (``_assign``)."""
+class Matcher:
+    """Labels each candidate of one image against that image's ground truth. A matcher gives its
+    own rule (:meth:`match`: GT-by-candidate IoU (G, A) -> matched GT index or a below/between
+    code per candidate) and its threshold for ignored GT (:attr:`ignore_threshold`); the
+    assignment that follows is the same for every matcher (``_assign``)."""
 
     def match(self, iou: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement match()")
 
     @property
     def ignore_threshold(self) -> float:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define ignore_threshold")
 
     def __call__(
         self,
@@ -144,7 +134,7 @@ class _MatchThenAssign:
 
 
 @dataclass(frozen=True)
-class IoUMatcher(_MatchThenAssign):
+class IoUMatcher(Matcher):
     """Two-threshold IoU matching (Faster R-CNN's RPN and box head, RetinaNet): best IoU
     ``>= high`` positive, ``< low`` background, in between ignored; ``allow_low_quality`` also
     makes each GT's best candidates positive (``workbench.ops.match_boxes``, equal to
@@ -167,7 +157,7 @@ MatcherSettings = IoUMatcher
 
 
 @dataclass(frozen=True)
-class SSDMatcher(_MatchThenAssign):
+class SSDMatcher(Matcher):
     """SSD / RefineDet matching: each GT first gets one candidate by greedy bipartite matching
     (highest IoU first, ties to the lower candidate then GT index; a GT overlapping no candidate
     gets none), then every other candidate with best IoU ``>= threshold`` matches that GT; the
@@ -197,9 +187,10 @@ def assign_to_gt(
     return matcher(candidates, gt_boxes, gt_labels, gt_ignore)
 
 
-class Sampler(Protocol):
-    """Chooses which candidates of one image enter the loss. ``losses`` (A,), when given, is a
-    per-candidate loss (detached or not; samplers only rank it)."""
+class Sampler:
+    """Chooses which candidates of one image enter the loss: ``sampler(assignment, generator=None,
+    losses=None) -> (pos_mask, neg_mask)``. ``losses`` (A,), when given, is a per-candidate loss
+    (detached or not; samplers only rank it). A subclass implements :meth:`sample`."""
 
     def __call__(
         self,
@@ -207,44 +198,41 @@ class Sampler(Protocol):
         generator: torch.Generator | None = None,
         losses: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        ...
+        return self.sample(assignment, generator, losses)
+
+    def sample(self, assignment: Assignment, generator: torch.Generator | None,
+               losses: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(positive mask, negative mask), each (A,) bool, of ``assignment``'s candidates."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sample()")
 
 
 @dataclass(frozen=True)
-class RandomSampler:
+class RandomSampler(Sampler):
     """Uniform sampling of ``num_samples`` candidates, at most ``positive_fraction`` positives;
     negatives fill the rest. ``losses`` is accepted and not used."""
 
     num_samples: int
     positive_fraction: float
 
-    def __call__(
-        self,
-        assignment: Assignment,
-        generator: torch.Generator | None = None,
-        losses: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def sample(self, assignment: Assignment, generator: torch.Generator | None,
+               losses: Tensor | None) -> tuple[Tensor, Tensor]:
         return sample_random(assignment.labels, self.num_samples, self.positive_fraction, generator)
 
 
 @dataclass(frozen=True)
-class AllCandidates:
+class AllCandidates(Sampler):
     """Sampler that keeps every candidate that is not ignored (positives ``labels > 0``,
     negatives ``labels == 0``; ``-1`` stays out): detectron2's later cascade stages train on all
     the boxes the previous stage refined without sampling again, and RetinaNet on every anchor
     (its focal loss does the balancing). ``generator`` and ``losses`` are not used."""
 
-    def __call__(
-        self,
-        assignment: Assignment,
-        generator: torch.Generator | None = None,
-        losses: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def sample(self, assignment: Assignment, generator: torch.Generator | None,
+               losses: Tensor | None) -> tuple[Tensor, Tensor]:
         return assignment.labels > 0, assignment.labels == 0
 
 
 @dataclass(frozen=True)
-class HardNegativeSampler:
+class HardNegativeSampler(Sampler):
     """SSD's hard negative mining: all positives, and the ``neg_pos_ratio`` x #positives
     negatives with the highest ``losses`` (ties to the lower index), at least ``min_negatives``
     when that many exist (``workbench.ops.sample_hard_negatives``). ``losses`` (A,) is required:
@@ -254,12 +242,8 @@ class HardNegativeSampler:
     neg_pos_ratio: float = 3.0
     min_negatives: int = 0
 
-    def __call__(
-        self,
-        assignment: Assignment,
-        generator: torch.Generator | None = None,
-        losses: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def sample(self, assignment: Assignment, generator: torch.Generator | None,
+               losses: Tensor | None) -> tuple[Tensor, Tensor]:
         if losses is None:
             raise ValueError("HardNegativeSampler ranks negatives by their loss: pass losses (A,)")
         if losses.shape != assignment.labels.shape:

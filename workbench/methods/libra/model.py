@@ -28,7 +28,7 @@ from torch import Tensor
 from workbench.errors import ConfigError
 from workbench.losses import balanced_l1
 from workbench.modeling import FasterRCNN, FasterRCNNConfig, build_faster_rcnn
-from workbench.modeling.assignment import Assignment
+from workbench.modeling.assignment import Assignment, Sampler
 from workbench.modeling.backbones import FeatureExtractor
 from workbench.modeling.balanced_pyramid import REFINE_TYPES, BalancedFeaturePyramid
 from workbench.modeling.dense import DenseDetector
@@ -40,7 +40,7 @@ PAPER = "Libra R-CNN: Towards Balanced Learning for Object Detection (Pang et al
 
 
 @dataclass(frozen=True)
-class IoUBalancedSampler:
+class IoUBalancedSampler(Sampler):
     """Libra R-CNN's sampler (:class:`~workbench.modeling.assignment.Sampler`):
     ``min(int(num_samples * positive_fraction), #pos)`` positives, instance-balanced (each GT
     gives up to its share) or, with ``positive_balance=False``, uniform; negatives fill the rest,
@@ -60,12 +60,8 @@ class IoUBalancedSampler:
         if self.num_bins < 1:
             raise ConfigError(f"the IoU-balanced sampler needs num_bins >= 1, got {self.num_bins}")
 
-    def __call__(
-        self,
-        assignment: Assignment,
-        generator: torch.Generator | None = None,
-        losses: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def sample(self, assignment: Assignment, generator: torch.Generator | None,
+               losses: Tensor | None) -> tuple[Tensor, Tensor]:
         # Instance balance over a single "instance" is a uniform draw of the positives.
         instance = assignment.matched_gt if self.positive_balance else torch.zeros_like(assignment.matched_gt)
         return sample_libra(
