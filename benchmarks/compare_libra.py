@@ -16,11 +16,15 @@ Measured with the weights after the last epoch:
 
 - AP, AP50, AP75, APs, APm, APl (the trainer's COCO evaluation on the validation split after
   the last epoch);
-- two-stage rows: the hard-negative statistic of the paper (section 3.1): on the RPN proposals
-  the trained model makes on the first ``--negatives-images`` training images (its training
-  proposal settings, no augmentation), the share of the box stage's negatives with IoU above
-  0.05, for all of them, for a random sampler and for the IoU-balanced sampler drawn from the
-  same candidates;
+- two-stage rows: the hard-negative statistic of the paper (section 3.1), the share of the box
+  stage's negatives with IoU above 0.05, for all of them, for a random sampler and for the
+  IoU-balanced sampler. With ``--trace-sampling-every N`` the runs record their sampling while
+  they train (``workbench.engine.sampling_trace``) and the shares come from the records of the
+  second half of the recorded steps: the candidates the box stage was given and what its own
+  sampler picked (a random-sampling row has no IoU-balanced column). Runs without records: on
+  the RPN proposals the trained model makes on the first ``--negatives-images`` training images
+  (its training proposal settings, no augmentation), both samplers drawn from the same
+  candidates. ``hard_negatives_source`` in ``compare.json`` says which;
 - ``--cost``: a training step (forward + backward) and inference of each Libra row against its
   baseline on one validation batch, interleaved, median of ``--repeats``, with the time spent in
   the balanced pyramid (forward hooks around it).
@@ -29,6 +33,7 @@ Finished runs are reused and interrupted ones resumed. Results go to
 ``OUT/<row>/seed_<s>/compare.json``; tables are printed as markdown.
 
     python benchmarks/compare_libra.py --seeds 0 1 2 --rows faster_rcnn libra_rcnn --threads 1
+    python benchmarks/compare_libra.py --seeds 0 --rows faster_rcnn libra_rcnn --trace-sampling-every 50
     python benchmarks/compare_libra.py --seeds 0 --rows libra_rcnn_sampling libra_rcnn_pyramid libra_rcnn_loss
     python benchmarks/compare_libra.py --seeds 0 --rows faster_rcnn libra_rcnn --cost
 """
@@ -86,7 +91,8 @@ def row_config(row: str, seed: int, args: argparse.Namespace):
     cfg = build_preset(method, "tiny")
     model = override_model(cfg.model, {**changes, **json.loads(args.model_overrides or "{}")})
     cfg = dataclasses.replace(cfg, model=model)
-    return apply_overrides(cfg, data=args.data, epochs=args.epochs, seed=seed, device="cpu")
+    return apply_overrides(cfg, data=args.data, epochs=args.epochs, seed=seed, device="cpu",
+                           trace_sampling_every=getattr(args, "trace_sampling_every", None))
 
 
 def train_or_reuse(row: str, seed: int, args: argparse.Namespace) -> Path:
@@ -113,6 +119,21 @@ def hard_negative_shares(run_dir: Path, num_images: int, seed: int, split: str) 
     return {name: share_above(values, 0.05) for name, values in ious.items()}
 
 
+def recorded_hard_negative_shares(run_dir: Path) -> dict[str, float] | None:
+    """Share of negatives above IoU 0.05 in the run's training-time sampling records of the
+    second half of its recorded steps (``None``: the run recorded none)."""
+    from workbench.inspection.sampling import load_sampling_traces, recorded_steps
+    from workbench.methods.libra.analysis import recorded_negative_ious
+    from workbench.viz.sampling import share_above
+
+    traces = load_sampling_traces(run_dir)
+    if traces is None:
+        return None
+    steps = recorded_steps(traces)
+    ious = recorded_negative_ious(run_dir, min_step=steps[len(steps) // 2])
+    return {name: share_above(values, 0.05) for name, values in ious.items()}
+
+
 def measure(row: str, run_dir: Path, args: argparse.Namespace) -> dict:
     path = run_dir / "compare.json"
     if path.exists():
@@ -122,8 +143,13 @@ def measure(row: str, run_dir: Path, args: argparse.Namespace) -> dict:
     cfg = load_run_config(run_dir)
     result = {"row": row, "seed": cfg.seed, **final_eval(run_dir, AP_KEYS)}
     if ROWS[row][0] in ("faster_rcnn", "libra_rcnn"):
-        result["hard_negatives"] = hard_negative_shares(run_dir, args.negatives_images, cfg.seed,
-                                                        cfg.data.train_split)
+        recorded = recorded_hard_negative_shares(run_dir)
+        if recorded is not None:
+            result["hard_negatives"], result["hard_negatives_source"] = recorded, "training records"
+        else:
+            result["hard_negatives"] = hard_negative_shares(run_dir, args.negatives_images, cfg.seed,
+                                                            cfg.data.train_split)
+            result["hard_negatives_source"] = "proposals of the trained model"
     path.write_text(json.dumps(result) + "\n")
     return result
 
@@ -180,12 +206,13 @@ def ap_table(results: dict[str, list[dict]]) -> str:
     lines = ap_table_lines(results, AP_KEYS)
     shares = {row: rows for row, rows in results.items() if all("hard_negatives" in r for r in rows) and rows}
     if shares:
-        names = list(next(iter(shares.values()))[0]["hard_negatives"])
+        names = list(dict.fromkeys(n for rows in shares.values() for r in rows for n in r["hard_negatives"]))
         lines += ["", "Share of the box stage's negatives above IoU 0.05 (paper: about 60% of hard negatives, "
                       "about 30% under random sampling):", "",
                   "| row | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for row, rows in shares.items():
-            cells = [f"{np.mean([r['hard_negatives'][n] for r in rows]):.1%}" for n in names]
+            cells = [f"{np.mean([r['hard_negatives'][n] for r in rows]):.1%}"
+                     if all(n in r["hard_negatives"] for r in rows) else "-" for n in names]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -196,7 +223,11 @@ def main() -> None:
         out="runs/compare_libra",
     )
     parser.add_argument("--model-overrides", help="JSON object of model config fields for every row")
-    parser.add_argument("--negatives-images", type=int, default=50, help="training images for the hard negatives")
+    parser.add_argument("--negatives-images", type=int, default=50,
+                        help="training images for the hard negatives of runs without sampling records")
+    parser.add_argument("--trace-sampling-every", type=int, default=None,
+                        help="new runs record their box stage's sampling every N steps (the hard negatives come "
+                             "from those records)")
     parser.add_argument("--cost", action="store_true", help="time each Libra row against its baseline (first seed)")
     parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()

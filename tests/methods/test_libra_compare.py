@@ -58,3 +58,19 @@ def test_tables(compare):
     assert "| faster_rcnn | 2 | 0.3000 ± 0.1414 | 0.4500 ± 0.0707 | - |" in text
     assert "| retinanet | 1 | 0.1000 | - |" in text
     assert "| faster_rcnn | 60.0% | 30.0% |" in text
+
+
+def test_the_hard_negative_table_marks_a_set_a_row_lacks(compare):
+    results = {
+        "faster_rcnn": [{"AP": 0.2, "hard_negatives": {"all negatives": 0.5, "random sampling": 0.25}}],
+        "libra_rcnn": [{"AP": 0.3, "hard_negatives": {"all negatives": 0.6, "random sampling": 0.3,
+                                                      "IoU-balanced sampling": 0.55}}],
+    }
+    text = compare.ap_table(results)
+    assert "| row | all negatives | random sampling | IoU-balanced sampling |" in text
+    assert "| faster_rcnn | 50.0% | 25.0% | - |" in text and "| libra_rcnn | 60.0% | 30.0% | 55.0% |" in text
+
+
+def test_the_option_reaches_new_runs_only_when_given(compare):
+    assert compare.row_config("libra_rcnn", 0, args()).trace_sampling_every == 0
+    assert compare.row_config("libra_rcnn", 0, args(trace_sampling_every=50)).trace_sampling_every == 50

@@ -61,3 +61,28 @@ def test_the_hard_negative_figure_comes_from_the_records(run_dir):
 
 def test_a_run_without_the_option_has_no_records(tmp_path):
     assert load_sampling_traces(tmp_path) is None and recorded_negative_ious(tmp_path) is None
+
+
+def test_the_comparison_reads_the_records_of_the_second_half(run_dir):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_libra.py"
+    spec = importlib.util.spec_from_file_location("compare_libra", script)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    shares = compare.recorded_hard_negative_shares(run_dir)
+    late = recorded_negative_ious(run_dir, min_step=2)
+    assert shares == {name: pytest.approx(share_above(values, 0.05)) for name, values in late.items()}
+
+
+def test_a_random_sampling_baseline_records_its_own_picks_as_the_random_set(tmp_path_factory):
+    with trained_small_run(tmp_path_factory, "faster_rcnn", data=DATA, epochs=1, batch_size=2, trace_sampling_every=2,
+                           max_val_images=1, model_overrides=SMALL) as out:
+        traces = load_sampling_traces(out)
+        assert recorded_steps(traces) == [1] and traces.meta["sampler"].startswith("RandomSampler(")
+        ious = recorded_negative_ious(out)
+    assert list(ious) == [ALL, RANDOM]
+    picked = np.concatenate([t[R.BOX_SAMPLING][R.MAX_IOU][(t[R.BOX_SAMPLING][R.LABELS] == 0)
+                                                          & t[R.BOX_SAMPLING][R.SAMPLED]].numpy() for t in traces])
+    np.testing.assert_array_equal(ious[RANDOM], picked)

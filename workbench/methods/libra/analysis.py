@@ -129,7 +129,8 @@ def recorded_negative_ious(run_dir: str | Path, *, min_step: int = 0) -> dict[st
     (:mod:`workbench.engine.sampling_trace`) of steps ``min_step`` on: every negative the box
     stage was given, those its own sampler picked (named :data:`IOU_BALANCED` when it is the
     IoU-balanced sampler, else by its class) and those the random sampler of the comparison
-    picked from the same assignment. ``None`` when the run recorded no sampling."""
+    picked from the same assignment. A run that samples at random (the baseline) gives its own
+    picks as :data:`RANDOM` and no comparison. ``None`` when the run recorded no sampling."""
     from workbench.inspection.sampling import (
         ALL_NEGATIVES,
         RANDOM_SAMPLER,
@@ -144,6 +145,8 @@ def recorded_negative_ious(run_dir: str | Path, *, min_step: int = 0) -> dict[st
     sampler = str(traces.meta.get("sampler", ""))
     own = IOU_BALANCED if sampler.startswith(IoUBalancedSampler.__name__) else f"the run's sampler ({sampler.split('(')[0]})"
     ious = sampled_negative_ious(traces, min_step=min_step)
+    if sampler.startswith(f"{RandomSampler.__name__}("):
+        return {ALL: ious[ALL_NEGATIVES], RANDOM: ious[STAGE_SAMPLER]}
     return {ALL: ious[ALL_NEGATIVES], RANDOM: ious[RANDOM_SAMPLER], own: ious[STAGE_SAMPLER]}
 
 
