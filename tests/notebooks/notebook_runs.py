@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import papermill
+
+from workbench.pipelines.runner import execute_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 TINY_DATA = "builtin:shapes?train=8&val=4&size=96"
@@ -21,12 +22,10 @@ TINY_MODEL = {
 
 def execute(name: str, folder: Path, **parameters: Any) -> nbformat.NotebookNode:
     """Run ``notebooks/<name>.ipynb`` with papermill (kernel ``python3``: this interpreter) into
-    ``folder`` and return the executed notebook."""
+    ``folder`` as the pipelines do (:func:`workbench.pipelines.runner.execute_notebook`: no widget
+    state saved) and return the executed notebook."""
     output = folder / f"{name}.ipynb"
-    papermill.execute_notebook(
-        str(NOTEBOOKS / f"{name}.ipynb"), str(output), parameters=parameters, kernel_name="python3",
-        progress_bar=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
-    )
+    execute_notebook(NOTEBOOKS / f"{name}.ipynb", output, parameters)
     return nbformat.read(output, as_version=4)
 
 

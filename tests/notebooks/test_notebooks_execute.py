@@ -57,6 +57,14 @@ def test_inspect_proposals_predicts_traces_and_shows_layers(trained, tmp_path):
     assert len(maps) == (2 if declared else 0)
     assert all(sum(t["type"] == "heatmap" for t in f["data"]) == len(declared) for f in maps)
     assert widget_views(nb), "the explorer widget was not displayed"
+    # the record keeps the explorer's first view as a plain figure, and no widget state (the
+    # FigureWidget's would carry plotly.js, about 5 MB): its size follows what it shows
+    (static,) = [f for f in shown if "the explorer's first view (static" in title(f)]
+    assert {"image", "gt", "proposals"} <= set(layers(static))
+    assert "widgets" not in nb.metadata
+    size = (tmp_path / "inspect_proposals.ipynb").stat().st_size
+    assert size < 1.5 * sum(len(json.dumps(f)) for f in shown) + 100_000
+    assert size < 1_500_000
 
 
 def test_nms_decisions_slider_steps_match_torchvision(trained, tmp_path):

@@ -168,3 +168,18 @@ def test_colouring_by_a_field_no_image_carries_is_refused():
     images = [ExplorerImage(image_id=0, image=make_image(0), records=make_records(seed=0))]
     with pytest.raises(ValueError, match="no per-detection scalar 'iou_pred'.*available: scores"):
         TraceExplorer(images, color_by="iou_pred")
+
+
+def test_displaying_shows_the_static_first_view_then_the_live_widget(explorer, monkeypatch):
+    import IPython.display
+    import ipywidgets as widgets
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objects: shown.extend(objects))
+    explorer._ipython_display_()
+    static, widget = shown
+    assert type(static) is go.Figure  # a plain figure: it renders in a record without a kernel
+    assert isinstance(widget, widgets.VBox) and widget.children[-1] is explorer.figure
+    assert static.layout.title.text.startswith("img 0: the explorer's first view (static")
+    assert [t.meta for t in static.data] == [t.meta for t in explorer.figure.data]
+    assert static.layout.width == explorer.figure.layout.width

@@ -84,6 +84,23 @@ def command_argv(command: tuple[str, ...]) -> list[str]:
     return list(command)
 
 
+def execute_notebook(notebook: Path | str, output: Path | str, parameters: dict[str, Any] | None = None, *,
+                     kernel_name: str = KERNEL_NAME, **options: Any) -> None:
+    """Execute ``notebook`` with papermill into ``output``, without saving widget state.
+
+    An executed notebook is a record read later without a kernel. There the saved state of its
+    widgets does not render (papermill's output is untrusted), while it is most of the file: a
+    Plotly ``FigureWidget`` saves plotly.js itself (about 5 MB) with its figure. The figures a
+    record shows are its plain Plotly outputs (the explorer displays a static first view before
+    its widget, :meth:`workbench.viz.explorer.TraceExplorer.static_figure`), so the size of a
+    record follows what it shows. ``options`` go to ``papermill.execute_notebook``."""
+    import papermill
+
+    papermill.execute_notebook(str(notebook), str(output), parameters=parameters or {}, kernel_name=kernel_name,
+                               progress_bar=False, extra_arguments=KERNEL_ARGUMENTS, store_widget_state=False,
+                               **options)
+
+
 def run_notebook(step: Step, *, kernel_name: str = KERNEL_NAME, log_output: bool = False,
                  stream_output: bool = True, streams: dict[str, Any] | None = None) -> None:
     """Execute the step's notebook with papermill into ``step.output``.
@@ -95,7 +112,6 @@ def run_notebook(step: Step, *, kernel_name: str = KERNEL_NAME, log_output: bool
     markers and results included). ``streams`` gives papermill other ``stdout_file`` and
     ``stderr_file`` objects (a group's labelled streams).
     """
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     step.output.parent.mkdir(parents=True, exist_ok=True)
@@ -104,10 +120,8 @@ def run_notebook(step: Step, *, kernel_name: str = KERNEL_NAME, log_output: bool
         streams = {"stdout_file": sys.stdout, "stderr_file": sys.stderr}
     try:
         with _papermill_logging(log_output):
-            papermill.execute_notebook(
-                str(step.notebook), str(step.output), parameters=step.parameters, kernel_name=kernel_name,
-                progress_bar=False, log_output=log_output, extra_arguments=KERNEL_ARGUMENTS, **streams,
-            )
+            execute_notebook(step.notebook, step.output, step.parameters, kernel_name=kernel_name,
+                             log_output=log_output, **streams)
     except PapermillExecutionError as exc:
         raise PipelineError(
             f"step '{step.name}': notebook {step.notebook.name} failed in cell {exc.cell_index} "

@@ -7,8 +7,16 @@ widgets only call it again (image, thresholds) or flip the visibility of a layer
 ```python
 from workbench.viz.explorer import TraceExplorer, explorer_images
 explorer = TraceExplorer(explorer_images(traces, dataset), class_names=dataset.class_names)
-explorer            # displays the controls and the figure in JupyterLab
+explorer            # the static first view, then the controls and the live figure
 ```
+
+An executed notebook is a record opened later without a kernel, where widgets do not render
+(papermill's output is untrusted, and a ``FigureWidget``'s saved state carries plotly.js itself,
+about 5 MB). So displaying the explorer first displays its first view as a plain Plotly figure
+(:meth:`TraceExplorer.static_figure`, a ``application/vnd.plotly.v1+json`` output like every
+other figure of the notebook), then the live widget; the pipelines execute notebooks without
+saving widget state (:func:`workbench.pipelines.runner.execute_notebook`), so a record holds the
+figure once, not plotly.js.
 """
 
 from __future__ import annotations
@@ -228,6 +236,14 @@ class TraceExplorer:
         self.figure.layout = fresh.layout
 
     # -- display -------------------------------------------------------------------------
+    def static_figure(self) -> go.Figure:
+        """The figure for the current controls as a plain ``go.Figure``, titled as the static
+        view it is (displayed before the widget: what a record keeps of the explorer)."""
+        fig = self.build_figure()
+        fig.update_layout(title_text=f"{fig.layout.title.text}: the explorer's first view "
+                                     "(static; the controls below need a running kernel)")
+        return fig
+
     @property
     def widget(self) -> widgets.Widget:
         """The controls above the figure."""
@@ -238,4 +254,4 @@ class TraceExplorer:
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
-        display(self.widget)
+        display(self.static_figure(), self.widget)
