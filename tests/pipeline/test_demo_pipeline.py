@@ -10,20 +10,27 @@ from workbench.demo import DEMO_PIPELINE, DemoResult, format_summary, run_demo
 from workbench.errors import WorkbenchError
 from workbench.methods import METHODS
 from workbench.pipelines import load_pipeline
+from workbench.pipelines.spec import notebook_parameters
 
 
-def test_demo_trains_both_methods_then_exports_inspects_compares_and_reports(tmp_path):
+#: (method, preset, epochs of the step; None: the preset's) of every training run, in order.
+TRAINED = [("faster_rcnn", "tiny", None), ("kl_rpn", "tiny", None), ("refinedet", "tiny", 1),
+           ("uncertainty_rescaling", "tiny", 1)]
+
+
+def test_demo_trains_the_methods_then_exports_inspects_compares_and_reports(tmp_path):
     pipeline = load_pipeline(DEMO_PIPELINE, tmp_path)
     names = [s.name for s in pipeline.steps]
     assert names[0] == "data" and names[-1] == "report"
     trains = [s for s in pipeline.steps if s.notebook is not None and s.notebook.name == "train.ipynb"]
-    assert [(s.parameters["method"], s.parameters["preset"]) for s in trains] == [("faster_rcnn", "tiny"), ("kl_rpn", "tiny")]
+    assert [(s.parameters["method"], s.parameters["preset"], s.parameters.get("epochs")) for s in trains] == TRAINED
     assert all(s.parameters["method"] in METHODS for s in trains)
+    assert {s.group for s in trains} == {"train"}
     for step in trains:
         run = Path(step.parameters["out_dir"])
         assert step.output == run / "notebooks" / "train.ipynb" and run.parent == tmp_path / "runs"
     exports = [s.command for s in pipeline.steps if s.command and s.command[:3] == ("workbench", "export", "fiftyone")]
-    assert len(exports) == 2
+    assert [Path(c[c.index("--run") + 1]).name for c in exports] == [m for m, _, _ in TRAINED]
     assert names.index("export_kl_rpn") > names.index("train_kl_rpn")
     compare = next(s for s in pipeline.steps if s.name == "compare_runs")
     assert compare.parameters["run_dirs"] == [str(tmp_path / "runs" / "faster_rcnn"), str(tmp_path / "runs" / "kl_rpn")]
@@ -31,10 +38,24 @@ def test_demo_trains_both_methods_then_exports_inspects_compares_and_reports(tmp
     assert report[:2] == ("workbench", "report") and str(tmp_path / "report.html") in report
 
 
+def test_refinedet_and_the_bald_map_are_shown_from_their_runs(tmp_path):
+    pipeline = load_pipeline(DEMO_PIPELINE, tmp_path)
+    steps = {s.name: s for s in pipeline.steps}
+    names = list(steps)
+    for shown, notebook, run in [("refined_anchors_refinedet", "refinedet.ipynb", "refinedet"),
+                                 ("bald_map_uncertainty_rescaling", "uncertainty.ipynb", "uncertainty_rescaling")]:
+        step = steps[shown]
+        assert step.notebook.name == notebook
+        assert step.parameters["run_dir"] == str(tmp_path / "runs" / run)
+        assert step.output == tmp_path / "runs" / run / "notebooks" / notebook
+        assert set(step.parameters) <= notebook_parameters(step.notebook)
+        assert names.index(shown) > names.index(f"train_{run}")
+
+
 def test_epochs_reach_only_the_train_notebooks(tmp_path):
     pipeline = load_pipeline(DEMO_PIPELINE, tmp_path, overrides={"epochs": 2})
-    with_epochs = [s.name for s in pipeline.steps if "epochs" in s.parameters]
-    assert with_epochs == ["train_faster_rcnn", "train_kl_rpn"]
+    with_epochs = {s.name: s.parameters["epochs"] for s in pipeline.steps if "epochs" in s.parameters}
+    assert with_epochs == {f"train_{method}": 2 for method, _, _ in TRAINED}
 
 
 def test_a_missing_pipeline_file_is_one_clear_error(tmp_path):
