@@ -1,10 +1,13 @@
-"""Tiny notebooks for the pipeline tests: one parameters cell and one code cell."""
+"""Tiny notebooks for the pipeline tests (one parameters cell and one code cell), and what the
+tests of the comparison pipelines read from a loaded pipeline."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import nbformat
+
+from workbench.pipelines.spec import Pipeline, Step, notebook_parameters
 
 
 def write_notebook(path: Path, parameters: str, body: str) -> Path:
@@ -30,3 +33,16 @@ with open(log_file, "a") as f:
 
 def log_lines(path: Path) -> list[str]:
     return path.read_text().split("\n")[:-1] if path.exists() else []
+
+
+def trained_rows(pipeline: Pipeline) -> dict[str, Step]:
+    """A comparison pipeline's training steps by row: step ``train_<row>`` under ``<row>``."""
+    return {s.name[len("train_"):]: s for s in pipeline.steps if s.name.startswith("train_")}
+
+
+def undefined_notebook_parameters(pipeline: Pipeline) -> dict[str, set[str]]:
+    """Per notebook step, the parameters it passes that its notebook does not define; only the
+    steps with some (papermill would inject them unused, so a typo would go unnoticed)."""
+    undefined = {s.name: set(s.parameters) - notebook_parameters(s.notebook)
+                 for s in pipeline.steps if s.kind == "notebook"}
+    return {name: names for name, names in undefined.items() if names}

@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from pipeline_notebooks import trained_rows, undefined_notebook_parameters
+
 from workbench.methods import build_preset
 from workbench.pipelines import load_pipeline
 from workbench.pipelines.params import override_model
-from workbench.pipelines.spec import notebook_parameters
 
 PIPELINE = Path(__file__).resolve().parents[2] / "pipelines" / "refinedet.yaml"
 SWITCHES = ("refine_anchors", "negative_filtering", "transfer_connection")
@@ -17,7 +18,7 @@ SWITCHES = ("refine_anchors", "negative_filtering", "transfer_connection")
 
 def test_the_pipeline_trains_the_rows_and_shows_refinedet(tmp_path):
     pipeline = load_pipeline(PIPELINE, tmp_path / "out")
-    trained = {s.name[len("train_"):]: s for s in pipeline.steps if s.name.startswith("train_")}
+    trained = trained_rows(pipeline)
     assert set(trained) == {"ssd", "refinedet", "no_refine", "no_filter", "no_tcb"}
     switched_off = {}
     for row, step in trained.items():
@@ -28,9 +29,7 @@ def test_the_pipeline_trains_the_rows_and_shows_refinedet(tmp_path):
             assert dataclasses.replace(model, **{k: True for k in SWITCHES}) == cfg.model
     assert switched_off == {"refinedet": [], "no_refine": ["refine_anchors"], "no_filter": ["negative_filtering"],
                             "no_tcb": ["transfer_connection"]}
-    for step in pipeline.steps:
-        if step.kind == "notebook":
-            assert set(step.parameters) <= notebook_parameters(step.notebook), step.name
+    assert undefined_notebook_parameters(pipeline) == {}
     names = [s.name for s in pipeline.steps]
     assert names.index("refinedet_notebook") > names.index("train_refinedet")
     assert names[-1] == "compare_runs"
