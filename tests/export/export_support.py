@@ -29,8 +29,8 @@ CHROMIUM_FLAGS = (
 #: so after two steps from scratch it keeps every candidate instead (SSD's softmax needs no help).
 DENSE_OVERRIDES = {
     "ssd": {
-        "width": 0.125, "size": 96, "fc_channels": 64, "extra_layers": ((32, 64, 3, 2, 1),) * 3,
-        "topk_candidates": 100, "detections_per_img": 30,
+        "backbone_weights": None, "trainable_backbone_layers": 6, "backbone_norm": "bn", "fpn_channels": 32,
+        "size": 96, "topk_candidates": 100, "detections_per_img": 30,
     },
     "retinanet": {
         "backbone_weights": None, "backbone_norm": "bn", "fpn_channels": 32, "min_size": 96, "max_size": 96,

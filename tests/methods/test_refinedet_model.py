@@ -11,7 +11,6 @@ from torch import nn
 
 from workbench.methods.refinedet import build_model, tiny_model
 from workbench.methods.refinedet.model import (
-    RefineDetAnchors,
     RefineDetConfig,
     ThresholdedSSDMatcher,
     assign_to_references,
@@ -21,6 +20,7 @@ from workbench.methods.refinedet.model import (
     filtered_share_maps,
 )
 from workbench.modeling.assignment import SSDMatcher
+from workbench.modeling.ssd import OneSizeAnchors
 from workbench.ops import BoxCoder
 
 from detector_support import one_thread  # noqa: F401 (autouse)
@@ -70,7 +70,7 @@ def test_anchor_counts_at_320_and_512():
 
 def test_anchor_hand_values():
     # first location of the stride-8 level, size 32: centre (4, 4); ratio 2: w = 32 sqrt 2, h = 32 / sqrt 2
-    anchors = RefineDetAnchors((32, 64, 128, 256), strides=(8, 16, 32, 64))((320, 320), [(40, 40), (20, 20), (10, 10), (5, 5)])
+    anchors = OneSizeAnchors((32, 64, 128, 256), strides=(8, 16, 32, 64))((320, 320), [(40, 40), (20, 20), (10, 10), (5, 5)])
     half_w, half_h = 16 * math.sqrt(2), 16 / math.sqrt(2)
     expected = torch.tensor([[-12.0, -12.0, 20.0, 20.0], [4 - half_w, 4 - half_h, 4 + half_w, 4 + half_h],
                              [4 - half_h, 4 - half_w, 4 + half_h, 4 + half_w]])

@@ -76,7 +76,7 @@ def _retinanet() -> DenseDetector:
 
 def _ssd() -> DenseDetector:
     torch.manual_seed(0)
-    return build_ssd(dataclasses.replace(ssd_tiny(), num_classes=2, size=128))
+    return build_ssd(dataclasses.replace(ssd_tiny(weights=None), num_classes=2, size=128))
 
 
 @pytest.mark.parametrize("build", [_retinanet, _ssd], ids=["retinanet", "ssd"])

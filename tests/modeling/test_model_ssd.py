@@ -149,8 +149,9 @@ def test_same_losses_as_torchvision(pair):
     torch.testing.assert_close(got["loss_dense_box"], expected["bbox_regression"], rtol=1e-4, atol=1e-5)
 
 
-def test_tiny_preset_trains_a_step():
-    cfg = build_preset("ssd", "tiny")
+@pytest.mark.parametrize("preset", ["tiny", "tiny_vgg16"])
+def test_tiny_presets_train_a_step(preset):
+    cfg = build_preset("ssd", preset)
     model_cfg = dataclasses.replace(cfg.model, size=128)
     model, out, loss = preset_training_step("ssd", model_cfg, lr=1e-3)
     assert torch.isfinite(loss) and float(out.losses["loss_dense_box"].detach()) > 0

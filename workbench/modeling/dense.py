@@ -296,12 +296,44 @@ class SigmoidPostprocess(_CandidatesThenNMS):
             yield torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l), torch.cat(levels_l), torch.cat(index_l)
 
 
+def top_pairs_per_class(probabilities: Tensor, score_thresh: float, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """SSD's candidate rule (torchvision ``SSD.postprocess_detections``; the Caffe SSD's
+    ``DetectionOutput`` with ``top_k`` 400): one image's softmax probabilities (A, K + 1),
+    column 0 the background -> per foreground class the anchors scoring above ``score_thresh``
+    (strict), the ``k`` best of them, best first, classes in order: (scores, anchor index,
+    labels)."""
+    by_class = probabilities.t().contiguous()  # (K + 1, A): one contiguous row per class
+    above = by_class > score_thresh
+    index_l, scores_l, labels_l = [], [], []
+    for label in range(1, by_class.shape[0]):
+        index = torch.where(above[label])[0]
+        scores, order = by_class[label, index].topk(min(k, int(index.shape[0])))
+        index_l.append(index[order])
+        scores_l.append(scores)
+        labels_l.append(torch.full_like(order, label))
+    return torch.cat(scores_l), torch.cat(index_l), torch.cat(labels_l)
+
+
+def top_pairs_per_image(foreground: Tensor, score_thresh: float, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """RefineDet's candidate rule ("the top 400 high confident detections per image", Zhang et
+    al., CVPR 2018, section 2.2 "Inference"): one image's foreground probabilities (A, K),
+    column ``j`` for label ``j + 1`` -> the ``k`` most confident (anchor, class) pairs scoring
+    above ``score_thresh`` (strict), best first: (scores, anchor index, labels)."""
+    num_classes = foreground.shape[-1]
+    scores = foreground.flatten()
+    flat_index = torch.where(scores > score_thresh)[0]
+    scores, order = scores[flat_index].topk(min(k, int(flat_index.shape[0])))
+    flat_index = flat_index[order]
+    return scores, torch.div(flat_index, num_classes, rounding_mode="floor"), flat_index % num_classes + 1
+
+
 @dataclass(frozen=True)
 class SoftmaxPostprocess(_CandidatesThenNMS):
     """SSD's post-processing (torchvision ``SSD.postprocess_detections``): per image, softmax
-    scores (column 0 the background), every anchor decoded and clipped; per foreground class
-    the anchors scoring above ``score_thresh`` (strict), the ``topk_candidates`` best of them;
-    then class-wise NMS and the ``detections_per_image`` best."""
+    scores (column 0 the background), every anchor decoded and clipped; the candidates of
+    :func:`top_pairs_per_class` (``per_class``, SSD's rule) or of :func:`top_pairs_per_image`
+    (RefineDet's rule, for a baseline post-processed as RefineDet); then class-wise NMS and the
+    ``detections_per_image`` best."""
 
     box_coder: BoxCoder
     score_thresh: float = 0.01
@@ -309,6 +341,7 @@ class SoftmaxPostprocess(_CandidatesThenNMS):
     nms_thresh: float = 0.45
     detections_per_image: int = 200
     with_anchor_index: bool = False
+    per_class: bool = True
 
     def _candidates(
         self, preds: Mapping[str, Tensor], anchors: Tensor, level_counts: Sequence[int],
@@ -316,23 +349,16 @@ class SoftmaxPostprocess(_CandidatesThenNMS):
     ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
         probabilities = F.softmax(preds["cls_logits"], dim=-1)
         deltas = preds["deltas"]
-        num_classes = probabilities.shape[-1]
         levels = level_ids(level_counts, anchors.device)
         for i, image_size in enumerate(image_sizes):
             decoded = clip_boxes(self.box_coder.decode(deltas[i], anchors), image_size)
-            by_class = probabilities[i].t().contiguous()  # (K, A): one contiguous row per class
-            above = by_class > self.score_thresh
-            index_l, scores_l, labels_l = [], [], []
-            for label in range(1, num_classes):
-                scores = by_class[label]
-                index = torch.where(above[label])[0]
-                scores, order = scores[index].topk(min(self.topk_candidates, int(index.shape[0])))
-                index = index[order]
-                index_l.append(index)
-                scores_l.append(scores)
-                labels_l.append(torch.full_like(index, label))
-            anchor_index = torch.cat(index_l)
-            yield decoded[anchor_index], torch.cat(scores_l), torch.cat(labels_l), levels[anchor_index], anchor_index
+            if self.per_class:
+                scores, anchor_index, labels = top_pairs_per_class(probabilities[i], self.score_thresh,
+                                                                   self.topk_candidates)
+            else:
+                scores, anchor_index, labels = top_pairs_per_image(probabilities[i, :, 1:], self.score_thresh,
+                                                                   self.topk_candidates)
+            yield decoded[anchor_index], scores, labels, levels[anchor_index], anchor_index
 
 
 class DenseDetector(Detector):

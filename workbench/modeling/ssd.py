@@ -16,6 +16,14 @@ clipped to ``[0, 1]`` (``clip``) and multiplied by the input size; centres are
 
 Transform (:class:`FixedSizeTransform`): normalise, then resize every image to the fixed input
 size (aspect ratio not kept), as torchvision's SSD transform.
+
+The same-backbone variant (``backbone="mobilenet_v2_fpn"``, ``anchor_sizes`` given,
+``candidates="per_image"``): the source maps of :func:`light_source_maps` (the miniature
+regime's MobileNetV2-FPN at strides 8, 16, 32, 64), anchors of one size per level
+(:class:`OneSizeAnchors`, RefineDet's), the same head, matcher, hard negative mining, loss and
+box coding, and RefineDet's candidate rule at inference. It is RefineDet's object detection
+module on the original anchors, without the anchor refinement module, the transfer connection
+blocks and negative anchor filtering: the baseline that isolates what RefineDet adds.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from torchvision.models import vgg as vgg_module
 from workbench.errors import ConfigError
 from workbench.losses import smooth_l1
 from workbench.modeling.assignment import HardNegativeSampler, SSDMatcher
-from workbench.modeling.backbones import _vgg16_features
+from workbench.modeling.backbones import _vgg16_features, build_backbone
 from workbench.modeling.dense import DenseDetector, SoftmaxLoss, SoftmaxPostprocess
 from workbench.modeling.transform import ImageBatch, PerImageTransform, normalize
 from workbench.ops import BoxCoder
@@ -63,16 +71,35 @@ SSD512_VOC_SCALES = (0.07, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.05)
 SSD512_STEPS = (8, 16, 32, 64, 128, 256, 512)
 SSD512_RATIOS = ((2.0,), (2.0, 3.0), (2.0, 3.0), (2.0, 3.0), (2.0, 3.0), (2.0,), (2.0,))
 
+#: The ratios (w / h) of :class:`OneSizeAnchors` at every location, in RefineDet's order: the
+#: square first, then ratio 2 and its flip (Caffe ``PriorBox`` with ``aspect_ratio: 2, flip: true``).
+ONE_SIZE_RATIOS = (1.0, 2.0, 0.5)
+
+#: SSD's backbones: the paper's VGG-16 (:class:`SSDVGG`) and the miniature regime's light
+#: backbone (:func:`light_source_maps`).
+SSD_BACKBONES = ("vgg16", "mobilenet_v2_fpn")
+#: How the post-processing picks its candidates (:class:`~workbench.modeling.dense.SoftmaxPostprocess`):
+#: ``topk_candidates`` per class (SSD, torchvision) or over the (anchor, class) pairs of the image
+#: (RefineDet).
+CANDIDATE_RULES = ("per_class", "per_image")
+
 _VGG16_CHANNELS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
 @dataclass(frozen=True)
 class SSDConfig:
     """Every setting of SSD; defaults equal torchvision's ``ssd300_vgg16`` (except
-    ``num_classes``, which counts foreground classes here)."""
+    ``num_classes``, which counts foreground classes here). ``width``, ``l2norm_scale``,
+    ``fc_channels`` and ``extra_layers`` shape the VGG-16 only, ``backbone_norm`` and
+    ``fpn_channels`` the MobileNetV2-FPN only; with ``anchor_sizes`` the anchors are
+    :class:`OneSizeAnchors` (``anchor_sizes``, ``anchor_ratios``, ``anchor_steps`` as strides)
+    and ``anchor_aspect_ratios`` / ``anchor_scales`` / ``anchor_clip`` are not used."""
 
+    backbone: str = "vgg16"  # vgg16 | mobilenet_v2_fpn
     backbone_weights: str | None = None  # a VGG16_Weights member (IMAGENET1K_FEATURES) or a .pth
     trainable_backbone_layers: int = 5  # VGG blocks counted from conv5 (torchvision: 4 if pretrained)
+    backbone_norm: str = "frozen_bn"  # mobilenet_v2_fpn: frozen_bn | bn
+    fpn_channels: int = 128  # mobilenet_v2_fpn
     width: float = 1.0
     l2norm_scale: float = 20.0
     fc_channels: int = 1024
@@ -87,6 +114,9 @@ class SSDConfig:
     anchor_scales: tuple[float, ...] = SSD300_SCALES
     anchor_steps: tuple[int, ...] | None = SSD300_STEPS
     anchor_clip: bool = True
+    # anchors of one size per level (None: the default boxes above), the same ratios everywhere
+    anchor_sizes: tuple[float, ...] | None = None
+    anchor_ratios: tuple[float, ...] = ONE_SIZE_RATIOS
     # training targets and loss
     iou_thresh: float = 0.5
     neg_pos_ratio: float = 3.0
@@ -97,6 +127,7 @@ class SSDConfig:
     # post-processing
     score_thresh: float = 0.01
     topk_candidates: int = 400
+    candidates: str = "per_class"  # per_class | per_image (see CANDIDATE_RULES)
     nms_thresh: float = 0.45
     detections_per_img: int = 200
     box_decode_clamp: float = math.log(1000.0 / 16)
@@ -278,6 +309,67 @@ class DefaultBoxes(nn.Module):
         return out
 
 
+class OneSizeAnchors(nn.Module):
+    """RefineDet's anchors (Zhang et al., CVPR 2018, section 2.2 "Anchors Design and Matching"):
+    one size per level and the same ratios (w / h) at every location, centred at ``((x + 0.5)
+    * stride, (y + 0.5) * stride)``; a box of size ``s`` and ratio ``r`` is ``s sqrt(r)`` wide
+    and ``s / sqrt(r)`` high. Called like :class:`DefaultBoxes`. ``strides=None`` takes each
+    level's stride as ``padded / feature size``."""
+
+    def __init__(self, sizes: Sequence[float], ratios: Sequence[float] = ONE_SIZE_RATIOS,
+                 strides: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if strides is not None and len(strides) != len(sizes):
+            raise ValueError(f"{len(sizes)} anchor sizes but {len(strides)} strides")
+        self.sizes = tuple(float(s) for s in sizes)
+        self.ratios = tuple(float(r) for r in ratios)
+        self.strides = None if strides is None else tuple(float(s) for s in strides)
+
+    def num_anchors_per_location(self) -> list[int]:
+        return [len(self.ratios)] * len(self.sizes)
+
+    def forward(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]],
+                dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> list[Tensor]:
+        if len(feature_sizes) != len(self.sizes):
+            raise ValueError(f"{len(self.sizes)} anchor levels, got {len(feature_sizes)} feature maps")
+        out = []
+        for level, (f_h, f_w) in enumerate(feature_sizes):
+            if self.strides is not None:
+                step_y = step_x = self.strides[level]
+            else:
+                step_y, step_x = padded_size[0] / f_h, padded_size[1] / f_w
+            cx = (torch.arange(int(f_w), device=device, dtype=torch.float64) + 0.5) * step_x
+            cy = (torch.arange(int(f_h), device=device, dtype=torch.float64) + 0.5) * step_y
+            grid_y, grid_x = torch.meshgrid(cy, cx, indexing="ij")
+            centres = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1)[:, None, :]  # (HW, 1, 2)
+            size = self.sizes[level]
+            wh = torch.tensor([(size * math.sqrt(r), size / math.sqrt(r)) for r in self.ratios],
+                              dtype=torch.float64, device=device)[None]  # (1, A, 2)
+            boxes = torch.cat((centres - 0.5 * wh, centres + 0.5 * wh), dim=-1)
+            out.append(boxes.reshape(-1, 4).to(dtype))
+        return out
+
+
+class SourceMaps(nn.Module):
+    """An FPN feature extractor whose ``out_channels`` lists each level's channels (as
+    :class:`SSDVGG`'s), so that the per-level heads read it like any SSD backbone."""
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.out_channels = [int(extractor.out_channels)] * len(extractor.feature_names)
+
+    def forward(self, images: Tensor) -> "OrderedDict[str, Tensor]":
+        return self.extractor(images)
+
+
+def light_source_maps(weights: str | None, trainable_layers: int, fpn_channels: int, norm: str) -> SourceMaps:
+    """The miniature regime's light backbone as four source maps: MobileNetV2 stages at strides
+    8, 16, 32 with an FPN of ``fpn_channels`` and its max-pooled stride-64 level (the baseline
+    Faster R-CNN's ``tiny`` backbone; :func:`~workbench.modeling.backbones.build_backbone`)."""
+    return SourceMaps(build_backbone("mobilenet_v2_fpn", weights, trainable_layers, fpn_channels, norm, (2, 3, 4)))
+
+
 class SSDHead(nn.Module):
     """One 3x3 conv per level for the class logits (``A_l * K``) and one for the offsets
     (``4 A_l``), Xavier-initialised (torchvision's ``SSDHead``)."""
@@ -317,20 +409,41 @@ class FixedSizeTransform(PerImageTransform):
         return ImageBatch(torch.stack(resized), [self.size] * len(resized), original_sizes)
 
 
+def build_ssd_backbone(cfg: SSDConfig) -> nn.Module:
+    """The source maps of ``cfg.backbone``; the module's ``out_channels`` lists their channels."""
+    if cfg.backbone == "vgg16":
+        features = _vgg_features(cfg.backbone_weights, cfg.width)
+        freeze_vgg_blocks(features, cfg.trainable_backbone_layers)
+        return SSDVGG(features, cfg.extra_layers, cfg.width, cfg.fc_channels, cfg.l2norm_scale)
+    if cfg.backbone == "mobilenet_v2_fpn":
+        return light_source_maps(cfg.backbone_weights, cfg.trainable_backbone_layers, cfg.fpn_channels,
+                                 cfg.backbone_norm)
+    raise ConfigError(f"unknown SSD backbone {cfg.backbone!r}; choose one of {', '.join(SSD_BACKBONES)}")
+
+
+def build_ssd_anchors(cfg: SSDConfig, num_levels: int) -> nn.Module:
+    """SSD's default boxes, or :class:`OneSizeAnchors` when ``cfg.anchor_sizes`` is given; one
+    description per source level."""
+    if cfg.anchor_sizes is not None:
+        if len(cfg.anchor_sizes) != num_levels:
+            raise ConfigError(f"the backbone has {num_levels} source levels but anchor_sizes has {len(cfg.anchor_sizes)}")
+        return OneSizeAnchors(cfg.anchor_sizes, cfg.anchor_ratios, cfg.anchor_steps)
+    if len(cfg.anchor_aspect_ratios) != num_levels:
+        raise ConfigError(
+            f"SSD has {num_levels} source levels (2 + {len(cfg.extra_layers)} extra layers with VGG-16) but "
+            f"anchor_aspect_ratios has {len(cfg.anchor_aspect_ratios)}"
+        )
+    return DefaultBoxes(cfg.anchor_aspect_ratios, cfg.anchor_scales, cfg.anchor_steps, cfg.anchor_clip)
+
+
 def build_ssd(cfg: SSDConfig) -> DenseDetector:
     """Build the SSD described by ``cfg``."""
     if cfg.num_classes < 1:
         raise ConfigError(f"num_classes counts foreground classes and must be >= 1, got {cfg.num_classes}")
-    features = _vgg_features(cfg.backbone_weights, cfg.width)
-    freeze_vgg_blocks(features, cfg.trainable_backbone_layers)
-    backbone = SSDVGG(features, cfg.extra_layers, cfg.width, cfg.fc_channels, cfg.l2norm_scale)
-    num_levels = len(backbone.out_channels)
-    if len(cfg.anchor_aspect_ratios) != num_levels:
-        raise ConfigError(
-            f"SSD has {num_levels} source levels (2 + {len(cfg.extra_layers)} extra layers) but "
-            f"anchor_aspect_ratios has {len(cfg.anchor_aspect_ratios)}"
-        )
-    anchors = DefaultBoxes(cfg.anchor_aspect_ratios, cfg.anchor_scales, cfg.anchor_steps, cfg.anchor_clip)
+    if cfg.candidates not in CANDIDATE_RULES:
+        raise ConfigError(f"candidates must be one of {', '.join(CANDIDATE_RULES)}, got {cfg.candidates!r}")
+    backbone = build_ssd_backbone(cfg)
+    anchors = build_ssd_anchors(cfg, len(backbone.out_channels))
     head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), cfg.num_classes + 1)
     box_coder = BoxCoder(weights=cfg.box_weights, clamp=cfg.box_decode_clamp)
     return DenseDetector(
@@ -348,5 +461,6 @@ def build_ssd(cfg: SSDConfig) -> DenseDetector:
         postprocess=SoftmaxPostprocess(
             box_coder, score_thresh=cfg.score_thresh, topk_candidates=cfg.topk_candidates,
             nms_thresh=cfg.nms_thresh, detections_per_image=cfg.detections_per_img,
+            per_class=cfg.candidates == "per_class",
         ),
     )

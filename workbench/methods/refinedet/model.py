@@ -12,10 +12,10 @@ Network (paper section 2, Fig. 1): a backbone gives four source maps (strides 8,
 - the object detection module (ODM, :class:`ODMHead`): per level a 3x3 conv giving ``C + 1``
   class logits (column 0 the background) and four offsets relative to the *refined* anchor.
 
-Anchors (:class:`RefineDetAnchors`, paper section 2.2 "Anchors Design and Matching"): one size
-per level (4 x the stride: 32, 64, 128, 256 px) and three ratios (1, 2, 1/2 in the authors'
-order), centred at ``((x + 0.5) * stride, (y + 0.5) * stride)``: 6,375 anchors at 320 x 320 and
-16,320 at 512 x 512.
+Anchors (:class:`~workbench.modeling.ssd.OneSizeAnchors`, paper section 2.2 "Anchors Design
+and Matching"): one size per level (4 x the stride: 32, 64, 128, 256 px) and three ratios (1,
+2, 1/2 in the authors' order), centred at ``((x + 0.5) * stride, (y + 0.5) * stride)``: 6,375
+anchors at 320 x 320 and 16,320 at 512 x 512.
 
 Training (section 2.2, "Loss Function"):
 
@@ -80,11 +80,14 @@ from workbench import records as R
 from workbench.errors import ConfigError
 from workbench.losses import smooth_l1
 from workbench.modeling.assignment import Assignment, HardNegativeSampler, SSDMatcher
-from workbench.modeling.backbones import NORM_LAYERS, _classification_network, _freeze_resnet, build_backbone
-from workbench.modeling.dense import DenseTargets, SoftmaxLoss
+from workbench.modeling.backbones import NORM_LAYERS, _classification_network, _freeze_resnet
+from workbench.modeling.dense import DenseTargets, SoftmaxLoss, top_pairs_per_image
 from workbench.modeling.detector import Detector, Features, detections_to_original
 from workbench.modeling.rpn import flatten_levels, level_ids
-from workbench.modeling.ssd import SSD_MEAN, SSD_STD, FixedSizeTransform, L2Norm, _vgg_features, _xavier, _scaled, freeze_vgg_blocks
+from workbench.modeling.ssd import (
+    ONE_SIZE_RATIOS, SSD_MEAN, SSD_STD, FixedSizeTransform, L2Norm, OneSizeAnchors, _scaled, _vgg_features, _xavier,
+    freeze_vgg_blocks, light_source_maps,
+)
 from workbench.modeling.trace import TraceRecorder, grouped_nms
 from workbench.modeling.transform import ImageBatch
 from workbench.ops import BoxCoder, clip_boxes
@@ -92,10 +95,6 @@ from workbench.ops.boxes import pairwise_iou
 from workbench.structures import Detections, DetectorOutput
 
 BACKBONES = ("vgg16", "resnet101", "mobilenet_v2_fpn")
-
-#: The anchor ratios (w / h) of every location, in the authors' order: the square first, then
-#: ratio 2 and its flip (Caffe ``PriorBox`` with ``aspect_ratio: 2, flip: true``).
-ANCHOR_RATIOS = (1.0, 2.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ class RefineDetConfig:
     # anchors: one size per level (4 x stride), three ratios
     anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0)
     anchor_strides: tuple[int, ...] = (8, 16, 32, 64)
-    anchor_aspect_ratios: tuple[float, ...] = ANCHOR_RATIOS
+    anchor_aspect_ratios: tuple[float, ...] = ONE_SIZE_RATIOS  # 1, 2, 1/2 (the authors' order)
     # switches (paper Table 3)
     refine_anchors: bool = True
     negative_filtering: bool = True
@@ -202,49 +201,6 @@ def filtered_anchors(arm_logits: Tensor, threshold: float) -> Tensor:
     return F.softmax(arm_logits, dim=-1)[..., 0] > threshold
 
 
-# -- anchors ----------------------------------------------------------------------------------
-
-
-class RefineDetAnchors(nn.Module):
-    """One size per level and the same ratios everywhere, centred on the cells (see the module
-    docstring). Called like :class:`~workbench.modeling.AnchorGenerator`: ``(padded_size,
-    feature_sizes, dtype, device) -> [per level (H_l W_l A, 4)]`` xyxy in (y, x, anchor) order.
-    ``strides=None`` takes each level's stride as ``padded / feature size``."""
-
-    def __init__(self, sizes: Sequence[float], ratios: Sequence[float] = ANCHOR_RATIOS,
-                 strides: Sequence[int] | None = None) -> None:
-        super().__init__()
-        if strides is not None and len(strides) != len(sizes):
-            raise ValueError(f"{len(sizes)} anchor sizes but {len(strides)} strides")
-        self.sizes = tuple(float(s) for s in sizes)
-        self.ratios = tuple(float(r) for r in ratios)
-        self.strides = None if strides is None else tuple(float(s) for s in strides)
-
-    def num_anchors_per_location(self) -> list[int]:
-        return [len(self.ratios)] * len(self.sizes)
-
-    def forward(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]],
-                dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> list[Tensor]:
-        if len(feature_sizes) != len(self.sizes):
-            raise ValueError(f"{len(self.sizes)} anchor levels, got {len(feature_sizes)} feature maps")
-        out = []
-        for level, (f_h, f_w) in enumerate(feature_sizes):
-            if self.strides is not None:
-                step_y = step_x = self.strides[level]
-            else:
-                step_y, step_x = padded_size[0] / f_h, padded_size[1] / f_w
-            cx = (torch.arange(int(f_w), device=device, dtype=torch.float64) + 0.5) * step_x
-            cy = (torch.arange(int(f_h), device=device, dtype=torch.float64) + 0.5) * step_y
-            grid_y, grid_x = torch.meshgrid(cy, cx, indexing="ij")
-            centres = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1)[:, None, :]  # (HW, 1, 2)
-            size = self.sizes[level]
-            wh = torch.tensor([(size * math.sqrt(r), size / math.sqrt(r)) for r in self.ratios],
-                              dtype=torch.float64, device=device)[None]  # (1, A, 2)
-            boxes = torch.cat((centres - 0.5 * wh, centres + 0.5 * wh), dim=-1)
-            out.append(boxes.reshape(-1, 4).to(dtype))
-        return out
-
-
 # -- backbones --------------------------------------------------------------------------------
 
 
@@ -313,18 +269,6 @@ class RefineDetResNet(nn.Module):
         return OrderedDict(zip("0123", (c3, c4, c5, self.res6(c5))))
 
 
-class _ListChannels(nn.Module):
-    """An FPN feature extractor with ``out_channels`` as a per-level list."""
-
-    def __init__(self, extractor: nn.Module) -> None:
-        super().__init__()
-        self.extractor = extractor
-        self.out_channels = [int(extractor.out_channels)] * len(extractor.feature_names)
-
-    def forward(self, images: Tensor) -> "OrderedDict[str, Tensor]":
-        return self.extractor(images)
-
-
 def build_refinedet_backbone(cfg: RefineDetConfig) -> nn.Module:
     """The four source maps of ``cfg.backbone``; the module's ``out_channels`` lists their
     channels. ``mobilenet_v2_fpn`` is the miniature regime's light backbone: MobileNetV2 stages
@@ -340,9 +284,8 @@ def build_refinedet_backbone(cfg: RefineDetConfig) -> nn.Module:
         _freeze_resnet(network, cfg.trainable_backbone_layers)
         return RefineDetResNet(network, NORM_LAYERS[cfg.backbone_norm])
     if cfg.backbone == "mobilenet_v2_fpn":
-        extractor = build_backbone("mobilenet_v2_fpn", cfg.backbone_weights, cfg.trainable_backbone_layers,
-                                   cfg.fpn_channels, cfg.backbone_norm, (2, 3, 4))
-        return _ListChannels(extractor)
+        return light_source_maps(cfg.backbone_weights, cfg.trainable_backbone_layers, cfg.fpn_channels,
+                                 cfg.backbone_norm)
     raise ConfigError(f"unknown RefineDet backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}")
 
 
@@ -439,7 +382,7 @@ class RefineDet(Detector):
         arm_head: nn.Module,
         tcb: nn.Module | None,
         odm_head: nn.Module,
-        anchor_generator: RefineDetAnchors,
+        anchor_generator: OneSizeAnchors,
         *,
         box_coder: BoxCoder,
         arm_matcher,
@@ -574,16 +517,10 @@ class RefineDet(Detector):
         (IoU of the detection's box with its anchor and with its refined anchor)."""
         probabilities = F.softmax(odm["cls_logits"].float(), dim=-1)[..., 1:]  # (N, A, K) foreground
         probabilities = probabilities.masked_fill(filtered[..., None], 0.0)  # negative anchor filtering
-        num_classes = probabilities.shape[-1]
         levels = level_ids(level_counts, anchors.device)
         out = []
         for i, image_size in enumerate(image_sizes):
-            scores = probabilities[i].flatten()
-            flat_index = torch.where(scores > self.score_thresh)[0]
-            scores, order = scores[flat_index].topk(min(self.topk_candidates, int(flat_index.shape[0])))
-            flat_index = flat_index[order]
-            anchor_index = torch.div(flat_index, num_classes, rounding_mode="floor")
-            labels = flat_index % num_classes + 1
+            scores, anchor_index, labels = top_pairs_per_image(probabilities[i], self.score_thresh, self.topk_candidates)
             reference = references[i, anchor_index]
             boxes = clip_boxes(self.box_coder.decode(odm["deltas"][i, anchor_index].float(), reference), image_size)
             if recorder is not None:
@@ -659,7 +596,7 @@ def build_refinedet(cfg: RefineDetConfig) -> RefineDet:
     if len(cfg.anchor_sizes) != 4 or len(cfg.anchor_strides) != 4:
         raise ConfigError("RefineDet has four source levels: give four anchor_sizes and anchor_strides")
     backbone = build_refinedet_backbone(cfg)
-    anchors = RefineDetAnchors(cfg.anchor_sizes, cfg.anchor_aspect_ratios, cfg.anchor_strides)
+    anchors = OneSizeAnchors(cfg.anchor_sizes, cfg.anchor_aspect_ratios, cfg.anchor_strides)
     num_anchors = len(cfg.anchor_aspect_ratios)
     in_channels = list(backbone.out_channels)
     arm_head = ARMHead(in_channels, num_anchors)
