@@ -81,7 +81,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = build_preset(args.method, args.preset)
         cfg = apply_overrides(cfg, data=_train_data_spec(args), batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               amp=args.amp, optimizer=args.optimizer, max_train_images=args.max_train_images,
-                              max_val_images=args.max_val_images)
+                              max_val_images=args.max_val_images, trace_sampling_every=args.trace_sampling_every)
     cfg = apply_overrides(cfg, epochs=args.epochs, device=args.device)
     result = train(cfg, out, resume=args.resume)
     from workbench import distributed
@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     trainp.add_argument("--max-train-images", type=int, help="train on the first N images only")
     trainp.add_argument("--max-val-images", type=int, help="evaluate on the first N images only")
     trainp.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    trainp.add_argument("--trace-sampling-every", type=int,
+                        help="every N steps record how the box stage samples its RoIs on the first images of the "
+                             "batch (RUN/train_sampling; two-stage methods)")
     trainp.set_defaults(func=_cmd_train)
 
     predict = sub.add_parser("predict", help="COCO results of a run's checkpoint on a dataset split")

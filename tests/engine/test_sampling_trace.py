@@ -96,3 +96,22 @@ def test_the_hook_refuses_a_model_without_a_box_stage(tmp_path):
 
 def test_recording_is_off_by_default():
     assert TrainConfig.__dataclass_fields__["trace_sampling_every"].default == 0
+
+
+def test_the_train_command_takes_the_option():
+    from workbench.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--out", "x", "--trace-sampling-every", "100"])
+    assert args.trace_sampling_every == 100
+    assert build_parser().parse_args(["train", "--out", "x"]).trace_sampling_every is None
+
+
+def test_the_override_sets_the_option_and_refuses_a_negative_period():
+    from workbench.config import apply_overrides
+    from workbench.methods import build_preset
+
+    cfg = build_preset("faster_rcnn", "tiny")
+    assert apply_overrides(cfg, trace_sampling_every=5).trace_sampling_every == 5
+    assert apply_overrides(cfg).trace_sampling_every == 0
+    with pytest.raises(ConfigError, match="trace_sampling_every must be >= 0"):
+        apply_overrides(cfg, trace_sampling_every=-1)
