@@ -4,6 +4,7 @@ and refuses a model without one."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -115,3 +116,54 @@ def test_the_override_sets_the_option_and_refuses_a_negative_period():
     assert apply_overrides(cfg).trace_sampling_every == 0
     with pytest.raises(ConfigError, match="trace_sampling_every must be >= 0"):
         apply_overrides(cfg, trace_sampling_every=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What the hook reads of a box stage."""
+
+    sampler: object
+    in_training: bool = True
+    name: str = "rcnn"
+
+
+def run_steps(hook, trainer, steps):
+    """Steps of a fake trainer whose model samples each image of a two-image batch."""
+    for _ in range(steps):
+        trainer.batch = SimpleNamespace(image_ids=[10 + trainer.global_step, 20], file_names=["a.png", "b.png"],
+                                        orig_sizes=[(8, 8), (8, 8)])
+        hook.before_step()
+        for image in range(2):
+            trainer.model.roi_heads.stages[1].sampler(assignment(trainer.global_step * 2 + image))
+        trainer.global_step += 1
+        hook.after_step()
+
+
+def test_the_hook_records_every_nth_step_writes_and_restores_the_sampler(tmp_path):
+    from workbench.inspection.sampling import load_sampling_traces, recorded_steps
+
+    inner = RandomSampler(32, 0.25)
+    model = SimpleNamespace(roi_heads=SimpleNamespace(stages=(Stage(None, in_training=False, name="refine"),
+                                                              Stage(inner))))
+    trainer = SimpleNamespace(model=model, global_step=0)
+    hook = SamplingTrace(tmp_path / "train_sampling", every=2, images=1, method="m", seed=1)
+    hook.trainer = trainer
+    hook.before_train()
+    assert isinstance(model.roi_heads.stages[1].sampler, RecordingSampler) and model.roi_heads.stages[0].sampler is None
+    run_steps(hook, trainer, 5)
+    hook.after_epoch()
+    traces = load_sampling_traces(tmp_path)
+    assert recorded_steps(traces) == [1, 3, 5] and len(traces) == 3  # one image per recorded step
+    assert traces.image_ids == [10, 12, 14] and traces.meta["stage"] == "rcnn"
+    assert traces.meta["sampler"] == repr(inner) and traces.meta["every"] == 2
+    hook.after_train()
+    assert model.roi_heads.stages[1].sampler is inner
+
+    # a run resumed after step 3 keeps the records of steps 1 and 3 and records on
+    resumed = SamplingTrace(tmp_path / "train_sampling", every=2, images=1, method="m", seed=1)
+    trainer.global_step = 3
+    resumed.trainer = trainer
+    resumed.before_train()
+    run_steps(resumed, trainer, 4)
+    resumed.after_train()
+    assert recorded_steps(load_sampling_traces(tmp_path)) == [1, 3, 5, 7]
