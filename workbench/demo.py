@@ -1,10 +1,13 @@
 """``workbench demo``: the demo pipeline (``pipelines/demo.yaml``) and where its results are.
 
 The pipeline builds the built-in dataset, trains the baseline (``faster_rcnn``) and KL-RPN
-(``kl_rpn``) with their ``tiny`` presets (each train notebook evaluates its run), predicts with
-traces, exports both runs to FiftyOne, executes the inspection and comparison notebooks and
-writes ``report.html``. Re-running continues where it stopped: finished steps are skipped, an
-interrupted training run is resumed.
+(``kl_rpn``) with their ``tiny`` presets, and RefineDet (``refinedet``) and the uncertainty
+rescaling (``uncertainty_rescaling``) for one epoch of theirs, enough to show refined anchors and
+a BALD map (each train notebook evaluates its run), predicts with traces, exports the four runs
+to FiftyOne, executes the inspection notebooks (proposals, NMS decisions, anchors before and
+after refinement, the BALD map), compares the two two-stage runs and writes ``report.html``.
+Re-running continues where it stopped: finished steps are skipped, an interrupted training run
+is resumed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class DemoResult:
     run_dirs: dict[str, Path]
     metrics: dict[str, dict[str, Any]]
     seconds: float
+    #: run name -> the epoch of its last evaluation (the runs train different schedules)
+    epochs: dict[str, int | None] = field(default_factory=dict)
     notebooks: list[Path] = field(default_factory=list)
     report: Path | None = None
     steps_run: int = 0
@@ -44,7 +49,8 @@ def run_demo(
     out: Path, *, epochs: int | None = None, fresh: bool = False, pipeline_file: Path | None = None,
     log_output: bool = False,
 ) -> DemoResult:
-    """Run the demo pipeline into ``out`` (``epochs`` overrides the presets' epochs)."""
+    """Run the demo pipeline into ``out`` (``epochs`` sets every run's epochs, the presets' and the
+    pipeline's own one-epoch schedules alike)."""
     from workbench.pipelines import load_pipeline, run_pipeline
     from workbench.pipelines.runs import load_run
 
@@ -56,13 +62,22 @@ def run_demo(
     pipeline = load_pipeline(path, out, overrides)
     outcomes = run_pipeline(pipeline, fresh=fresh, log_output=log_output)
     runs = find_runs(pipeline.out)
+    summaries = {name: load_run(p) for name, p in runs.items()}
     notebooks = [o.output for o in outcomes if o.output is not None]
     report = pipeline.out / "report.html"
     return DemoResult(
-        out=pipeline.out, run_dirs=runs, metrics={name: load_run(p).final for name, p in runs.items()},
+        out=pipeline.out, run_dirs=runs, metrics={name: s.final for name, s in summaries.items()},
+        epochs={name: last_evaluated_epoch(s.records) for name, s in summaries.items()},
         seconds=time.perf_counter() - start, notebooks=notebooks, report=report if report.exists() else None,
         steps_run=sum(o.status == "ran" for o in outcomes), steps_skipped=sum(o.status == "skipped" for o in outcomes),
     )
+
+
+def last_evaluated_epoch(records: list[dict[str, Any]]) -> int | None:
+    """The epoch of the last ``eval`` record of a run's ``metrics.jsonl`` (``None`` without
+    one); the demo's runs are evaluated after every epoch, so it is the epochs trained."""
+    epochs = [r["epoch"] for r in records if r.get("kind") == "eval" and "epoch" in r]
+    return epochs[-1] if epochs else None
 
 
 def _metric(metrics: dict[str, Any], key: str) -> str:
@@ -76,11 +91,12 @@ def format_summary(result: DemoResult) -> str:
         f"demo finished in {result.seconds / 60:.1f} min ({result.steps_run} steps ran, "
         f"{result.steps_skipped} skipped); everything is under {result.out}",
         "",
-        f"{'method':<14} {'AP':>7} {'AP50':>7} {'AP75':>7}  run directory",
+        f"{'method':<22} {'epochs':>6} {'AP':>7} {'AP50':>7} {'AP75':>7}  run directory",
     ]
     for name, metrics in result.metrics.items():
-        lines.append(f"{name:<14} {_metric(metrics, 'AP')} {_metric(metrics, 'AP50')} {_metric(metrics, 'AP75')}  "
-                     f"{result.run_dirs[name]}")
+        epochs = result.epochs.get(name)
+        lines.append(f"{name:<22} {'n/a' if epochs is None else epochs:>6} {_metric(metrics, 'AP')} "
+                     f"{_metric(metrics, 'AP50')} {_metric(metrics, 'AP75')}  {result.run_dirs[name]}")
     lines += ["", "executed notebooks:"] + [f"  {p}" for p in result.notebooks]
     if result.report is not None:
         lines += ["", f"report (one self-contained HTML file): {result.report}"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.demo import DEMO_PIPELINE, DemoResult, format_summary, run_demo
+from workbench.demo import DEMO_PIPELINE, DemoResult, format_summary, last_evaluated_epoch, run_demo
 from workbench.errors import WorkbenchError
 from workbench.methods import METHODS
 from workbench.pipelines import load_pipeline
@@ -58,21 +58,35 @@ def test_epochs_reach_only_the_train_notebooks(tmp_path):
     assert with_epochs == {f"train_{method}": 2 for method, _, _ in TRAINED}
 
 
+def test_the_epochs_trained_are_those_of_the_last_evaluation():
+    records = [{"kind": "train", "epoch": 1, "step": 250}, {"kind": "eval", "epoch": 1, "step": 250, "AP": 0.1},
+               {"kind": "train", "epoch": 2, "step": 500}, {"kind": "eval", "epoch": 2, "step": 500, "AP": 0.2},
+               {"kind": "train", "epoch": 3, "step": 510}]
+    assert last_evaluated_epoch(records) == 2
+    assert last_evaluated_epoch([{"kind": "train", "epoch": 1, "step": 20}]) is None
+
+
 def test_a_missing_pipeline_file_is_one_clear_error(tmp_path):
     with pytest.raises(WorkbenchError, match="the demo pipeline is not there"):
         run_demo(tmp_path / "out", pipeline_file=tmp_path / "nope.yaml")
 
 
 def test_summary_says_where_everything_is_and_how_to_open_it(tmp_path):
-    runs = {"faster_rcnn": tmp_path / "runs" / "faster_rcnn", "kl_rpn": tmp_path / "runs" / "kl_rpn"}
+    names = ["faster_rcnn", "kl_rpn", "uncertainty_rescaling"]
+    runs = {name: tmp_path / "runs" / name for name in names}
     result = DemoResult(
-        out=tmp_path, run_dirs=runs, metrics={"faster_rcnn": {"AP": 0.25, "AP50": 0.5, "AP75": 0.2}, "kl_rpn": {}},
-        seconds=600, notebooks=[tmp_path / "notebooks" / "compare_runs.ipynb"], report=tmp_path / "report.html",
+        out=tmp_path, run_dirs=runs, seconds=600,
+        metrics={"faster_rcnn": {"AP": 0.25, "AP50": 0.5, "AP75": 0.2}, "kl_rpn": {},
+                 "uncertainty_rescaling": {"AP": 0.125, "AP50": 0.25, "AP75": 0.0625}},
+        epochs={"faster_rcnn": 3, "kl_rpn": None, "uncertainty_rescaling": 1},
+        notebooks=[tmp_path / "notebooks" / "compare_runs.ipynb"], report=tmp_path / "report.html",
         steps_run=10, steps_skipped=0,
     )
     text = format_summary(result)
     assert "demo finished in 10.0 min" in text
-    assert "faster_rcnn     0.2500  0.5000  0.2000" in text and "kl_rpn             n/a" in text
+    assert "faster_rcnn                 3  0.2500  0.5000  0.2000" in text
+    assert "kl_rpn                    n/a     n/a" in text
+    assert "uncertainty_rescaling       1  0.1250  0.2500  0.0625" in text
     assert str(tmp_path / "report.html") in text and "compare_runs.ipynb" in text
     assert ".venv/bin/jupyter lab notebooks/" in text
     assert f"workbench app --run {runs['kl_rpn']}" in text
