@@ -24,7 +24,7 @@ import pytest
 
 from workbench.demo import DEMO_PIPELINE
 from workbench.pipelines import load_pipeline, run_pipeline
-from workbench.pipelines.spec import Pipeline, Step
+from workbench.pipelines.spec import Step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
 from notebook_runs import figures, layers, title  # noqa: E402
