@@ -6,13 +6,16 @@ Pairs (``--pairs``):
   preset's model) at their own input sizes: the paper's comparison (40 fps against SSD300's
   46 fps on a Titan X, about 1.15x; the issue's target: at most 1.2x);
 - ``512``: RefineDet512 against SSD512;
-- ``tiny``: the two ``tiny`` presets (the miniature regime's models).
+- ``tiny``: the two ``tiny`` presets (the miniature regime's models: the same MobileNetV2-FPN,
+  anchors and post-processing, so the ratio is the cost of RefineDet's ARM, transfer
+  connections and filtering alone).
 
 Both models have random weights (the cost does not depend on them) and 20 classes. Measured,
 interleaved in one process (``benchmarks/timing.py``), median of ``--repeats``:
 
 - inference: ``model(images)`` in evaluation mode under ``torch.no_grad()`` (post-processing
-  included: RefineDet keeps the 400 best candidates, SSD 400 per class);
+  included: RefineDet keeps the 400 best candidates, SSD300 / SSD512 400 per class and SSD
+  ``tiny`` the 400 best as RefineDet);
 - training step: forward with targets, backward of the summed losses, one SGD step.
 
     python benchmarks/bench_refinedet.py --threads 1 --repeats 5
@@ -44,7 +47,7 @@ def models(pair: str):
                 ("ssd512", ssd.ssd512_voc().model, ssd.build_model)]
     if pair == "tiny":
         return [("refinedet tiny", refinedet.tiny_model(None), refinedet.build_model),
-                ("ssd tiny", ssd.tiny_model(), ssd.build_model)]
+                ("ssd tiny", ssd.tiny_model(None), ssd.build_model)]
     raise SystemExit(f"unknown pair {pair!r}: 320, 512 or tiny")
 
 

@@ -9,9 +9,13 @@ seed and metric ``voc07`` (which reports the COCO metrics too), plus the row's s
   negative anchor filtering), ``refinedet_no_tcb`` (the ODM on the ARM's source maps): one
   component off each (the paper's Table 3 removes them one by one).
 
-Note: SSD's ``tiny`` is its own miniature model (a quarter-width VGG-16 from scratch, AdamW at
-lr 1e-3), RefineDet's the regime's light backbone (MobileNetV2-FPN, ImageNet weights): the
-``ssd`` row measures the baseline as the workbench defines it, not the same backbone.
+The ``ssd`` row is the same network as the ``refinedet`` row without the three components
+(:func:`workbench.methods.ssd.tiny_model`): the same MobileNetV2-FPN (ImageNet weights) at
+strides 8..64, the same anchors, matcher, hard negative mining, box coding, candidate rule and
+NMS, the same optimizer, schedule, batch, image size and augmentation; its head is RefineDet's
+object detection module on the original anchors. So ``ssd`` against ``refinedet`` measures
+what RefineDet adds, and ``ssd`` against ``refinedet_no_refine`` what the ARM's loss, the
+filtering and the transfer connections add without refined anchors.
 
 Measured after the last epoch: voc07_mAP, AP, AP50 (the trainer's evaluation on the validation
 split); RefineDet rows also the anchor statistics of ``workbench.methods.refinedet.analysis``
