@@ -4,7 +4,8 @@ The detector runs with a :class:`workbench.modeling.TraceRecorder`, which change
 (every NMS runs through the ledger whose keep set is ``batched_nms``'s), so the detections are
 those of plain prediction. Each image's records are completed with what a method returns
 outside the recorder: per-box ``Detections.extras`` become fields of the ``detections`` record.
-Everything else (proposals, maps, NMS ledgers) a method records itself.
+Everything else (proposals, maps, NMS ledgers) a method records itself. Per-level map records
+are wrapped as the trace reader wraps them (:func:`workbench.inspection.maps.as_map_record`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from workbench import distributed
 from workbench.engine.inference import ImagePrediction, iter_model_outputs
 from workbench.errors import WorkbenchError
+from workbench.inspection.maps import as_map_record
 from workbench.inspection.traces import DEFAULT_SHARD_SIZE, ImageTrace, TraceWriter
 from workbench.modeling.trace import TraceRecorder
 from workbench.structures import Detections
@@ -27,7 +29,7 @@ from workbench.structures import Detections
 def complete_records(records: Mapping[str, Mapping[str, Tensor]], detections: Detections) -> dict[str, dict[str, Tensor]]:
     """One image's recorded fields on the CPU, plus the detection extras the model returned but
     did not record."""
-    out = {name: {f: t.detach().cpu() for f, t in fields.items()} for name, fields in records.items()}
+    out = {name: as_map_record({f: t.detach().cpu() for f, t in fields.items()}) for name, fields in records.items()}
     det = out.setdefault(
         "detections", {"boxes": detections.boxes.cpu(), "scores": detections.scores.cpu(), "labels": detections.labels.cpu()}
     )

@@ -49,7 +49,8 @@ input size this takes the anchors (268,569 of them for ResNet-50-FPN, 6.4 MB an 
 the per-image cost.
 
 Reading is lazy: :class:`TraceSet` opens one shard at a time and reads from it only the arrays
-of the images asked for; ``shared-*.npy`` files are memory-mapped.
+of the images asked for; ``shared-*.npy`` files are memory-mapped. Per-level map records come
+back wrapped by :func:`workbench.inspection.maps.as_map_record` (composed when shown).
 
 Compatibility: readers refuse a different ``format`` and a ``version`` newer than theirs;
 they keep reading version 1 directories (no ``cast``, ``shared`` or network boxes). New record
@@ -75,6 +76,7 @@ from torch import Tensor
 from workbench import __version__
 from workbench.atomic import atomic_output, write_text_atomic
 from workbench.errors import WorkbenchError
+from workbench.inspection.maps import as_map_record
 from workbench.modeling.trace import BOX_SCALE, NETWORK_BOXES
 from workbench.ops import scale_boxes
 
@@ -468,7 +470,7 @@ class ShardReader:
     def image(self, position: int) -> dict[str, dict[str, Tensor]]:
         """The records of the shard's image ``position`` (``0 .. len - 1``)."""
         fields_of = self.index["images"][position]
-        return {name: restore_boxes({f: self._tensor(key) for f, key in fields.items()})
+        return {name: as_map_record(restore_boxes({f: self._tensor(key) for f, key in fields.items()}))
                 for name, fields in fields_of.items()}
 
     def _tensor(self, key: str) -> Tensor:

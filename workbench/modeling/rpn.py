@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from workbench.losses import binary_cross_entropy_with_logits, reduce_loss, smooth_l1
 from workbench.modeling.anchor_generator import AnchorGenerator
 from workbench.modeling.assignment import Matcher, Sampler
-from workbench.modeling.trace import TraceRecorder, grouped_nms
+from workbench.modeling.trace import TraceRecorder, grouped_nms, shown_fields
 from workbench.ops import BoxCoder, clip_boxes, size_at_least
 
 
@@ -219,7 +219,8 @@ def select_proposals(
     boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
     fields = {name: value[keep] for name, value in fields.items()}
     if recorder is not None:
-        recorder.put(image_index, "rpn_proposals_pre_nms", boxes=boxes, scores=scores, levels=levels, **fields)
+        recorder.put(image_index, "rpn_proposals_pre_nms", boxes=boxes, scores=scores, levels=levels,
+                     **shown_fields(fields))
     keep = grouped_nms(boxes, scores, levels, settings.nms_thresh, recorder, image_index, "rpn_nms")
     keep = keep[:post_nms_top_n]
     return boxes[keep], scores[keep], {name: value[keep] for name, value in fields.items()}
@@ -332,7 +333,7 @@ class RegionProposalNetwork(nn.Module):
                     fields={name: value[i, idx] for name, value in extra.items()},
                 )
                 if recorder is not None:
-                    recorder.put(i, "rpn_proposals", boxes=kept_boxes, scores=kept_scores, **kept_fields)
+                    recorder.put(i, "rpn_proposals", boxes=kept_boxes, scores=kept_scores, **shown_fields(kept_fields))
                 proposals.append(kept_boxes)
                 scores.append(kept_scores)
                 fields.append(kept_fields)

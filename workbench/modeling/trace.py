@@ -20,7 +20,7 @@ Record names written by the two-stage baseline: ``anchors``; ``rpn_proposals_pre
 ``rcnn_candidates`` (``boxes``, ``scores``, ``labels``: per-class boxes above the score
 threshold); ``rcnn_nms``; ``detections`` (``boxes``, ``scores``, ``labels``). An RPN built with
 ``proposal_fields`` adds those per-proposal fields to ``rpn_proposals_pre_nms`` and
-``rpn_proposals`` (KL-RPN: ``sigma`` (P, 4)).
+``rpn_proposals`` (KL-RPN: ``sigma`` (P, 4)), in float16 (:func:`shown_fields`).
 
 An NMS record holds the input ``boxes``, ``scores`` and group ``idxs`` (level or class) and the
 ledger (``workbench.ops.NmsLedger.to_dict``): ``keep`` (indices, in keep order),
@@ -46,6 +46,14 @@ NETWORK_BOXES = "network_boxes"
 BOX_SCALE = "box_scale"
 #: The records whose boxes do not depend on the image's content, only on its network-input size.
 NETWORK_BOX_RECORDS = frozenset({R.ANCHORS})
+
+
+def shown_fields(fields: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Per-box fields a method adds to a box record (KL-RPN's ``sigma`` of the proposals) as a
+    trace keeps them: floating-point ones in float16, others unchanged. They are shown as
+    attributes and read by no replay (NMS replay reads ``boxes``, ``scores`` and the ledger,
+    which stay exact); float16 keeps three significant digits and halves what they cost."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in fields.items()}
 
 
 class TraceRecorder:
