@@ -30,6 +30,21 @@ def build_model(cfg: FasterRCNNConfig, num_classes: int) -> FasterRCNN:
 TINY_WEIGHTS = "IMAGENET1K_V1"
 
 
+def tiny_backbone(weights: str | None = TINY_WEIGHTS) -> dict[str, Any]:
+    """The miniature regime's light backbone as config fields, named alike in every model config
+    that takes it (the baseline's, SSD's, RefineDet's): MobileNetV2-FPN with 128 channels; with
+    ``weights`` (ImageNet) the stem and the stride-2 and stride-4 stages stay frozen and the batch
+    norm is frozen, as in torchvision's detectors; from scratch (``weights=None``) everything
+    trains, batch norm included."""
+    return {
+        "backbone": "mobilenet_v2_fpn",
+        "backbone_weights": weights,
+        "trainable_backbone_layers": 4 if weights is not None else 6,
+        "backbone_norm": "frozen_bn" if weights is not None else "bn",
+        "fpn_channels": 128,
+    }
+
+
 def tiny_model(weights: str | None = TINY_WEIGHTS) -> FasterRCNNConfig:
     """The miniature regime's detector, sized for 256 px images with objects of 10-150 px.
 
@@ -37,18 +52,12 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> FasterRCNNConfig:
     rest of the network together and the smallest objects still cover a stride-8 anchor) plus
     the pooled stride-64 level, 128 FPN channels, one anchor size per level (16 to 128 px,
     three ratios), a 256-d box head on 64 sampled RoIs per image (RoIAlign's backward is the
-    largest single cost of a CPU step). With ``weights`` (ImageNet) the stem and the stride-2
-    and stride-4 stages stay frozen and the batch norm is frozen, as in torchvision's detectors;
-    from scratch (``weights=None``) everything trains, batch norm included.
-    docs/benchmarks.md ("The miniature regime") has the profile and the ablations.
+    largest single cost of a CPU step); the frozen layers with and without ``weights`` as
+    :func:`tiny_backbone` says. docs/benchmarks.md ("The miniature regime") has the profile and the ablations.
     """
     return FasterRCNNConfig(
-        backbone="mobilenet_v2_fpn",
-        backbone_weights=weights,
-        trainable_backbone_layers=4 if weights is not None else 6,
-        backbone_norm="frozen_bn" if weights is not None else "bn",
+        **tiny_backbone(weights),
         backbone_returned_layers=(2, 3, 4),
-        fpn_channels=128,
         min_size=256,
         max_size=256,
         anchor_sizes=((16.0,), (32.0,), (64.0,), (128.0,)),

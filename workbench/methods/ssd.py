@@ -24,7 +24,7 @@ import dataclasses
 
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method
-from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature
+from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature, tiny_backbone
 from workbench.modeling.dense import DenseDetector
 from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD
 from workbench.modeling.ssd import (
@@ -107,11 +107,7 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> SSDConfig:
     The post-processing takes RefineDet's candidate rule (per image, not SSD's 400 per class), so
     that the two differ in the three components only."""
     return SSDConfig(
-        backbone="mobilenet_v2_fpn",
-        backbone_weights=weights,
-        trainable_backbone_layers=4 if weights is not None else 6,
-        backbone_norm="frozen_bn" if weights is not None else "bn",
-        fpn_channels=128,
+        **tiny_backbone(weights),
         size=256,
         image_mean=IMAGENET_MEAN,
         image_std=IMAGENET_STD,
