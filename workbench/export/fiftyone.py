@@ -35,6 +35,10 @@ truth once, each run's fields prefixed ``<run>_`` and its evaluation under the k
 
 Each field's and attribute's schema ``description`` is its view's ``label``, and
 ``dataset.info["fields"]`` maps every field to it, so the App says what each field shows.
+Every numeric per-box attribute (a score a method adds, a predicted IoU, an uncertainty) is a
+declared ``FloatField`` of its boxes, so the App's sidebar filters the boxes on a range of it and
+Python does the same with ``dataset.filter_labels(field, F(attribute) >= value)``, alone or with
+the evaluation (``(F("eval") == "fp") & (F(attribute) >= value)``).
 
 Boxes cross here, and only here, from absolute ``xyxy`` pixels to FiftyOne's relative
 ``[x, y, w, h]`` (:func:`relative_xywh`). Samples are added by file path first, then each field
