@@ -9,13 +9,16 @@ Presets:
   images): 120,000 x 32 / 16,551 = 232 epochs, milestones 80,000 x 32 / 16,551 = 154.7 -> 155
   and 100,000 x 32 / 16,551 = 193.3 -> 193. Judged by VOC07 mAP;
 - ``tiny``: the miniature regime on RefineDet ``tiny``'s network without what RefineDet adds
-  (:func:`tiny_model`), so that ``ssd`` against ``refinedet`` in the miniature regime measures
-  the anchor refinement, the transfer connections and the negative anchor filtering and nothing
-  else;
+  (:func:`tiny_model`). ``tiny`` is the preset that every comparison in the miniature regime
+  trains (``benchmarks/compare_refinedet.py``, the pipelines), so it is the one that must share
+  RefineDet's backbone, anchors and budget for ``ssd`` against ``refinedet`` to measure the
+  anchor refinement, the transfer connections and the negative anchor filtering and nothing
+  else; it also puts SSD on the light backbone that the other methods' ``tiny`` presets use;
 - ``tiny_vgg16``: SSD's own network shrunk, a VGG-16 with a quarter of the channels, from
   scratch, on 256 px images with five source levels (strides 8..128; AdamW at lr 1e-3); runs on
-  the CPU, not tuned for accuracy. It was ``tiny`` before the same-backbone baseline; kept for
-  the tests of the VGG path and the dense assembly, which need a small network without weights.
+  the CPU, not tuned for accuracy. It was ``tiny`` before; kept as the paper's architecture at
+  CPU scale (the VGG-16 path with its L2 normalisation, fc6 / fc7 and extra layers, and SSD's
+  default boxes), which ``tiny`` no longer exercises.
 """
 
 from __future__ import annotations
