@@ -23,4 +23,8 @@ def test_without_runs_shows_the_four_figures(notebook_env, tmp_path):
     (recall,) = [f for f in shown if title(f).startswith("Recall against the matching IoU")]
     assert layers(recall) == ["NMS by class x IoU", "NMS by class score",
                               "baseline (freshly built faster_rcnn (untrained))"]
+    (coloured,) = [f for f in shown if title(f).startswith("Detections coloured by their predicted IoU")]
+    (detections,) = [t for t in coloured["data"] if (t.get("meta") or {}).get("layer") == "detections"]
+    assert detections["meta"]["color_by"] == "iou_pred" and detections["marker"]["showscale"] is True
+    assert "predicted" in detections["marker"]["colorbar"]["title"]["text"]
     assert not [f for f in shown if title(f).startswith("AP per IoU")]
