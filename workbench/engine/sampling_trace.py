@@ -97,7 +97,7 @@ def sampling_record(
     return record
 
 
-class RecordingSampler:
+class RecordingSampler(Sampler):
     """A box stage's sampler that records, while armed (:meth:`arm`), one
     :func:`sampling_record` per call (one call per image, in batch order). It returns exactly
     what the wrapped sampler returns."""
@@ -119,13 +119,9 @@ class RecordingSampler:
         taken, self.records, self._pending = self.records, [], 0
         return taken
 
-    def __call__(
-        self,
-        assignment: Assignment,
-        generator: torch.Generator | None = None,
-        losses: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        pos, neg = self.inner(assignment, generator) if losses is None else self.inner(assignment, generator, losses)
+    def sample(self, assignment: Assignment, generator: torch.Generator | None,
+               losses: Tensor | None) -> tuple[Tensor, Tensor]:
+        pos, neg = self.inner(assignment, generator, losses)
         if self._pending > 0:
             self._pending -= 1
             self.records.append(sampling_record(assignment, pos | neg, self._random_pick(assignment), self._step))
