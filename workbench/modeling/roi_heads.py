@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -234,18 +234,13 @@ class ExtraHeadOutput:
     losses: dict[str, Tensor] = field(default_factory=dict)
 
 
-class Postprocess(Protocol):
-    """Inference passes of the stages, image sizes and per-RoI fields per image (R_i, ...) ->
-    detections per image (network-input pixels)."""
-
-    def __call__(
-        self,
-        stages: Sequence[StageOutput],
-        image_sizes: Sequence[tuple[int, int]],
-        roi_fields: Sequence[Mapping[str, Tensor]],
-        recorder: TraceRecorder | None = None,
-    ) -> list[Detections]:
-        ...
+#: The RoI heads' post-processing, ``postprocess(stages, image_sizes, roi_fields, recorder=None)``:
+#: inference passes of the stages, image sizes and per-RoI fields per image (R_i, ...) ->
+#: detections per image (network-input pixels); :class:`FastRCNNPostprocess` is the baseline's.
+Postprocess = Callable[
+    [Sequence[StageOutput], Sequence[tuple[int, int]], Sequence[Mapping[str, Tensor]], Optional[TraceRecorder]],
+    list[Detections],
+]
 
 
 @dataclass
