@@ -130,20 +130,28 @@ def map_panels_figure(
         values = to_numpy(record[view.value_field])
         cell_h, cell_w = _cell(cell)
         height, width = (pixels.shape[:2] if pixels is not None else (values.shape[0] * cell_h, values.shape[1] * cell_w))
-        if pixels is not None:
-            fig.add_trace(image_layer(pixels), row=row, col=col)
         layer = map_layer(values, cell=cell, name=view.layer_name, colorbar_title=view.layer_name,
                           opacity=opacity if pixels is not None else 1.0)
         subplot = fig.get_subplot(row, col)
         x_domain, y_domain = subplot.xaxis.domain, subplot.yaxis.domain
         layer.colorbar.update(x=x_domain[1] + 0.003, y=(y_domain[0] + y_domain[1]) / 2, yanchor="middle",
                               len=(y_domain[1] - y_domain[0]) * 0.9, thickness=10)
-        fig.add_trace(layer, row=row, col=col)
-        if boxes is not None:
-            fig.add_trace(box_layer(boxes, name="boxes", layer="gt", color="white"), row=row, col=col)
-        image_panel_axes(fig, row, col, width, height)
+        add_map_panel(fig, row, col, layer, pixels, boxes, width, height)
     fig.update_layout(title=title, height=panel_height * nrows + 80, showlegend=False)
     return fig
+
+
+def add_map_panel(fig: go.Figure, row: int, col: int, layer: go.Heatmap, pixels: Any, boxes: Any,
+                  width: float, height: float) -> None:
+    """One panel of a grid of maps: the image ``pixels`` (when given) under the map ``layer``,
+    the ground-truth ``boxes`` (when given) outlined in white over both, and the axes fitted to
+    the ``width`` x ``height`` pixels of the image (:func:`image_panel_axes`)."""
+    if pixels is not None:
+        fig.add_trace(image_layer(pixels), row=row, col=col)
+    fig.add_trace(layer, row=row, col=col)
+    if boxes is not None:
+        fig.add_trace(box_layer(boxes, name="boxes", layer="gt", color="white"), row=row, col=col)
+    image_panel_axes(fig, row, col, width, height)
 
 
 def image_panel_axes(fig: go.Figure, row: int, col: int, width: float, height: float) -> None:
@@ -156,4 +164,4 @@ def image_panel_axes(fig: go.Figure, row: int, col: int, width: float, height: f
                      scaleanchor=anchor, scaleratio=1, row=row, col=col)
 
 
-__all__ = ["MAP_LAYER", "image_panel_axes", "map_layer", "map_overlay_figure", "map_panels_figure"]
+__all__ = ["MAP_LAYER", "add_map_panel", "image_panel_axes", "map_layer", "map_overlay_figure", "map_panels_figure"]

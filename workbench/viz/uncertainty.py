@@ -18,7 +18,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from workbench.viz.boxes import box_layer, class_name, fit_axes, image_layer, to_boxes, to_image, to_numpy
-from workbench.viz.maps import image_panel_axes, map_layer
+from workbench.viz.maps import add_map_panel, map_layer
 
 GT_COLOR = "#00ff7f"
 #: Marker colours of anchors by outcome.
@@ -61,15 +61,10 @@ def uncertainty_map_figure(
     for k, (name, values) in enumerate(arrays.items()):
         row, col = k // ncols + 1, k % ncols + 1
         height, width = _extent(image, values, cell)
-        if pixels is not None:
-            fig.add_trace(image_layer(pixels), row=row, col=col)
         layer = map_layer(values, cell=cell, name=name, colorbar_title=colorbar_title,
                           opacity=opacity if pixels is not None else 1.0, showscale=k == 0)
         layer.update(zmin=0.0, zmax=max(top, 1e-6))
-        fig.add_trace(layer, row=row, col=col)
-        if boxes is not None:
-            fig.add_trace(box_layer(boxes, name="boxes", layer="gt", color="white"), row=row, col=col)
-        image_panel_axes(fig, row, col, width, height)
+        add_map_panel(fig, row, col, layer, pixels, boxes, width, height)
     fig.update_layout(title=title, height=panel_height * nrows + 80, showlegend=False)
     return fig
 
