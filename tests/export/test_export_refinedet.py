@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from detector_support import SMALL_REFINEDET_96, traced_small_run
 from export_support import samples_by_image
 
 from workbench import records as R
@@ -20,25 +20,14 @@ from workbench.data.sources import open_dataset
 from workbench.inspection import load_traces
 from workbench.methods import get_method
 
-SMALL = {
-    "backbone_weights": None, "backbone_norm": "bn", "fpn_channels": 32, "tcb_channels": 16, "size": 96,
-    "topk_candidates": 100, "detections_per_img": 30, "trace_top_anchors": 40,
-}
+SMALL = {**SMALL_REFINEDET_96, "trace_top_anchors": 40}
 
 
 @pytest.fixture(scope="module")
 def refinedet_run(tmp_path_factory, shapes_root):
-    from workbench.engine.predict import predict_run
-    from workbench.engine.trainer import train
-    from workbench.pipelines.params import train_config
-
-    run = tmp_path_factory.mktemp("runs") / "refinedet_run"
-    torch.set_num_threads(1)
-    cfg = train_config("refinedet", "tiny", data=str(shapes_root), epochs=1, batch_size=4, device="cpu", seed=7,
-                       model_overrides=SMALL)
-    train(cfg, run, progress=False)
-    predict_run(run, device="cpu", progress=False, trace=True)
-    return run
+    with traced_small_run(tmp_path_factory, "refinedet", data=str(shapes_root), epochs=1, batch_size=4, seed=7,
+                          model_overrides=SMALL) as run:
+        yield run
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-import torch
+from detector_support import SMALL_YOLOV3_96, traced_small_run
 from export_support import TEST_OUTPUT, samples_by_image, stop_process
 from PIL import Image
 
@@ -32,26 +32,13 @@ from workbench.inspection.maps import record_map_pixels
 from workbench.methods import get_method
 
 METHOD = "uncertainty_rescaling"
-#: Every (anchor, class) pair of an untrained model scores about 0.01 x 0.5: keep them all.
-SMALL = {
-    "backbone_weights": None, "backbone_norm": "bn", "neck_channels": (16, 32, 64), "size": 96,
-    "topk_candidates": 100, "detections_per_img": 30, "score_thresh": 0.0,
-}
 
 
 @pytest.fixture(scope="module")
 def uncertainty_run(tmp_path_factory, shapes_root):
-    from workbench.engine.predict import predict_run
-    from workbench.engine.trainer import train
-    from workbench.pipelines.params import train_config
-
-    run = tmp_path_factory.mktemp("runs") / "uncertainty_run"
-    torch.set_num_threads(1)
-    cfg = train_config(METHOD, "tiny", data=str(shapes_root), epochs=1, batch_size=4, device="cpu", seed=7,
-                       model_overrides=SMALL)
-    train(cfg, run, progress=False)
-    predict_run(run, device="cpu", progress=False, trace=True)
-    return run
+    with traced_small_run(tmp_path_factory, METHOD, data=str(shapes_root), epochs=1, batch_size=4, seed=7,
+                          model_overrides=SMALL_YOLOV3_96) as run:
+        yield run
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,9 @@ run directory and the checkpoint read back, and the figures' inputs from the run
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from detector_support import trained_small_run
+from detector_support import SMALL_TWO_STAGE_96, shapes_96, small_run_fixture
 
 from workbench.methods.libra.analysis import (
     balanced_l1_settings,
@@ -18,12 +17,7 @@ from workbench.methods.libra.analysis import (
 )
 from workbench.methods.libra.model import IoUBalancedSampler, LibraRCNNConfig
 
-DATA = "builtin:shapes?train=4&val=2&size=96"
-SMALL = {
-    "backbone_weights": None, "backbone_norm": "bn", "fpn_channels": 32, "min_size": 96, "max_size": 96,
-    "box_representation_size": 64, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
-    "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "box_batch_size_per_image": 32,
-}
+DATA = shapes_96(train=4, val=2)
 
 
 def test_overrides_reach_the_switches_and_the_baseline():
@@ -34,11 +28,7 @@ def test_overrides_reach_the_switches_and_the_baseline():
     assert not cfg.model.balanced_l1 and cfg.model.num_bins == 5 and cfg.model.base.min_size == 96
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    with trained_small_run(tmp_path_factory, "libra_rcnn", data=DATA, epochs=1, batch_size=2,
-                           model_overrides=SMALL) as out:
-        yield out
+run_dir = small_run_fixture("libra_rcnn", data=DATA, epochs=1, batch_size=2, model_overrides=SMALL_TWO_STAGE_96)
 
 
 def test_a_run_trains_and_its_model_reads_back(run_dir):

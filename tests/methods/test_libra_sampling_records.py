@@ -6,27 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from detector_support import trained_small_run
+from detector_support import SMALL_TWO_STAGE_96, shapes_96, small_run_fixture, trained_small_run
 
 from workbench import records as R
 from workbench.inspection.sampling import load_sampling_traces, recorded_steps
 from workbench.methods.libra.analysis import ALL, IOU_BALANCED, RANDOM, recorded_negative_ious
 from workbench.viz.sampling import negative_iou_figure, share_above
 
-DATA = "builtin:shapes?train=4&val=2&size=96"
-PER_IMAGE = 32
-SMALL = {
-    "backbone_weights": None, "backbone_norm": "bn", "fpn_channels": 32, "min_size": 96, "max_size": 96,
-    "box_representation_size": 64, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
-    "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "box_batch_size_per_image": PER_IMAGE,
-}
+DATA = shapes_96(train=4, val=2)
+PER_IMAGE = SMALL_TWO_STAGE_96["box_batch_size_per_image"]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    with trained_small_run(tmp_path_factory, "libra_rcnn", data=DATA, epochs=1, batch_size=2, trace_sampling_every=1,
-                           max_val_images=1, model_overrides=SMALL) as out:
-        yield out
+run_dir = small_run_fixture("libra_rcnn", data=DATA, epochs=1, batch_size=2, trace_sampling_every=1, max_val_images=1,
+                            model_overrides=SMALL_TWO_STAGE_96)
 
 
 def test_every_step_records_the_first_images_of_its_batch(run_dir):
@@ -78,7 +70,7 @@ def test_the_comparison_reads_the_records_of_the_second_half(run_dir):
 
 def test_a_random_sampling_baseline_records_its_own_picks_as_the_random_set(tmp_path_factory):
     with trained_small_run(tmp_path_factory, "faster_rcnn", data=DATA, epochs=1, batch_size=2, trace_sampling_every=2,
-                           max_val_images=1, model_overrides=SMALL) as out:
+                           max_val_images=1, model_overrides=SMALL_TWO_STAGE_96) as out:
         traces = load_sampling_traces(out)
         assert recorded_steps(traces) == [1] and traces.meta["sampler"].startswith("RandomSampler(")
         ious = recorded_negative_ious(out)

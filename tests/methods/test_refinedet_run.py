@@ -7,30 +7,18 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
-
-from detector_support import trained_small_run
+from detector_support import SMALL_REFINEDET_96, metrics_records, shapes_96, small_run_fixture
 
 from workbench.methods.refinedet.model import RefineDet
 
-DATA = "builtin:shapes?train=8&val=4&size=96"
-SMALL = {
-    "backbone_weights": None, "backbone_norm": "bn", "fpn_channels": 32, "tcb_channels": 16, "size": 96,
-    "topk_candidates": 100, "detections_per_img": 30,
-}
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    with trained_small_run(tmp_path_factory, "refinedet", data=DATA, epochs=1, batch_size=2, max_train_images=8,
-                           max_val_images=4, model_overrides=SMALL) as out:
-        yield out
+run_dir = small_run_fixture("refinedet", data=shapes_96(train=8, val=4), epochs=1, batch_size=2,
+                            model_overrides=SMALL_REFINEDET_96)
 
 
 def test_the_run_trains_evaluates_and_reads_back(run_dir):
     from workbench.engine.loading import open_trained_run
 
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metrics_records(run_dir)
     losses = [r for r in records if "loss_odm_cls" in r]
     assert losses and all(math.isfinite(r["loss_arm_cls"]) and math.isfinite(r["loss_odm_box"]) for r in losses)
     assert any("AP50" in json.dumps(r) for r in records)

@@ -5,29 +5,24 @@ detector with no branch, the detector whose traces carry no uncertainty."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from detector_support import trained_small_run
+from detector_support import SMALL_YOLOV3_96, metrics_records, shapes_96, trained_small_run
 
 from workbench import records as R
 from workbench.methods.yolov3.model import YOLOv3Detector
 
-DATA = "builtin:shapes?train=8&val=4&size=96"
-SMALL = {
-    "backbone_weights": None, "backbone_norm": "bn", "neck_channels": (16, 32, 64), "size": 96,
-    "topk_candidates": 100, "detections_per_img": 30, "score_thresh": 0.0,
-}
+DATA = shapes_96(train=8, val=4)
 
 
 @pytest.fixture(scope="module", params=[("yolov3", "tiny"), ("uncertainty_rescaling", "tiny_baseline")])
 def run_dir(request, tmp_path_factory):
     method, preset = request.param
-    with trained_small_run(tmp_path_factory, method, preset, data=DATA, epochs=1, batch_size=4, max_train_images=8,
-                           max_val_images=4, model_overrides=SMALL) as out:
+    with trained_small_run(tmp_path_factory, method, preset, data=DATA, epochs=1, batch_size=4,
+                           model_overrides=SMALL_YOLOV3_96) as out:
         yield out
 
 
@@ -35,7 +30,7 @@ def test_the_run_trains_evaluates_reads_back_and_traces(run_dir):
     from workbench.engine.loading import open_trained_run
     from workbench.modeling import TraceRecorder
 
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metrics_records(run_dir)
     losses = [r for r in records if "loss_yolo_obj" in r]
     assert losses and all(math.isfinite(r["loss_yolo_obj"]) and math.isfinite(r["loss_yolo_box"]) for r in losses)
     assert "loss_yolo_aux" not in losses[0]

@@ -9,6 +9,8 @@ it on for that module only (``one_thread_per_test``: for each test of a conftest
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -155,11 +157,47 @@ def three_box_batch():
     return images, targets
 
 
+def shapes_96(train: int, val: int) -> str:
+    """The built-in shapes dataset with ``train`` / ``val`` images of 96 pixels: small enough
+    for a one-epoch run on the CPU."""
+    return f"builtin:shapes?train={train}&val={val}&size=96"
+
+
+#: Model overrides that shrink a Faster R-CNN preset (and a method built on it) to 96-pixel
+#: images: random weights with trainable batch norm, narrow FPN and box head, few proposals.
+SMALL_TWO_STAGE_96 = {
+    "backbone_weights": None, "backbone_norm": "bn", "fpn_channels": 32, "min_size": 96, "max_size": 96,
+    "box_representation_size": 64, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100,
+    "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "box_batch_size_per_image": 32,
+}
+
+
+#: Model overrides that shrink RefineDet's ``tiny`` to 96-pixel images.
+SMALL_REFINEDET_96 = {
+    "backbone_weights": None, "backbone_norm": "bn", "fpn_channels": 32, "tcb_channels": 16, "size": 96,
+    "topk_candidates": 100, "detections_per_img": 30,
+}
+
+#: Model overrides that shrink YOLOv3's ``tiny`` (and the uncertainty method's presets) to
+#: 96-pixel images. Every (anchor, class) pair of an untrained model scores about 0.01 x 0.5, so
+#: ``score_thresh`` 0 keeps them all.
+SMALL_YOLOV3_96 = {
+    "backbone_weights": None, "backbone_norm": "bn", "neck_channels": (16, 32, 64), "size": 96,
+    "topk_candidates": 100, "detections_per_img": 30, "score_thresh": 0.0,
+}
+
+
+def metrics_records(run_dir: Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (training steps and evaluations), in order."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
 @contextlib.contextmanager
 def trained_small_run(tmp_path_factory, method: str, preset: str = "tiny", **config):
     """A run of ``method``'s ``preset`` trained on the CPU with one torch thread and a private
-    dataset cache (``train_config`` takes ``config``: data, epochs, model overrides...); yields
-    its directory, then restores the thread count and the environment. For module fixtures."""
+    dataset cache (``train_config`` takes ``config``: data, epochs, model overrides...; the seed
+    is 0 unless given); yields its directory, then restores the thread count and the
+    environment. For module fixtures."""
     from workbench.engine.trainer import train
     from workbench.pipelines.params import train_config
 
@@ -169,8 +207,32 @@ def trained_small_run(tmp_path_factory, method: str, preset: str = "tiny", **con
     torch.set_num_threads(1)
     try:
         out = tmp_path_factory.mktemp("runs") / f"{method}_{preset}"
-        train(train_config(method, preset, device="cpu", seed=0, **config), out, progress=False)
+        train(train_config(method, preset, **{"device": "cpu", "seed": 0, **config}), out, progress=False)
         yield out
     finally:
         torch.set_num_threads(threads)
         patch.undo()
+
+
+def small_run_fixture(method: str, preset: str = "tiny", **config):
+    """A module-scoped fixture yielding the directory of :func:`trained_small_run` of
+    ``method``'s ``preset`` with ``config``; assign it to the fixture's name in a test module
+    (``run_dir = small_run_fixture("refinedet", data=..., epochs=1)``)."""
+
+    @pytest.fixture(scope="module")
+    def run_dir(tmp_path_factory):
+        with trained_small_run(tmp_path_factory, method, preset, **config) as out:
+            yield out
+
+    return run_dir
+
+
+@contextlib.contextmanager
+def traced_small_run(tmp_path_factory, method: str, preset: str = "tiny", **config):
+    """:func:`trained_small_run`, then its predictions on the validation split with traces
+    (``workbench predict --trace``)."""
+    from workbench.engine.predict import predict_run
+
+    with trained_small_run(tmp_path_factory, method, preset, **config) as out:
+        predict_run(out, device="cpu", progress=False, trace=True)
+        yield out
