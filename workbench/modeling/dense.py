@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,18 +78,13 @@ class DenseLoss(Protocol):
         ...
 
 
-class DensePostprocess(Protocol):
-    def __call__(
-        self,
-        preds: Mapping[str, Tensor],
-        anchors: Tensor,
-        level_counts: Sequence[int],
-        image_sizes: Sequence[tuple[int, int]],
-        recorder: TraceRecorder | None = None,
-    ) -> list[Detections]:
-        """Flat outputs (N, A, C) by name, anchors (A, 4), anchors per level -> detections per
-        image in network-input pixels."""
-        ...
+#: A dense head's post-processing, ``postprocess(preds, anchors, level_counts, image_sizes,
+#: recorder=None)``: flat outputs (N, A, C) by name, anchors (A, 4), anchors per level and the
+#: image sizes -> detections per image in network-input pixels (e.g. :class:`SoftmaxPostprocess`).
+DensePostprocess = Callable[
+    [Mapping[str, Tensor], Tensor, Sequence[int], Sequence[tuple[int, int]], Optional[TraceRecorder]],
+    list[Detections],
+]
 
 
 #: RetinaNet's sampler: every positive and every negative anchor (the focal loss does the
