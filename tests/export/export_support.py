@@ -1,8 +1,9 @@
-"""Helpers shared by the export tests: listening sockets, processes, headless Chromium, and
-checks of exported samples."""
+"""Helpers shared by the export tests: listening sockets, processes, headless Chromium, checks
+of exported samples, and a synthetic split with detections built to hit every evaluation case."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+
+from workbench.data.sources import open_dataset
+from workbench.inspection import ImageTrace
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_OUTPUT = REPO / "test-output"
@@ -124,3 +131,60 @@ def assert_evaluation_marks(sample, record) -> None:
     assert {p.eval for p in preds} <= {"tp", "fp"}
     assert sample.eval_tp + sample.eval_fp == len(preds)
     assert sample.eval_tp + sample.eval_fn == int((~record.ignore.astype(bool)).sum())
+
+
+#: The synthetic split of the evaluation and attribute tests: images, their side, the classes.
+SYNTHETIC_IMAGES = 40
+SYNTHETIC_SIDE = 64
+SYNTHETIC_CLASSES = ("a", "b", "c")
+
+
+
+
+def synthetic_split(root: Path, seed: int = 0, ties: bool = True, num_images: int = SYNTHETIC_IMAGES):
+    """A COCO split of ``num_images`` blank images of ``SYNTHETIC_SIDE`` pixels (0-6 boxes of the
+    classes ``SYNTHETIC_CLASSES``, some crowd) and their traces: per image 0-40 detections around
+    the boxes (jittered, duplicated, relabelled) and at random; ``ties``: scores rounded to one
+    decimal, so that many are equal. Returns ``(dataset, traces)``."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    images, annotations, traces = [], [], []
+    for i in range(num_images):
+        name = f"{i:03d}.png"
+        Image.fromarray(np.zeros((SYNTHETIC_SIDE, SYNTHETIC_SIDE, 3), dtype=np.uint8)).save(root / "images" / name)
+        images.append({"id": i + 1, "file_name": name, "width": SYNTHETIC_SIDE, "height": SYNTHETIC_SIDE})
+        n_gt = int(rng.integers(0, 7)) if i else 0
+        gt = []
+        for k in range(n_gt):
+            x, y = rng.uniform(0, SYNTHETIC_SIDE / 2, 2)
+            w, h = rng.uniform(6, SYNTHETIC_SIDE / 2, 2)
+            crowd = int(k == 0 and i % 4 == 0)
+            label = int(rng.integers(1, 4))
+            gt.append((x, y, x + w, y + h, label))
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": label,
+                                "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h), "iscrowd": crowd})
+        boxes, labels = [], []
+        if i != 1:
+            for x0, y0, x1, y1, label in gt:
+                for _ in range(int(rng.integers(0, 4))):
+                    jitter = rng.normal(0, 3, 4)
+                    boxes.append([x0, y0, x1, y1] + jitter)
+                    labels.append(label if rng.random() < 0.8 else int(rng.integers(1, 4)))
+            for _ in range(int(rng.integers(0, 12))):
+                x, y = rng.uniform(0, SYNTHETIC_SIDE * 0.7, 2)
+                w, h = rng.uniform(4, SYNTHETIC_SIDE * 0.3, 2)
+                boxes.append([x, y, x + w, y + h])
+                labels.append(int(rng.integers(1, 4)))
+        scores = rng.random(len(boxes))
+        scores = np.round(scores, 1) if ties else scores
+        order = np.argsort(-scores, kind="stable")
+        detections = {
+            "boxes": torch.tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[order], dtype=torch.float32),
+            "scores": torch.tensor(scores[order], dtype=torch.float32),
+            "labels": torch.tensor(np.asarray(labels, dtype=np.int64)[order]),
+        }
+        traces.append(ImageTrace(i + 1, name, (SYNTHETIC_SIDE, SYNTHETIC_SIDE), {"detections": detections}))
+    categories = [{"id": k + 1, "name": n} for k, n in enumerate(SYNTHETIC_CLASSES)]
+    ann = root / "annotations.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return open_dataset(str(ann), "val", image_dir=root / "images"), traces

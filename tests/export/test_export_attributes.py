@@ -5,57 +5,32 @@ exactly the detections whose recorded value is in range. In a private database (
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from export_support import synthetic_split
 
 from workbench import records as R
-from workbench.data.sources import open_dataset
-from workbench.inspection import ImageTrace
 from workbench.methods import DETECTIONS_VIEW, get_method
 
-SIDE = 48
-NUM_IMAGES = 6
 
-
-def split_with_predicted_ious(root: Path):
-    """A COCO split of ``NUM_IMAGES`` blank images with one box each, and per image 0-7
-    detections carrying ``iou_pred`` and ``iou_pred_first`` (uniform in [0, 1))."""
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    images, annotations, traces = [], [], []
-    for i in range(NUM_IMAGES):
-        name = f"{i}.png"
-        Image.fromarray(np.zeros((SIDE, SIDE, 3), dtype=np.uint8)).save(root / "images" / name)
-        images.append({"id": i + 1, "file_name": name, "width": SIDE, "height": SIDE})
-        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4.0, 4.0, 20.0, 20.0],
-                            "area": 400.0, "iscrowd": 0})
-        n = int(rng.integers(0, 8))
-        corners = rng.uniform(0, SIDE / 2, (n, 2))
-        boxes = np.concatenate([corners, corners + rng.uniform(4, SIDE / 2, (n, 2))], axis=1)
-        detections = {
-            R.BOXES: torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            R.SCORES: torch.tensor(np.sort(rng.random(n))[::-1].copy(), dtype=torch.float32),
-            R.LABELS: torch.ones(n, dtype=torch.int64),
-            "iou_pred": torch.tensor(rng.random(n), dtype=torch.float32),
-            "iou_pred_first": torch.tensor(rng.random(n), dtype=torch.float32),
-        }
-        traces.append(ImageTrace(i + 1, name, (SIDE, SIDE), {R.DETECTIONS: detections}))
-    ann = root / "annotations.json"
-    ann.write_text(json.dumps({"images": images, "annotations": annotations,
-                               "categories": [{"id": 1, "name": "square"}]}))
-    return open_dataset(str(ann), "val", image_dir=root / "images"), traces
+def with_predicted_ious(traces, seed: int = 0):
+    """The traces, their detections carrying ``iou_pred`` and ``iou_pred_first`` (uniform in
+    [0, 1)) as a method adds per-box fields."""
+    rng = np.random.default_rng(seed)
+    for trace in traces:
+        count = len(trace[R.DETECTIONS][R.SCORES])
+        for name in ("iou_pred", "iou_pred_first"):
+            trace[R.DETECTIONS][name] = torch.tensor(rng.random(count), dtype=torch.float32)
+    return traces
 
 
 @pytest.fixture(scope="module")
 def exported(fiftyone_db, tmp_path_factory):
     from workbench.export.fiftyone import export_traces
 
-    data, traces = split_with_predicted_ious(tmp_path_factory.mktemp("iou_split"))
+    data, traces = synthetic_split(tmp_path_factory.mktemp("iou_split"), num_images=8)
+    traces = with_predicted_ious(traces)
     attributes = get_method("iou_uniform").views("attribute", R.DETECTIONS)
     dataset, _ = export_traces(traces, data, "wb-predicted-iou", views=(DETECTIONS_VIEW, *attributes))
     yield dataset, traces, attributes

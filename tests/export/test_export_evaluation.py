@@ -5,73 +5,15 @@ scores, images without detections or without ground truth. In a private database
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
+from export_support import synthetic_split
 
-from workbench.data.sources import open_dataset
 from workbench.evaluation.matching import ImageBoxes, match_detections
 from workbench.export.fiftyone import GT_FIELD, evaluate_dataset, export_traces
-from workbench.inspection import ImageTrace
 from workbench.methods import DETECTIONS_VIEW
-
-SIDE = 64
-CLASSES = ["a", "b", "c"]
-NUM_IMAGES = 40
-
-
-def synthetic_split(root: Path, seed: int = 0, ties: bool = True):
-    """A COCO split of ``NUM_IMAGES`` images (0-6 boxes, some crowd) and per image 0-40 detections
-    around the boxes (jittered, duplicated, relabelled) and at random; ``ties``: scores rounded to
-    one decimal, so that many are equal."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    images, annotations, traces = [], [], []
-    for i in range(NUM_IMAGES):
-        name = f"{i:03d}.png"
-        Image.fromarray(np.zeros((SIDE, SIDE, 3), dtype=np.uint8)).save(root / "images" / name)
-        images.append({"id": i + 1, "file_name": name, "width": SIDE, "height": SIDE})
-        n_gt = int(rng.integers(0, 7)) if i else 0
-        gt = []
-        for k in range(n_gt):
-            x, y = rng.uniform(0, SIDE / 2, 2)
-            w, h = rng.uniform(6, SIDE / 2, 2)
-            crowd = int(k == 0 and i % 4 == 0)
-            label = int(rng.integers(1, 4))
-            gt.append((x, y, x + w, y + h, label))
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": label,
-                                "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h), "iscrowd": crowd})
-        boxes, labels = [], []
-        if i != 1:
-            for x0, y0, x1, y1, label in gt:
-                for _ in range(int(rng.integers(0, 4))):
-                    jitter = rng.normal(0, 3, 4)
-                    boxes.append([x0, y0, x1, y1] + jitter)
-                    labels.append(label if rng.random() < 0.8 else int(rng.integers(1, 4)))
-            for _ in range(int(rng.integers(0, 12))):
-                x, y = rng.uniform(0, SIDE * 0.7, 2)
-                w, h = rng.uniform(4, SIDE * 0.3, 2)
-                boxes.append([x, y, x + w, y + h])
-                labels.append(int(rng.integers(1, 4)))
-        scores = rng.random(len(boxes))
-        scores = np.round(scores, 1) if ties else scores
-        order = np.argsort(-scores, kind="stable")
-        detections = {
-            "boxes": torch.tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[order], dtype=torch.float32),
-            "scores": torch.tensor(scores[order], dtype=torch.float32),
-            "labels": torch.tensor(np.asarray(labels, dtype=np.int64)[order]),
-        }
-        traces.append(ImageTrace(i + 1, name, (SIDE, SIDE), {"detections": detections}))
-    categories = [{"id": k + 1, "name": n} for k, n in enumerate(CLASSES)]
-    ann = root / "annotations.json"
-    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return open_dataset(str(ann), "val", image_dir=root / "images"), traces
-
 
 @pytest.fixture(scope="module", params=["ties", "distinct"])
 def compared(request, fiftyone_db, tmp_path_factory):
