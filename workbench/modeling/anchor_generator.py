@@ -5,6 +5,10 @@ Conventions: ``sizes[l]`` and ``aspect_ratios[l]`` describe level ``l``; a level
 ``(A_l * H_l * W_l, 4)`` xyxy in padded-batch pixels, ordered location-major then cell anchor
 (torchvision's order), so they line up with head outputs flattened as ``(N, H, W, A, C)``.
 Every image of a padded batch shares the same anchors.
+
+:class:`Anchors` is the call form every anchor generator keeps (this module's FPN anchors, SSD's
+default boxes, RefineDet's one-size anchors, YOLOv3's anchor shapes), so the RPN and the dense
+assembly take any of them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,35 @@ from torch import Tensor, nn
 from workbench.ops import feature_strides, fpn_cell_anchors, grid_anchors
 
 
-class AnchorGenerator(nn.Module):
+class Anchors(nn.Module):
+    """An anchor generator: ``generator(padded_size, feature_sizes, dtype=torch.float32,
+    device="cpu") -> [per level (H_l W_l A_l, 4)]`` xyxy in the pixels of a batch padded to
+    ``padded_size`` (H, W), one level per feature map of size ``(H_l, W_l)``. A subclass gives
+    :meth:`num_anchors_per_location` (``A_l`` per level) and :meth:`anchors`; the number of
+    feature maps is checked here."""
+
+    def num_anchors_per_location(self) -> list[int]:
+        raise NotImplementedError(f"{type(self).__name__} must implement num_anchors_per_location()")
+
+    def anchors(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
+                device: torch.device | str) -> list[Tensor]:
+        """The anchors of each level (the feature maps' count already checked)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement anchors()")
+
+    def forward(
+        self,
+        padded_size: tuple[int, int],
+        feature_sizes: Sequence[tuple[int, int]],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> list[Tensor]:
+        levels = len(self.num_anchors_per_location())
+        if len(feature_sizes) != levels:
+            raise ValueError(f"{type(self).__name__} has {levels} anchor levels, got {len(feature_sizes)} feature maps")
+        return self.anchors(padded_size, feature_sizes, dtype, device)
+
+
+class AnchorGenerator(Anchors):
     """Anchors for a list of feature maps; holds no tensors, only the anchor shapes."""
 
     def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]]) -> None:
@@ -35,19 +67,9 @@ class AnchorGenerator(nn.Module):
         """``A_l`` per level."""
         return [len(s) * len(r) for s, r in zip(self.sizes, self.aspect_ratios)]
 
-    def forward(
-        self,
-        padded_size: tuple[int, int],
-        feature_sizes: Sequence[tuple[int, int]],
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-    ) -> list[Tensor]:
-        """Anchors per level for a batch padded to ``padded_size`` (H, W).
-
-        The stride of level ``l`` is ``(H // H_l, W // W_l)``. Returns ``[(A_l * H_l * W_l, 4)]``.
-        """
-        if len(feature_sizes) != self.num_levels:
-            raise ValueError(f"anchor generator has {self.num_levels} levels, got {len(feature_sizes)} feature maps")
+    def anchors(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
+                device: torch.device | str) -> list[Tensor]:
+        """The stride of level ``l`` is ``(H // H_l, W // W_l)``; ``[(A_l * H_l * W_l, 4)]``."""
         strides = feature_strides(padded_size, feature_sizes)
         cells = fpn_cell_anchors(self.sizes, self.aspect_ratios, dtype=dtype, device=device)
         return grid_anchors(list(feature_sizes), strides, cells)

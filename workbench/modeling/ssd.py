@@ -41,6 +41,7 @@ from torchvision.models import vgg as vgg_module
 
 from workbench.errors import ConfigError
 from workbench.losses import smooth_l1
+from workbench.modeling.anchor_generator import Anchors
 from workbench.modeling.assignment import HardNegativeSampler, SSDMatcher
 from workbench.modeling.backbones import _vgg16_features, build_backbone
 from workbench.modeling.dense import DenseDetector, SoftmaxLoss, SoftmaxPostprocess
@@ -242,7 +243,7 @@ def freeze_vgg_blocks(features: nn.Sequential, trainable_layers: int) -> None:
             parameter.requires_grad_(False)
 
 
-class DefaultBoxes(nn.Module):
+class DefaultBoxes(Anchors):
     """SSD default boxes (see the module docstring); holds no tensors.
 
     Called like :class:`~workbench.modeling.AnchorGenerator`: ``(padded_size, feature_sizes,
@@ -279,15 +280,8 @@ class DefaultBoxes(nn.Module):
             sizes += [(s_k * root, s_k / root), (s_k / root, s_k * root)]
         return sizes
 
-    def forward(
-        self,
-        padded_size: tuple[int, int],
-        feature_sizes: Sequence[tuple[int, int]],
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-    ) -> list[Tensor]:
-        if len(feature_sizes) != len(self.aspect_ratios):
-            raise ValueError(f"{len(self.aspect_ratios)} levels of default boxes, got {len(feature_sizes)} feature maps")
+    def anchors(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
+                device: torch.device | str) -> list[Tensor]:
         height, width = int(padded_size[0]), int(padded_size[1])
         image_wh = torch.tensor([width, height], device=device)
         out = []
@@ -309,7 +303,7 @@ class DefaultBoxes(nn.Module):
         return out
 
 
-class OneSizeAnchors(nn.Module):
+class OneSizeAnchors(Anchors):
     """RefineDet's anchors (Zhang et al., CVPR 2018, section 2.2 "Anchors Design and Matching"):
     one size per level and the same ratios (w / h) at every location, centred at ``((x + 0.5)
     * stride, (y + 0.5) * stride)``; a box of size ``s`` and ratio ``r`` is ``s sqrt(r)`` wide
@@ -328,10 +322,8 @@ class OneSizeAnchors(nn.Module):
     def num_anchors_per_location(self) -> list[int]:
         return [len(self.ratios)] * len(self.sizes)
 
-    def forward(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]],
-                dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> list[Tensor]:
-        if len(feature_sizes) != len(self.sizes):
-            raise ValueError(f"{len(self.sizes)} anchor levels, got {len(feature_sizes)} feature maps")
+    def anchors(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
+                device: torch.device | str) -> list[Tensor]:
         out = []
         for level, (f_h, f_w) in enumerate(feature_sizes):
             if self.strides is not None:

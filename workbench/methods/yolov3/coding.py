@@ -18,7 +18,9 @@ import math
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from workbench.modeling.anchor_generator import Anchors
 
 #: The nine anchor shapes of YOLOv3 (``yolov3.cfg``), ``(w, h)`` pixels, smallest first.
 YOLOV3_ANCHORS: tuple[tuple[float, float], ...] = (
@@ -39,10 +41,9 @@ def shapes_per_level(shapes: Sequence[Sequence[float]], num_levels: int = 3) -> 
     return tuple(tuple(pairs[l * per:(l + 1) * per]) for l in range(num_levels))
 
 
-class YOLOAnchors(nn.Module):
-    """Anchor generator (the dense assembly's contract): ``(padded_size, feature_sizes, dtype=,
-    device=) -> [per level (H_l W_l A_l, 4)]`` xyxy, centred on the cells (stride ``padded //
-    H_l``)."""
+class YOLOAnchors(Anchors):
+    """Anchor generator (:class:`~workbench.modeling.anchor_generator.Anchors`): per level the
+    level's anchor shapes centred on the cells (stride ``padded // H_l``)."""
 
     def __init__(self, shapes: Sequence[Sequence[Sequence[float]]]) -> None:
         super().__init__()
@@ -51,7 +52,8 @@ class YOLOAnchors(nn.Module):
     def num_anchors_per_location(self) -> list[int]:
         return [len(level) for level in self.shapes]
 
-    def forward(self, padded_size, feature_sizes, dtype=torch.float32, device=None) -> list[Tensor]:
+    def anchors(self, padded_size: tuple[int, int], feature_sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
+                device: torch.device | str) -> list[Tensor]:
         out = []
         for (fh, fw), level in zip(feature_sizes, self.shapes):
             sy, sx = padded_size[0] // fh, padded_size[1] // fw
