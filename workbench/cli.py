@@ -181,6 +181,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         records = "; ".join(f"{record} ({', '.join(f'{kind} {field}' for kind, field in views)})"
                             for record, views in info["records"].items())
         print(f"  records:  {records}")
+        print(f"  figures:  {'; '.join(info['figures']) or '-'}")
     return 0
 
 

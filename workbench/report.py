@@ -5,17 +5,19 @@ A report takes any set of runs, e.g. several seeds of several methods. Runs of t
 and preset form a group (:mod:`workbench.evaluation.grouping`).
 
 Sections, in order: final metrics of every run; training loss and AP of every run; per group of
-runs (method and preset), the metrics as mean ± spread over its seeds, AP against the IoU
-threshold, the training curves averaged over seeds and AP per class (mean ± spread); per run (by
+runs (method and preset), the metrics as mean ± spread over its seeds, the inference speed per
+image, AP against the IoU threshold, the training curves averaged over seeds and AP per class
+(mean ± spread); per run (by
 default only the first run of each group, ``all_runs=True`` for every run), its training curves
 and per-class precision-recall curves; for those runs with proposals, proposal recall
 AR@100/300/1000 and the offsets of their highest- and lowest-objectness proposals to the ground
 truth (the figure of the KL-RPN paper, Fig. 3); per run, its proposal score histogram, one image
-with detections and suppressed boxes, the NMS slider of that image and one figure per map its
-method declares.
+with detections and suppressed boxes, the NMS slider of that image, one figure per map its
+method declares and the figures its method declares of a run (``Method.run_figures``).
 
-What a run shows comes from its method's declaration (``Method.record_views``, see
-:mod:`workbench.methods`): this module names no method and no method's record.
+What a run shows comes from its method's declaration (``Method.record_views`` and
+``Method.run_figures``, see :mod:`workbench.methods`): this module names no method and no
+method's record.
 
 ```python
 from workbench.report import build_report
@@ -208,14 +210,18 @@ def proposal_sections(runs, *, max_images: int, top_n: int, device: str) -> list
     ]
 
 
+#: The note of a section that reads traces the run has none of.
+NO_TRACES = "no traces; run `workbench predict --trace`"
+
+
 def trace_sections(run, *, score_threshold: float = 0.3, top_k: int = 100) -> list[Section]:
     """From the run's saved traces: proposal score histograms, the first image with detections
     and suppressed boxes, its NMS slider and one figure per declared heatmap (none without
     traces)."""
     from workbench.engine.trainer import load_run_config
-    from workbench.inspection import load_traces, trace_dir
+    from workbench.inspection import load_traces
     from workbench.inspection.maps import cell_size
-    from workbench.pipelines.runs import run_dataset
+    from workbench.pipelines.runs import has_traces, run_dataset
     from workbench.viz.explorer import explorer_images
     from workbench.viz.images import trace_image_figure
     from workbench.viz.maps import map_overlay_figure
@@ -223,8 +229,8 @@ def trace_sections(run, *, score_threshold: float = 0.3, top_k: int = 100) -> li
     from workbench.viz.scores import pooled_scores, score_histogram_figure
 
     split = load_run_config(run.path).data.val_split
-    if not (trace_dir(run.path, split) / "manifest.json").is_file():
-        return [Section(f"{run.name}: inside the detector", note="no traces; run `workbench predict --trace`")]
+    if not has_traces(run.path, split):
+        return [Section(f"{run.name}: inside the detector", note=NO_TRACES)]
     traces = load_traces(run.path, split)
     views = _views(run)
     dataset = run_dataset(run.path, traces.split)
@@ -256,6 +262,27 @@ def trace_sections(run, *, score_threshold: float = 0.3, top_k: int = 100) -> li
     return sections
 
 
+def method_figure_sections(run, *, max_images: int = 50, figure_images: int = 1, device: str = "cpu") -> list[Section]:
+    """The figures the run's method declares (``Method.run_figures``, none for a method the
+    registry does not know), one section each, titled by the run and the figure: per-image
+    figures drawn on the first ``figure_images`` traced images, the others pooled over up to
+    ``max_images``. A figure that reads traces the run has none of gets a note instead (the
+    report does not predict); one that finds nothing to show, a note saying so."""
+    from workbench.methods import METHODS, get_method
+    from workbench.pipelines.runs import has_traces
+
+    declared = get_method(run.method).run_figures if run.method in METHODS else ()
+    sections = []
+    for figure in declared:
+        title = f"{run.name}: {figure.title}"
+        if figure.needs == "traces" and not has_traces(run.path):
+            sections.append(Section(title, note=NO_TRACES))
+            continue
+        built = figure.build(run.path, max_images=figure_images if figure.per_image else max_images, device=device)
+        sections += [Section(title, fig) for fig in built] or [Section(title, note="nothing to show for this run")]
+    return sections
+
+
 def report_sections(
     run_dirs: Sequence[Path | str], names: Sequence[str] | None = None, *, max_images: int = 50,
     recall_top_n: int = 1000, device: str = "cpu", all_runs: bool = False,
@@ -270,7 +297,7 @@ def report_sections(
         sections += run_curve_sections(run)
     sections += proposal_sections(shown, max_images=max_images, top_n=recall_top_n, device=device)
     for run in shown:
-        sections += trace_sections(run)
+        sections += trace_sections(run) + method_figure_sections(run, max_images=max_images, device=device)
     return sections
 
 

@@ -38,3 +38,4 @@ def test_cli_lists_every_method(capsys):
         assert f"presets:  {', '.join(method.presets)}" in out
     assert "baseline: faster_rcnn" in out and "baseline: - (a baseline)" in out
     assert "records:  detections (boxes predictions" in out
+    assert f"figures:  {get_method('refinedet').run_figures[0].title}; " in out and "figures:  -" in out

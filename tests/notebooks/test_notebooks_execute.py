@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torchvision
-from notebook_runs import errors, execute, figures, layers, title, widget_views
+from notebook_runs import errors, execute, figures, layers, outputs, title, widget_views
 
 from workbench.inspection import load_traces
 from workbench.methods import get_method
+from workbench.pipelines.runs import ensure_traces
 from workbench.viz.nms import nms_input
 
 pytestmark = pytest.mark.slow
@@ -91,6 +92,7 @@ def test_nms_decisions_slider_steps_match_torchvision(trained, tmp_path):
 
 def test_compare_runs_tables_curves_recall_and_fig3(trained, baseline_run, tmp_path):
     run_dir, _ = trained
+    ensure_traces(run_dir, device="cpu")  # the method's declared figures read them
     nb = execute("compare_runs", tmp_path, run_dirs=[str(baseline_run), str(run_dir)], names=["baseline", "kl-rpn"],
                  max_images=4, device="cpu")
     assert not errors(nb)
@@ -117,6 +119,11 @@ def test_compare_runs_tables_curves_recall_and_fig3(trained, baseline_run, tmp_p
     assert {t["meta"]["run"] for t in curves["data"]} == {"baseline", "kl-rpn"}
     fig3 = next(f for f in shown if "objectness" in title(f))
     assert sum(t["type"] == "histogram" for t in fig3["data"]) == 2 * 4 * 2
+    # the figures the method of each run declares, after the generic ones: one image each
+    (declared,) = get_method("kl_rpn").run_figures
+    printed = "".join(o.get("text", "") for o in outputs(nb) if o.get("output_type") == "stream")
+    assert f"kl-rpn: {declared.title}" in printed and "baseline:" not in printed
+    assert shown[-1] is next(f for f in shown if title(f).startswith("offset sigma at the anchor centres"))
 
 
 def test_kl_rpn_notebook_shows_sigma_maps_proposals_and_fig3(trained, tmp_path):

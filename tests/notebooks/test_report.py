@@ -10,6 +10,7 @@ from plotly.offline import get_plotlyjs_version
 from workbench.cli import main
 from workbench.methods import get_method
 from workbench.pipelines.runs import ensure_traces
+from workbench.report import SPEED_TITLE
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,7 @@ def test_report_holds_metrics_figures_and_plotlyjs(trained, baseline_run, tmp_pa
         "Final COCO metrics (validation)",
         "Training loss and AP per epoch",
         "Metrics by method and preset: mean ± sample standard deviation over seeds (validation)",
+        SPEED_TITLE,
         "AP against IoU threshold by method and preset (mean, bars: spread over seeds)",
         "Training loss and AP by method and preset, mean over seeds",
         "AP per class by method and preset: mean ± sample standard deviation over seeds (validation)",
@@ -45,11 +47,15 @@ def test_report_holds_metrics_figures_and_plotlyjs(trained, baseline_run, tmp_pa
     kl_trace_sections = headings[len(expected):]
     # one section per heatmap the method declares as shown, titled by what it shows
     maps = [v for v in get_method("kl_rpn").record_views if v.kind == "heatmap" and v.shown]
+    # then the figures the method declares of a run (one image each here)
+    declared = get_method("kl_rpn").run_figures
+    assert declared
     assert [h.rsplit(", ", 1)[0] for h in kl_trace_sections] == [
         "kl: scores of the proposals before and after NMS (4 images)",
         "kl: detections (score &gt;= 0.3) and suppressed boxes",
         "kl: final NMS at other IoU thresholds (top 100 candidates)",
         *[f"kl: {v.title}" for v in maps],
+        *[f"kl: {f.title}" for f in declared],
     ]
     assert "no traces; run `workbench predict --trace`" in page
-    assert page.count('class="plotly-graph-div"') == 14 + len(maps)
+    assert page.count('class="plotly-graph-div"') == 15 + len(maps) + len(declared)  # 15: with the speed table

@@ -14,7 +14,10 @@ A :class:`Method` declares everything generic code needs to know about it, so th
 - its trace records and how each is shown (:class:`RecordView`): a box record as a FiftyOne
   ``Detections`` field and a figure layer, the suppressed boxes of an NMS record, a map record
   as a heatmap, a per-box field as an attribute of the boxes it belongs to. Record names are
-  the constants of :mod:`workbench.records`.
+  the constants of :mod:`workbench.records`;
+- the figures of its own that apply to a run of it (:class:`RunFigure`: KL-RPN's sigma maps,
+  RefineDet's anchors before and after refinement...), which the report and the comparison
+  notebook show per run after the generic ones.
 """
 
 from __future__ import annotations
@@ -131,6 +134,37 @@ TWO_STAGE_VIEWS: tuple[RecordView, ...] = (DETECTIONS_VIEW, PROPOSALS_VIEW, SUPP
 SINGLE_STAGE_VIEWS: tuple[RecordView, ...] = (DETECTIONS_VIEW, SUPPRESSED_VIEW)
 
 
+#: What a :class:`RunFigure` reads of a run (see there).
+FIGURE_NEEDS = ("traces", "checkpoint", "config")
+
+
+@dataclass(frozen=True)
+class RunFigure:
+    """A figure a method declares for its runs, built by generic code without naming the method.
+
+    - ``title``: what it shows, in words (a heading of the report);
+    - ``build``: ``build(run_dir, *, max_images, device) -> list[go.Figure]``, from the run's
+      folder, drawing on at most ``max_images`` images; it calls the pure builders of
+      :mod:`workbench.viz` and gives no figure when the run lacks what it shows (e.g. a map
+      record its traces do not hold);
+    - ``needs``: what it reads: ``"traces"`` (the saved traces of the validation split: the
+      report says how to write them where there are none, it does not predict), ``"checkpoint"``
+      (it runs the model on ``device``) or ``"config"`` (the run's config alone);
+    - ``per_image``: one figure per image (drawn on few images) rather than one pooled over up
+      to ``max_images`` images.
+    """
+
+    title: str
+    build: Callable[..., Sequence[Any]]
+    needs: str = "traces"
+    per_image: bool = False
+
+    def __post_init__(self) -> None:
+        if self.needs not in FIGURE_NEEDS:
+            raise ValueError(f"unknown need {self.needs!r} of the figure {self.title!r}; "
+                             f"known: {', '.join(FIGURE_NEEDS)}")
+
+
 @dataclass(frozen=True)
 class Method:
     """A method's declaration (see the module docstring). The fields after ``presets`` are
@@ -152,6 +186,8 @@ class Method:
     paper: str | None = None
     #: The registered method it is compared against (``None``: the method is a baseline).
     baseline: str | None = None
+    #: The method's own figures of a run (:class:`RunFigure`), shown after the generic ones.
+    run_figures: tuple[RunFigure, ...] = ()
 
     def __post_init__(self) -> None:
         seen: set[tuple[str, str]] = set()
@@ -192,16 +228,19 @@ class Method:
         wrap_model: Callable[[str, Any], Any],
         presets: Sequence[str],
         paper: str | None = None,
+        run_figures: Sequence[RunFigure] = (),
     ) -> Method:
         """The method ``name`` that adds parts to this one (its baseline) and changes nothing
         else, as Cascade R-CNN, Libra R-CNN and Libra RetinaNet do: each of this method's
         ``presets`` with the method renamed and the model config ``wrap_model(preset name,
         baseline model config)``; data, schedule, optimiser, transforms and record views stay
-        this method's, so a comparison with the baseline differs only in the model."""
+        this method's, so a comparison with the baseline differs only in the model. Its figures
+        are this method's and ``run_figures``, those of the parts it adds."""
         derived = {preset: functools.partial(_extended_preset, self.presets[preset], name, preset, wrap_model)
                    for preset in presets}
         return dataclasses.replace(self, name=name, description=description, model_config_type=model_config_type,
-                                   build_model=build_model, presets=derived, paper=paper, baseline=self.name)
+                                   build_model=build_model, presets=derived, paper=paper, baseline=self.name,
+                                   run_figures=(*self.run_figures, *run_figures))
 
 
 def _extended_preset(baseline_preset: Callable[[], TrainConfig], method: str, preset: str,
@@ -226,14 +265,16 @@ def record_views(name: str | None) -> tuple[RecordView, ...]:
 
 
 def describe_method(name: str) -> dict[str, Any]:
-    """What ``workbench methods`` lists of method ``name``: description, paper, baseline, presets
-    and the trace records with how each is shown (``record -> [(kind, field), ...]``)."""
+    """What ``workbench methods`` lists of method ``name``: description, paper, baseline, presets,
+    the trace records with how each is shown (``record -> [(kind, field), ...]``) and the titles
+    of its own figures of a run."""
     method = get_method(name)
     records: dict[str, list[tuple[str, str]]] = {}
     for view in method.record_views:
         records.setdefault(view.record, []).append((view.kind, view.field))
     return {"name": name, "description": method.description, "paper": method.paper,
-            "baseline": method.baseline, "presets": list(method.presets), "records": records}
+            "baseline": method.baseline, "presets": list(method.presets), "records": records,
+            "figures": [figure.title for figure in method.run_figures]}
 
 
 def build_preset(method: str, preset: str) -> TrainConfig:
@@ -245,10 +286,12 @@ def build_preset(method: str, preset: str) -> TrainConfig:
 
 __all__ = [
     "DETECTIONS_VIEW",
+    "FIGURE_NEEDS",
     "METHODS",
     "Method",
     "PROPOSALS_VIEW",
     "RecordView",
+    "RunFigure",
     "SINGLE_STAGE_VIEWS",
     "SUPPRESSED_VIEW",
     "TWO_STAGE_VIEWS",

@@ -6,7 +6,8 @@
   keeping the ``COCOeval`` (for precision-recall curves and AP per IoU);
 - :func:`ensure_traces`: the run's saved traces of a split, predicting with traces first when
   there are none;
-- :func:`select_traces`, :func:`run_dataset`, :func:`load_run`: what the figures need;
+- :func:`select_traces`, :func:`traced_images`, :func:`run_dataset`, :func:`load_run`: what the
+  figures need;
 """
 
 from __future__ import annotations
@@ -101,13 +102,36 @@ def ensure_traces(run_dir: Path | str, split: str | None = None, *, device: str 
     run predicts with traces first (``workbench predict --run RUN --trace``)."""
     from workbench.engine.predict import predict_run
     from workbench.engine.trainer import load_run_config
-    from workbench.inspection import load_traces, trace_dir
+    from workbench.inspection import load_traces
 
     split = split or load_run_config(run_dir).data.val_split
-    if not (trace_dir(run_dir, split) / "manifest.json").is_file():
+    if not has_traces(run_dir, split):
         log.info("%s: no traces of %s yet, predicting with traces", run_dir, split)
         predict_run(Path(run_dir), which=which, split=split, device=device, progress="lines", trace=True)
     return load_traces(run_dir, split)
+
+
+def has_traces(run_dir: Path | str, split: str | None = None) -> bool:
+    """Whether the run has saved traces of ``split`` (default its val split)."""
+    from workbench.engine.trainer import load_run_config
+    from workbench.inspection import trace_dir
+
+    split = split or load_run_config(run_dir).data.val_split
+    return (trace_dir(run_dir, split) / "manifest.json").is_file()
+
+
+def traced_images(run_dir: Path | str, num_images: int | None, split: str | None = None):
+    """``(dataset, images)``: the run's dataset and its first ``num_images`` saved traces of
+    ``split`` (default its val split) paired with their pixels and ground truth
+    (:class:`workbench.viz.explorer.ExplorerImage`), for the figures a method declares. The
+    traces must exist (:func:`has_traces`; :func:`ensure_traces` writes them)."""
+    from workbench.engine.trainer import load_run_config
+    from workbench.inspection import load_traces
+    from workbench.viz.explorer import explorer_images
+
+    traces = load_traces(run_dir, split or load_run_config(run_dir).data.val_split)
+    dataset = run_dataset(run_dir, traces.split)
+    return dataset, explorer_images(select_traces(traces, None, num_images), dataset)
 
 
 def select_traces(traces, image_ids: Sequence[int] | None = None, num_images: int | None = None) -> list:

@@ -23,6 +23,7 @@ from workbench import records as R
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import TWO_STAGE_VIEWS, Method, RecordView
 from workbench.methods import faster_rcnn as baseline
+from workbench.methods.iou_uniform.figures import RUN_FIGURES
 from workbench.methods.iou_uniform.model import IOU_PRED, IOU_PRED_FIRST, IoUUniformConfig, build_model
 from workbench.modeling import FasterRCNNConfig
 
@@ -115,6 +116,7 @@ METHOD = Method(
     build_model=build_model,
     presets={"tiny": tiny, "tiny_scaled": tiny_scaled, "r50_fpn_voc": r50_fpn_voc, "r101_fpn_voc": r101_fpn_voc, "r50_fpn_1x": r50_fpn_1x},
     record_views=(*TWO_STAGE_VIEWS, *RECORD_VIEWS),
+    run_figures=RUN_FIGURES,
 )
 
 __all__ = ["GRAD_CLIP", "METHOD", "IoUUniformConfig", "r101_fpn_voc", "r50_fpn_1x", "r50_fpn_voc", "tiny",

@@ -42,6 +42,7 @@ from workbench.methods import TWO_STAGE_VIEWS, Method
 from workbench.methods import faster_rcnn as baseline
 from workbench.methods.cascade_rcnn import CascadeRCNNConfig, stage_loss_name
 from workbench.methods.iou_uniform import RECORD_VIEWS
+from workbench.methods.iou_uniform.figures import RUN_FIGURES
 from workbench.methods.iou_uniform.model import (
     IOU_LOSS_STAGE,
     IOU_PRED,
@@ -239,6 +240,7 @@ METHOD = Method(
     build_model=build_model,
     presets={"tiny": tiny, "r50_fpn_1x": r50_fpn_1x},
     record_views=(*TWO_STAGE_VIEWS, *RECORD_VIEWS),
+    run_figures=RUN_FIGURES,
 )
 
 __all__ = ["METHOD", "CascadeIoUUniformConfig", "SplitHead", "SplitPredictor", "build_cascade_iou_uniform",

@@ -18,6 +18,7 @@ import dataclasses
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import TWO_STAGE_VIEWS, Method
 from workbench.methods import faster_rcnn as baseline
+from workbench.methods.kl_rpn.figures import RUN_FIGURES
 from workbench.methods.kl_rpn.model import KLRPNConfig, build_model
 from workbench.methods.kl_rpn.uncertainty import RECORD_VIEWS
 from workbench.modeling import FasterRCNNConfig
@@ -117,6 +118,7 @@ METHOD = Method(
     build_model=build_model,
     presets={"tiny": tiny, "vgg16_coco": vgg16_coco, "r50_fpn_1x": r50_fpn_1x},
     record_views=(*TWO_STAGE_VIEWS, *RECORD_VIEWS),
+    run_figures=RUN_FIGURES,
 )
 
 __all__ = ["METHOD", "KLRPNConfig", "kl_model", "r50_fpn_1x", "tiny", "vgg16_coco", "vgg16_coco_base"]

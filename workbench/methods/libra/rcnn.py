@@ -16,6 +16,7 @@ Presets (each the baseline's preset of the same name with the three components a
 from __future__ import annotations
 
 from workbench.methods import faster_rcnn as baseline
+from workbench.methods.libra.figures import BALANCED_L1_FIGURE, NEGATIVE_IOU_FIGURE
 from workbench.methods.libra.model import PAPER, LibraRCNNConfig, build_rcnn_model
 from workbench.modeling import FasterRCNNConfig
 
@@ -34,6 +35,7 @@ def libra_rcnn_model(preset: str, base: FasterRCNNConfig) -> LibraRCNNConfig:
 METHOD = baseline.METHOD.extended(
     "libra_rcnn", "Libra R-CNN: Faster R-CNN with IoU-balanced sampling, a balanced feature pyramid and balanced L1",
     LibraRCNNConfig, build_rcnn_model, libra_rcnn_model, presets=("tiny", "r50_fpn_1x"), paper=PAPER,
+    run_figures=(NEGATIVE_IOU_FIGURE, BALANCED_L1_FIGURE),
 )
 
 __all__ = ["METHOD", "TINY_REFINE_LEVEL", "libra_rcnn_model"]

@@ -14,6 +14,7 @@ Presets (each the RetinaNet baseline's preset of the same name with the two comp
 from __future__ import annotations
 
 from workbench.methods import retinanet as baseline
+from workbench.methods.libra.figures import BALANCED_L1_FIGURE
 from workbench.methods.libra.model import PAPER, LibraRetinaNetConfig, build_retinanet_model
 from workbench.modeling import RetinaNetConfig
 
@@ -27,6 +28,7 @@ def libra_retinanet_model(preset: str, base: RetinaNetConfig) -> LibraRetinaNetC
 METHOD = baseline.METHOD.extended(
     "libra_retinanet", "Libra RetinaNet: RetinaNet with a balanced feature pyramid and balanced L1",
     LibraRetinaNetConfig, build_retinanet_model, libra_retinanet_model, presets=("tiny", "r50_fpn_1x"), paper=PAPER,
+    run_figures=(BALANCED_L1_FIGURE,),
 )
 
 __all__ = ["METHOD", "libra_retinanet_model"]

@@ -49,6 +49,7 @@ from workbench import records as R
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method, RecordView
 from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature
+from workbench.methods.refinedet.figures import RUN_FIGURES
 from workbench.methods.refinedet.model import RefineDet, RefineDetConfig, build_refinedet
 from workbench.methods.ssd import _voc_data, _voc_schedule, train_transforms
 from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD
@@ -178,6 +179,7 @@ METHOD = Method(
     },
     train_transforms=train_transforms,
     record_views=(*SINGLE_STAGE_VIEWS, *RECORD_VIEWS),
+    run_figures=RUN_FIGURES,
 )
 
 __all__ = ["METHOD", "RECORD_VIEWS", "RefineDetConfig", "build_model", "tiny", "tiny_model"]

@@ -44,6 +44,7 @@ from workbench import records as R
 from workbench.config import TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method, RecordView
 from workbench.methods import yolov3 as base
+from workbench.methods.uncertainty.figures import RUN_FIGURES
 from workbench.methods.uncertainty.model import UncertaintyRescalingConfig, build_model
 
 NAME = "uncertainty_rescaling"
@@ -123,6 +124,7 @@ METHOD = Method(
     presets=PRESETS,
     train_transforms=base.train_transforms,
     record_views=(*SINGLE_STAGE_VIEWS, *RECORD_VIEWS),
+    run_figures=RUN_FIGURES,
 )
 
 __all__ = ["BALD_MAP_VIEW", "METHOD", "NAME", "PAPER_MAP", "PRESETS", "RECORD_VIEWS", "ROWS",
