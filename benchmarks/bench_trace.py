@@ -75,7 +75,7 @@ def traced(model, batches, writer: TraceWriter | None = None) -> None:
         recorder = TraceRecorder()
         out = model(images, recorder=recorder)
         for i, det in enumerate(out.detections):
-            records = complete_records(recorder.images[i], det, out.raw, i)
+            records = complete_records(recorder.images[i], det)
             if writer is not None:
                 h, w = images[i].shape[-2:]
                 writer.add(ImageTrace(i, f"{i}.png", (int(h), int(w)), records))
