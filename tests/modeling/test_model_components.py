@@ -31,6 +31,7 @@ from workbench.modeling import (
     select_detections,
 )
 from workbench.modeling.backbones import MAX_TRAINABLE_LAYERS
+from workbench.modeling.faster_rcnn import proposal_settings
 from workbench.ops import BoxCoder
 
 from detector_support import one_thread, small_faster_rcnn  # noqa: F401 (one_thread: autouse)
@@ -142,6 +143,16 @@ def test_vgg16_and_mobilenet_detectors_run():
     out.total_loss().backward()
     with pytest.raises(ConfigError, match="anchor_sizes"):
         build_faster_rcnn(_small(backbone="vgg16"))
+
+
+def test_proposal_settings_are_the_rpn_fields_of_the_config():
+    cfg = FasterRCNNConfig(rpn_pre_nms_top_n_train=7, rpn_pre_nms_top_n_test=6, rpn_post_nms_top_n_train=5,
+                           rpn_post_nms_top_n_test=4, rpn_nms_thresh=0.6, rpn_min_size=2.0, rpn_score_thresh=None)
+    assert proposal_settings(cfg) == ProposalSettings(
+        pre_nms_top_n_train=7, pre_nms_top_n_test=6, post_nms_top_n_train=5, post_nms_top_n_test=4,
+        nms_thresh=0.6, min_size=2.0, score_thresh=None,
+    )
+    assert build_faster_rcnn(small_faster_rcnn(rpn_nms_thresh=0.6)).rpn.settings.nms_thresh == 0.6
 
 
 def test_assignment_labels_ignore_and_empty():

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -174,6 +174,12 @@ BoxStagesFactory = Callable[[int, Sequence[str]], Sequence[BoxStage]]
 NeckFactory = Callable[[FeatureExtractor], nn.Module]
 
 
+def proposal_settings(cfg: FasterRCNNConfig) -> ProposalSettings:
+    """The RPN's proposal selection in ``cfg``: every :class:`ProposalSettings` field ``name`` is
+    the config's ``rpn_<name>`` (torchvision's ``rpn_*`` argument names, which the config keeps)."""
+    return ProposalSettings(**{f.name: getattr(cfg, f"rpn_{f.name}") for f in fields(ProposalSettings)})
+
+
 def build_rpn(
     cfg: FasterRCNNConfig,
     in_channels: int,
@@ -200,15 +206,7 @@ def build_rpn(
         sampler=RandomSampler(cfg.rpn_batch_size_per_image, cfg.rpn_positive_fraction),
         scoring=scoring if scoring is not None else SigmoidObjectness(),
         loss=loss if loss is not None else RPNLoss(functools.partial(smooth_l1, beta=cfg.rpn_smooth_l1_beta)),
-        settings=ProposalSettings(
-            pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-            pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-            post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-            post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-            nms_thresh=cfg.rpn_nms_thresh,
-            min_size=cfg.rpn_min_size,
-            score_thresh=cfg.rpn_score_thresh,
-        ),
+        settings=proposal_settings(cfg),
         proposal_fields=proposal_fields,
         loss_weight=cfg.rpn_loss_weight if loss_weight is None else loss_weight,
     )
