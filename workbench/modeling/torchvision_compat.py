@@ -32,6 +32,29 @@ _KEY_PREFIXES = (
 )
 
 
+def _normalization_fields(transform: nn.Module) -> dict[str, tuple[float, ...]]:
+    """``image_mean`` and ``image_std`` of a torchvision detection transform."""
+    return dict(image_mean=tuple(float(m) for m in transform.image_mean),
+                image_std=tuple(float(s) for s in transform.image_std))
+
+
+def _transform_fields(transform: nn.Module) -> dict[str, Any]:
+    """The config fields of a torchvision ``GeneralizedRCNNTransform`` (Faster R-CNN's and
+    RetinaNet's): the resize sizes, the normalisation and the padding multiple."""
+    min_size = tuple(int(s) for s in transform.min_size)
+    return dict(min_size=min_size[0] if len(min_size) == 1 else min_size, max_size=int(transform.max_size),
+                **_normalization_fields(transform), size_divisible=int(transform.size_divisible))
+
+
+def _same_aspect_ratios(generator: nn.Module) -> tuple[float, ...]:
+    """The aspect ratios of a torchvision ``AnchorGenerator``; the workbench's take the same
+    ratios on every level, so a generator with different ones is refused."""
+    ratios = {tuple(float(r) for r in level) for level in generator.aspect_ratios}
+    if len(ratios) != 1:
+        raise ConfigError("the workbench uses the same anchor aspect ratios on every level")
+    return next(iter(ratios))
+
+
 def _resnet_name(body: nn.Module) -> str:
     blocks = tuple(len(getattr(body, f"layer{i}")) for i in range(1, 5))
     bottleneck = hasattr(body.layer1[0], "conv3")
@@ -54,25 +77,17 @@ def _trainable_layers(body: nn.Module) -> int:
 
 def config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> FasterRCNNConfig:
     """A :class:`FasterRCNNConfig` with every setting of a torchvision ``FasterRCNN``."""
-    rpn, roi, transform = tv_model.rpn, tv_model.roi_heads, tv_model.transform
+    rpn, roi = tv_model.rpn, tv_model.roi_heads
     body = tv_model.backbone.body
-    ratios = {tuple(float(r) for r in level) for level in rpn.anchor_generator.aspect_ratios}
-    if len(ratios) != 1:
-        raise ConfigError("the workbench uses the same anchor aspect ratios on every level")
-    min_size = tuple(int(s) for s in transform.min_size)
     pool = roi.box_roi_pool
     values = dict(
         backbone=_resnet_name(body),
         trainable_backbone_layers=_trainable_layers(body),
         fpn_channels=int(tv_model.backbone.out_channels),
         num_classes=int(roi.box_predictor.cls_score.out_features) - 1,
-        min_size=min_size[0] if len(min_size) == 1 else min_size,
-        max_size=int(transform.max_size),
-        image_mean=tuple(float(m) for m in transform.image_mean),
-        image_std=tuple(float(s) for s in transform.image_std),
-        size_divisible=int(transform.size_divisible),
+        **_transform_fields(tv_model.transform),
         anchor_sizes=tuple(tuple(float(s) for s in level) for level in rpn.anchor_generator.sizes),
-        anchor_aspect_ratios=next(iter(ratios)),
+        anchor_aspect_ratios=_same_aspect_ratios(rpn.anchor_generator),
         rpn_box_weights=tuple(float(w) for w in rpn.box_coder.weights),
         rpn_fg_iou_thresh=float(rpn.proposal_matcher.high_threshold),
         rpn_bg_iou_thresh=float(rpn.proposal_matcher.low_threshold),

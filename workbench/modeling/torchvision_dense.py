@@ -30,7 +30,13 @@ from workbench.errors import ConfigError
 from workbench.modeling.dense import DenseDetector
 from workbench.modeling.retinanet import RetinaNetConfig, build_retinanet
 from workbench.modeling.ssd import SSDConfig, build_ssd
-from workbench.modeling.torchvision_compat import _resnet_name, _trainable_layers
+from workbench.modeling.torchvision_compat import (
+    _normalization_fields,
+    _resnet_name,
+    _same_aspect_ratios,
+    _trainable_layers,
+    _transform_fields,
+)
 
 # torchvision RetinaNet key pattern -> workbench key template, first match wins.
 _RETINANET_KEYS = (
@@ -86,9 +92,7 @@ def retinanet_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> 
         raise ConfigError("the workbench RetinaNet computes P6 / P7 from P5 (torchvision's LastLevelP6P7(256, 256))")
     returned = tuple(int(name[len("layer"):]) for name in body.return_layers)
     generator = tv_model.anchor_generator
-    ratios = {tuple(float(r) for r in level) for level in generator.aspect_ratios}
-    if len(ratios) != 1:
-        raise ConfigError("the workbench uses the same anchor aspect ratios on every level")
+    aspect_ratios = _same_aspect_ratios(generator)
     head = tv_model.head
     cls_head, reg_head = head.classification_head, head.regression_head
     for conv in list(cls_head.conv) + list(reg_head.conv):
@@ -96,8 +100,6 @@ def retinanet_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> 
             raise ConfigError("the workbench RetinaNet head has no normalisation layers (torchvision's v2 head has)")
     if getattr(reg_head, "_loss_type", "l1") != "l1":
         raise ConfigError(f"unsupported RetinaNet box loss {reg_head._loss_type!r}")
-    transform = tv_model.transform
-    min_size = tuple(int(s) for s in transform.min_size)
     matcher = tv_model.proposal_matcher
     values = dict(
         backbone=_resnet_name(body),
@@ -106,13 +108,9 @@ def retinanet_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> 
         fpn_channels=int(tv_model.backbone.out_channels),
         num_classes=int(cls_head.num_classes) - 1,
         background_column=True,
-        min_size=min_size[0] if len(min_size) == 1 else min_size,
-        max_size=int(transform.max_size),
-        image_mean=tuple(float(m) for m in transform.image_mean),
-        image_std=tuple(float(s) for s in transform.image_std),
-        size_divisible=int(transform.size_divisible),
+        **_transform_fields(tv_model.transform),
         anchor_sizes=tuple(tuple(float(s) for s in level) for level in generator.sizes),
-        anchor_aspect_ratios=next(iter(ratios)),
+        anchor_aspect_ratios=aspect_ratios,
         head_num_convs=len(cls_head.conv),
         fg_iou_thresh=float(matcher.high_threshold),
         bg_iou_thresh=float(matcher.low_threshold),
@@ -203,8 +201,7 @@ def ssd_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> SSDCon
         extra_layers=_ssd_extra_layers(backbone.extra),
         num_classes=num_classes - 1,
         size=int(fixed[0]),
-        image_mean=tuple(float(m) for m in transform.image_mean),
-        image_std=tuple(float(s) for s in transform.image_std),
+        **_normalization_fields(transform),
         anchor_aspect_ratios=tuple(tuple(float(r) for r in level) for level in generator.aspect_ratios),
         anchor_scales=tuple(float(s) for s in generator.scales),
         anchor_steps=None if generator.steps is None else tuple(int(s) for s in generator.steps),
