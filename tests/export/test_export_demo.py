@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from detector_support import SMALL_REFINEDET_96, SMALL_YOLOV3_96
 
 from workbench.demo import DEMO_PIPELINE
 from workbench.pipelines import load_pipeline, run_pipeline
@@ -31,19 +32,15 @@ from notebook_runs import figures, layers, title  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-#: The demo's runs shown here, with each model shrunk for 96-pixel images and a two-step epoch
-#: (the export tests' sizes; every anchor of an untrained YOLOv3 kept, so there are detections).
-#: Lists, not tuples: papermill passes a tuple to the notebook as its string.
-SHRUNK = {
-    "refinedet": {
-        "backbone_weights": None, "backbone_norm": "bn", "fpn_channels": 32, "tcb_channels": 16, "size": 96,
-        "topk_candidates": 100, "detections_per_img": 30, "trace_top_anchors": 40,
-    },
-    "uncertainty_rescaling": {
-        "backbone_weights": None, "backbone_norm": "bn", "neck_channels": [16, 32, 64], "size": 96,
-        "topk_candidates": 100, "detections_per_img": 30, "score_thresh": 0.0,
-    },
-}
+#: The demo's runs shown here, each model shrunk for 96-pixel images and a two-step epoch (an
+#: untrained YOLOv3 keeps every anchor, so its run has detections).
+SHRUNK = {"refinedet": SMALL_REFINEDET_96, "uncertainty_rescaling": SMALL_YOLOV3_96}
+
+
+def as_notebook_parameter(overrides: dict) -> dict:
+    """``overrides`` with tuples as lists: papermill writes a tuple into the notebook as its
+    string (the train notebook turns lists back into tuples)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}
 
 
 def shown_here(step: Step) -> bool:
@@ -57,7 +54,7 @@ def shrunk(step: Step, data: Path) -> Step:
         return step
     method = step.parameters["method"]
     parameters = {**step.parameters, "data": str(data), "batch_size": 4, "device": "cpu", "seed": 7,
-                  "model_overrides": SHRUNK[method]}
+                  "model_overrides": as_notebook_parameter(SHRUNK[method])}
     return dataclasses.replace(step, parameters=parameters)
 
 
@@ -100,27 +97,28 @@ def test_the_uncertainty_notebook_shows_the_bald_map(demo_out):
     assert all("maximum over the scales" in [t["name"] for t in f["data"] if t["type"] == "heatmap"] for f in maps)
 
 
-def test_the_refinedet_dataset_holds_the_refined_anchors(demo_out):
+def exported_samples(demo_out: Path, run: str) -> list:
+    """The samples of the dataset the demo's export step wrote for ``run`` (its default name)."""
     import fiftyone as fo
 
     from workbench.export.fiftyone import default_dataset_name
 
-    dataset = fo.load_dataset(default_dataset_name(demo_out / "runs" / "refinedet", "val"))
-    assert len(dataset) == 4
-    for sample in dataset:
+    return list(fo.load_dataset(default_dataset_name(demo_out / "runs" / run, "val")))
+
+
+def test_the_refinedet_dataset_holds_the_refined_anchors(demo_out):
+    samples = exported_samples(demo_out, "refinedet")
+    assert len(samples) == 4
+    for sample in samples:
         assert sample.refined_anchors.detections
         assert sample.filtered_anchors.map_path
         assert all(p["anchor_iou_after"] is not None for p in sample.predictions.detections)
 
 
 def test_the_uncertainty_dataset_holds_the_bald_map(demo_out):
-    import fiftyone as fo
-
-    from workbench.export.fiftyone import default_dataset_name
-
-    dataset = fo.load_dataset(default_dataset_name(demo_out / "runs" / "uncertainty_rescaling", "val"))
-    assert len(dataset) == 4
-    for sample in dataset:
+    samples = exported_samples(demo_out, "uncertainty_rescaling")
+    assert len(samples) == 4
+    for sample in samples:
         assert sample.bald_map.map_path
         assert sample.predictions.detections
         assert all(p["uncertainty"] is not None for p in sample.predictions.detections)
