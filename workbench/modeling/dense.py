@@ -94,7 +94,23 @@ AllAnchors = AllCandidates
 
 
 @dataclass(frozen=True)
-class FocalLoss:
+class _ReducedOverSampled:
+    """What the dense losses share (a :class:`DenseLoss` each): the per-anchor classification
+    loss of the subclass and its ``box_loss`` on the positives' offsets, reduced over the sampled
+    anchors as its ``normalize`` says (:func:`_reduce_dense`), named ``loss_<stage>_cls`` /
+    ``loss_<stage>_box`` and weighted by ``cls_weight`` / ``box_weight``."""
+
+    stage: str = "dense"
+    cls_weight: float = 1.0
+    box_weight: float = 1.0
+
+    def __call__(self, preds: Mapping[str, Tensor], cls_loss: Tensor, targets: DenseTargets) -> dict[str, Tensor]:
+        return _reduce_dense(preds, cls_loss, targets, self.box_loss, self.normalize, self.stage,
+                             self.cls_weight, self.box_weight)
+
+
+@dataclass(frozen=True)
+class FocalLoss(_ReducedOverSampled):
     """RetinaNet's loss: sigmoid focal loss over every class column of the sampled anchors and
     ``box_loss`` (L1 in torchvision's RetinaNet) on the positives' offsets, both normalised by
     the number of positives.
@@ -111,9 +127,6 @@ class FocalLoss:
     box_loss: Callable[[Tensor, Tensor], Tensor] = l1
     first_label: int = 1
     normalize: str = "image"
-    stage: str = "dense"
-    cls_weight: float = 1.0
-    box_weight: float = 1.0
 
     def classification(self, preds: Mapping[str, Tensor], labels: Tensor) -> Tensor:
         logits = preds["cls_logits"]
@@ -122,13 +135,9 @@ class FocalLoss:
         target[image, anchor, labels[image, anchor] - self.first_label] = 1.0
         return sigmoid_focal_loss(logits, target, self.alpha, self.gamma).sum(dim=-1)
 
-    def __call__(self, preds: Mapping[str, Tensor], cls_loss: Tensor, targets: DenseTargets) -> dict[str, Tensor]:
-        return _reduce_dense(preds, cls_loss, targets, self.box_loss, self.normalize, self.stage,
-                             self.cls_weight, self.box_weight)
-
 
 @dataclass(frozen=True)
-class SoftmaxLoss:
+class SoftmaxLoss(_ReducedOverSampled):
     """SSD's loss: softmax cross-entropy (column 0 the background) over the sampled anchors
     (every positive and the mined negatives) and ``box_loss`` (smooth L1, beta 1) on the
     positives' offsets, both divided by the number of positives (``normalize="batch"``, as
@@ -136,18 +145,11 @@ class SoftmaxLoss:
 
     box_loss: Callable[[Tensor, Tensor], Tensor] = functools.partial(smooth_l1, beta=1.0)
     normalize: str = "batch"
-    stage: str = "dense"
-    cls_weight: float = 1.0
-    box_weight: float = 1.0
 
     def classification(self, preds: Mapping[str, Tensor], labels: Tensor) -> Tensor:
         logits = preds["cls_logits"]
         flat = logits.reshape(-1, logits.shape[-1])
         return cross_entropy(flat, labels.clamp(min=0).reshape(-1)).view(labels.shape)
-
-    def __call__(self, preds: Mapping[str, Tensor], cls_loss: Tensor, targets: DenseTargets) -> dict[str, Tensor]:
-        return _reduce_dense(preds, cls_loss, targets, self.box_loss, self.normalize, self.stage,
-                             self.cls_weight, self.box_weight)
 
 
 def _reduce_dense(
