@@ -3,9 +3,9 @@ pipeline runner at a tiny budget: their two trainings side by side (the demo's `
 with the steps' own one-epoch schedule), their notebooks and their FiftyOne exports.
 
 - ``refinedet.ipynb`` shows the anchors before and after refinement, and RefineDet's dataset
-  holds the refined anchors and the filtered-anchor heatmap;
+  holds the refined anchors, the filtered-anchor heatmap and the anchor IoUs of the detections;
 - ``uncertainty.ipynb`` shows the BALD map, and the uncertainty run's dataset holds it as a
-  heatmap on every sample.
+  heatmap on every sample and the uncertainty of every detection.
 
 The training steps keep the demo's parameters except the data (a private 8 + 4 image set of
 96 px), the batch, the device and a shrunk model; the exports run the demo's own commands.
@@ -106,19 +106,20 @@ def exported_samples(demo_out: Path, run: str) -> list:
     return list(fo.load_dataset(default_dataset_name(demo_out / "runs" / run, "val")))
 
 
-def test_the_refinedet_dataset_holds_the_refined_anchors(demo_out):
-    samples = exported_samples(demo_out, "refinedet")
-    assert len(samples) == 4
-    for sample in samples:
-        assert sample.refined_anchors.detections
-        assert sample.filtered_anchors.map_path
-        assert all(p["anchor_iou_after"] is not None for p in sample.predictions.detections)
+#: What each run's dataset shows on every sample: a box field that is never empty, a heatmap
+#: and the attribute every detection carries.
+EXPORTED = {
+    "refinedet": ("refined_anchors", "filtered_anchors", "anchor_iou_after"),
+    "uncertainty_rescaling": ("predictions", "bald_map", "uncertainty"),
+}
 
 
-def test_the_uncertainty_dataset_holds_the_bald_map(demo_out):
-    samples = exported_samples(demo_out, "uncertainty_rescaling")
+@pytest.mark.parametrize("run", list(EXPORTED))
+def test_every_sample_holds_the_runs_boxes_heatmap_and_attribute(demo_out, run):
+    boxes, heatmap, attribute = EXPORTED[run]
+    samples = exported_samples(demo_out, run)
     assert len(samples) == 4
     for sample in samples:
-        assert sample.bald_map.map_path
-        assert sample.predictions.detections
-        assert all(p["uncertainty"] is not None for p in sample.predictions.detections)
+        assert sample[boxes].detections
+        assert sample[heatmap].map_path
+        assert all(p[attribute] is not None for p in sample.predictions.detections)
