@@ -221,10 +221,21 @@ def _finish(
     return Detections(boxes[keep], scores[keep], labels[keep], extras)
 
 
+@dataclass(frozen=True, kw_only=True)
 class _CandidatesThenNMS:
     """What the dense post-processings share: per image, the candidates that their own
     ``_candidates`` yields (boxes (network-input pixels), scores, labels, levels and anchor
-    index), recorded, then class-wise NMS and the ``detections_per_image`` best."""
+    index; at most ``topk_candidates`` scoring above ``score_thresh``, as each rule counts them),
+    recorded, then class-wise NMS at ``nms_thresh`` and the ``detections_per_image`` best;
+    ``with_anchor_index`` adds ``extras["anchor_index"]`` (the anchor each detection came from).
+    The settings are keyword-only and have no default here: each detector's config holds its
+    paper's values."""
+
+    score_thresh: float
+    topk_candidates: int
+    nms_thresh: float
+    detections_per_image: int
+    with_anchor_index: bool = False
 
     def _candidates(
         self, preds: Mapping[str, Tensor], anchors: Tensor, level_counts: Sequence[int],
@@ -259,12 +270,7 @@ class SigmoidPostprocess(_CandidatesThenNMS):
     detection came from)."""
 
     box_coder: BoxCoder
-    score_thresh: float = 0.05
-    topk_candidates: int = 1000
-    nms_thresh: float = 0.5
-    detections_per_image: int = 300
     first_label: int = 1
-    with_anchor_index: bool = False
 
     def _candidates(
         self, preds: Mapping[str, Tensor], anchors: Tensor, level_counts: Sequence[int],
@@ -333,11 +339,6 @@ class SoftmaxPostprocess(_CandidatesThenNMS):
     ``detections_per_image`` best."""
 
     box_coder: BoxCoder
-    score_thresh: float = 0.01
-    topk_candidates: int = 400
-    nms_thresh: float = 0.45
-    detections_per_image: int = 200
-    with_anchor_index: bool = False
     per_class: bool = True
 
     def _candidates(

@@ -161,11 +161,6 @@ class YOLOPostprocess(_CandidatesThenNMS):
     anchors' strides and clipped; then the assembly's class-wise NMS and cut."""
 
     strides: tuple[int, ...]
-    score_thresh: float = 0.005
-    topk_candidates: int = 1000
-    nms_thresh: float = 0.45
-    detections_per_image: int = 100
-    with_anchor_index: bool = False
     clamp: float = WH_CLAMP
 
     def _candidates(
