@@ -283,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.set_defaults(func=_cmd_app)
     demo = sub.add_parser("demo", help="run pipelines/demo.yaml: train, evaluate, trace, export, notebooks, report")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
-    demo.add_argument("--epochs", type=int, help="override the presets' epochs")
+    demo.add_argument("--epochs", type=int,
+                      help="train every run of the demo for this many epochs (default: each step's own: "
+                           "3 for the two-stage runs, 1 for RefineDet and the uncertainty rescaling)")
     demo.add_argument("--fresh", action="store_true",
                       help="execute every step again (finished training runs are reused; delete --out to retrain)")
     demo.add_argument("--log-output", action="store_true", help="stream the notebooks' cell output")
