@@ -7,14 +7,15 @@
 - :func:`ensure_traces`: the run's saved traces of a split, predicting with traces first when
   there are none;
 - :func:`select_traces`, :func:`traced_images`, :func:`run_dataset`, :func:`load_run`: what the
-  figures need;
+  figures need; :func:`figures_per_traced_image` and :func:`pooled_trace_figure`: the two forms
+  of a method's figures of a run drawn from its traces (:class:`workbench.methods.RunFigure`);
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,28 @@ def traced_images(run_dir: Path | str, num_images: int | None, split: str | None
     traces = load_traces(run_dir, split or load_run_config(run_dir).data.val_split)
     dataset = run_dataset(run_dir, traces.split)
     return dataset, explorer_images(select_traces(traces, None, num_images), dataset)
+
+
+def figures_per_traced_image(run_dir: Path | str, max_images: int, record: str, draw: Callable[[Any], Any]) -> list:
+    """``draw(image)`` for each of the run's first ``max_images`` traced images
+    (:func:`traced_images`) whose trace holds ``record``: the form of a ``per_image``
+    :class:`~workbench.methods.RunFigure`. Images without the record give no figure (e.g. traces
+    written by another method's detector), so a run lacking it gives none."""
+    _, images = traced_images(run_dir, max_images)
+    return [draw(item) for item in images if record in item.records]
+
+
+def pooled_trace_figure(run_dir: Path | str, max_images: int, values: Callable[[Any, list], tuple],
+                        draw: Callable[..., Any]) -> list:
+    """One figure pooled over the run's first ``max_images`` traced images: ``values(dataset,
+    images)`` gives the arrays it shows, ``draw(*arrays, num_images)`` draws them (``num_images``:
+    the traced images read, for the title). No figure when the first array is empty (no image
+    held what it shows)."""
+    dataset, images = traced_images(run_dir, max_images)
+    arrays = values(dataset, images)
+    if arrays[0].size == 0:
+        return []
+    return [draw(*arrays, len(images))]
 
 
 def select_traces(traces, image_ids: Sequence[int] | None = None, num_images: int | None = None) -> list:

@@ -40,15 +40,13 @@ def predicted_and_true_ious(images) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 def iou_correlation_figures(run_dir: Path | str, *, max_images: int, device: str = "cpu") -> list[go.Figure]:
     """Predicted against true IoU of the detections of the first ``max_images`` traced images
     (:func:`workbench.viz.iou.iou_correlation_figure`); none without detections."""
-    from workbench.pipelines.runs import traced_images
+    from workbench.pipelines.runs import pooled_trace_figure
     from workbench.viz.iou import iou_correlation_figure
 
-    _, images = traced_images(run_dir, max_images)
-    true, predicted = predicted_and_true_ious(images)
-    if true.size == 0:
-        return []
-    return [iou_correlation_figure(true, predicted, title=f"Predicted against true IoU of the detections "
-                                                          f"({len(images)} images)")]
+    return pooled_trace_figure(
+        run_dir, max_images, lambda _, images: predicted_and_true_ious(images),
+        lambda true, predicted, n: iou_correlation_figure(
+            true, predicted, title=f"Predicted against true IoU of the detections ({n} images)"))
 
 
 RUN_FIGURES = (

@@ -17,13 +17,14 @@ def sigma_map_figures(run_dir: Path | str, *, max_images: int, device: str = "cp
     """Per traced image (the first ``max_images``): the sigma maps of its
     :data:`~workbench.records.UNCERTAINTY_MAP` record over the image with its ground truth
     (:func:`workbench.viz.maps.map_panels_figure`); images without the record give none."""
-    from workbench.pipelines.runs import traced_images
+    from workbench.pipelines.runs import figures_per_traced_image
     from workbench.viz.maps import map_panels_figure
 
-    _, images = traced_images(run_dir, max_images)
-    return [map_panels_figure(item.records[R.UNCERTAINTY_MAP], RECORD_VIEWS, image=item.image, boxes=item.gt["boxes"],
-                              title=f"offset sigma at the anchor centres: {item.label}")
-            for item in images if R.UNCERTAINTY_MAP in item.records]
+    return figures_per_traced_image(
+        run_dir, max_images, R.UNCERTAINTY_MAP,
+        lambda item: map_panels_figure(item.records[R.UNCERTAINTY_MAP], RECORD_VIEWS, image=item.image,
+                                       boxes=item.gt["boxes"],
+                                       title=f"offset sigma at the anchor centres: {item.label}"))
 
 
 RUN_FIGURES = (

@@ -19,33 +19,34 @@ def anchor_refinement_figures(run_dir: Path | str, *, max_images: int, device: s
     """Per traced image (the first ``max_images``): its :data:`SHOWN_ANCHORS` most object-like
     anchors and their refined boxes (:func:`workbench.viz.anchor_refinement.anchor_refinement_figure`)."""
     from workbench.methods.refinedet.analysis import most_object_like
-    from workbench.pipelines.runs import traced_images
+    from workbench.pipelines.runs import figures_per_traced_image
     from workbench.viz.anchor_refinement import anchor_refinement_figure
 
-    _, images = traced_images(run_dir, max_images)
-    figures = []
-    for item in (i for i in images if R.REFINED_ANCHORS in i.records):
+    def draw(item):
         top = most_object_like(item.records, k=SHOWN_ANCHORS)
-        figures.append(anchor_refinement_figure(
+        return anchor_refinement_figure(
             top["anchors"], top["refined"], top["objectness"], image=item.image, gt_boxes=item.gt["boxes"],
             title=f"the {SHOWN_ANCHORS} most object-like anchors before (dashed) and after (solid) refinement: "
-                  f"{item.label}"))
-    return figures
+                  f"{item.label}")
+
+    return figures_per_traced_image(run_dir, max_images, R.REFINED_ANCHORS, draw)
 
 
 def anchor_iou_shift_figures(run_dir: Path | str, *, max_images: int, device: str = "cpu") -> list[go.Figure]:
     """The IoU of the matched anchors with their ground truth before and after refinement over
     the first ``max_images`` traced images (:func:`workbench.viz.anchor_refinement.anchor_iou_shift_figure`)."""
     from workbench.methods.refinedet.analysis import gt_boxes_by_image, split_ious
-    from workbench.pipelines.runs import traced_images
+    from workbench.pipelines.runs import pooled_trace_figure
     from workbench.viz.anchor_refinement import anchor_iou_shift_figure
 
-    dataset, images = traced_images(run_dir, max_images)
-    before, after = split_ious([i for i in images if R.REFINED_ANCHORS in i.records], gt_boxes_by_image(dataset))
-    if before.size == 0:
-        return []
-    return [anchor_iou_shift_figure(before, after, title=f"IoU with the matched ground truth, anchors before and "
-                                                         f"after refinement ({len(images)} images)")]
+    def values(dataset, images):
+        return split_ious([i for i in images if R.REFINED_ANCHORS in i.records], gt_boxes_by_image(dataset))
+
+    return pooled_trace_figure(
+        run_dir, max_images, values,
+        lambda before, after, n: anchor_iou_shift_figure(
+            before, after,
+            title=f"IoU with the matched ground truth, anchors before and after refinement ({n} images)"))
 
 
 RUN_FIGURES = (

@@ -16,17 +16,16 @@ def bald_map_figures(run_dir: Path | str, *, max_images: int, device: str = "cpu
     """Per traced image (the first ``max_images``): the BALD maps of its
     :data:`~workbench.records.UNCERTAINTY_MAP` record (:func:`workbench.viz.uncertainty.uncertainty_map_figure`)."""
     from workbench.methods.uncertainty.analysis import uncertainty_maps
-    from workbench.pipelines.runs import traced_images
+    from workbench.pipelines.runs import figures_per_traced_image
     from workbench.viz.uncertainty import uncertainty_map_figure
 
-    _, images = traced_images(run_dir, max_images)
-    figures = []
-    for item in (i for i in images if R.UNCERTAINTY_MAP in i.records):
+    def draw(item):
         record = item.records[R.UNCERTAINTY_MAP]
-        figures.append(uncertainty_map_figure(uncertainty_maps(record), record[R.MAP_CELL_SIZE].tolist(),
-                                              image=item.image, boxes=item.gt["boxes"],
-                                              title=f"uncertainty map (BALD of the objectness): {item.label}"))
-    return figures
+        return uncertainty_map_figure(uncertainty_maps(record), record[R.MAP_CELL_SIZE].tolist(), image=item.image,
+                                      boxes=item.gt["boxes"],
+                                      title=f"uncertainty map (BALD of the objectness): {item.label}")
+
+    return figures_per_traced_image(run_dir, max_images, R.UNCERTAINTY_MAP, draw)
 
 
 RUN_FIGURES = (
