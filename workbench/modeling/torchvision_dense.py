@@ -84,6 +84,12 @@ def _coder_and_postprocess(tv_model: nn.Module) -> dict[str, Any]:
     )
 
 
+def _dense_config(config_type: type, tv_model: nn.Module, overrides: dict[str, Any], **values: Any):
+    """``config_type`` from the detector's own ``values``, the fields torchvision's ``RetinaNet``
+    and ``SSD`` share (:func:`_coder_and_postprocess`), and the caller's ``overrides`` last."""
+    return config_type(**{**values, **_coder_and_postprocess(tv_model), **overrides})
+
+
 def retinanet_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> RetinaNetConfig:
     """A :class:`RetinaNetConfig` with every setting of a torchvision ``RetinaNet``."""
     body, fpn = tv_model.backbone.body, tv_model.backbone.fpn
@@ -101,7 +107,8 @@ def retinanet_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> 
     if getattr(reg_head, "_loss_type", "l1") != "l1":
         raise ConfigError(f"unsupported RetinaNet box loss {reg_head._loss_type!r}")
     matcher = tv_model.proposal_matcher
-    values = dict(
+    return _dense_config(
+        RetinaNetConfig, tv_model, overrides,
         backbone=_resnet_name(body),
         trainable_backbone_layers=_trainable_layers(body),
         backbone_returned_layers=returned,
@@ -115,10 +122,7 @@ def retinanet_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> 
         fg_iou_thresh=float(matcher.high_threshold),
         bg_iou_thresh=float(matcher.low_threshold),
         allow_low_quality_matches=bool(matcher.allow_low_quality_matches),
-        **_coder_and_postprocess(tv_model),
     )
-    values.update(overrides)
-    return RetinaNetConfig(**values)
 
 
 def load_torchvision_retinanet(tv_model: nn.Module, **overrides: Any) -> DenseDetector:
@@ -193,7 +197,8 @@ def ssd_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> SSDCon
     num_classes = int(head.classification_head.num_columns)
     matcher = tv_model.proposal_matcher
     fc6 = backbone.extra[0][7][1]
-    values = dict(
+    return _dense_config(
+        SSDConfig, tv_model, overrides,
         trainable_backbone_layers=_ssd_trainable_blocks(backbone),
         width=1.0,
         l2norm_scale=20.0,
@@ -208,10 +213,7 @@ def ssd_config_from_torchvision(tv_model: nn.Module, **overrides: Any) -> SSDCon
         anchor_clip=bool(generator.clip),
         iou_thresh=float(matcher.high_threshold),
         neg_pos_ratio=float(tv_model.neg_to_pos_ratio),
-        **_coder_and_postprocess(tv_model),
     )
-    values.update(overrides)
-    return SSDConfig(**values)
 
 
 def load_torchvision_ssd(tv_model: nn.Module, **overrides: Any) -> DenseDetector:
