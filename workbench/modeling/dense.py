@@ -187,7 +187,7 @@ def _reduce_dense(
     return {f"loss_{stage}_cls": cls * cls_weight, f"loss_{stage}_box": box_total * box_weight}
 
 
-def _record_candidates(
+def record_candidates(
     recorder: TraceRecorder | None,
     image_index: int,
     boxes: Tensor,
@@ -196,6 +196,8 @@ def _record_candidates(
     levels: Tensor,
     anchor_index: Tensor,
 ) -> None:
+    """Record one image's candidates before the final NMS (:data:`~workbench.records.FINAL_CANDIDATES`:
+    boxes, scores, labels, the level and the anchor each came from); nothing without a recorder."""
     if recorder is not None:
         recorder.put(
             image_index, R.FINAL_CANDIDATES, boxes=boxes, scores=scores, labels=labels, levels=levels,
@@ -203,7 +205,7 @@ def _record_candidates(
         )
 
 
-def _finish(
+def final_nms(
     boxes: Tensor,
     scores: Tensor,
     labels: Tensor,
@@ -214,7 +216,9 @@ def _finish(
     recorder: TraceRecorder | None,
     image_index: int,
 ) -> Detections:
-    """Class-wise NMS through the ledger and the top-``detections_per_image`` cut."""
+    """One image's detections from its candidates: class-wise NMS at ``nms_thresh`` through the
+    ledger (recorded as :data:`~workbench.records.FINAL_NMS`) and the ``detections_per_image``
+    best; ``with_anchor_index`` adds ``extras["anchor_index"]``."""
     keep = grouped_nms(boxes, scores, labels, nms_thresh, recorder, image_index, R.FINAL_NMS)
     keep = keep[:detections_per_image]
     extras = {"anchor_index": anchor_index[keep]} if with_anchor_index else {}
@@ -254,9 +258,9 @@ class _CandidatesThenNMS:
         out = []
         candidates = self._candidates(preds, anchors, level_counts, image_sizes)
         for i, (boxes, scores, labels, levels, anchor_index) in enumerate(candidates):
-            _record_candidates(recorder, i, boxes, scores, labels, levels, anchor_index)
-            out.append(_finish(boxes, scores, labels, anchor_index, self.nms_thresh, self.detections_per_image,
-                               self.with_anchor_index, recorder, i))
+            record_candidates(recorder, i, boxes, scores, labels, levels, anchor_index)
+            out.append(final_nms(boxes, scores, labels, anchor_index, self.nms_thresh, self.detections_per_image,
+                                 self.with_anchor_index, recorder, i))
         return out
 
 

@@ -81,14 +81,14 @@ from workbench.errors import ConfigError
 from workbench.losses import smooth_l1
 from workbench.modeling.assignment import Assignment, HardNegativeSampler, SSDMatcher
 from workbench.modeling.backbones import NORM_LAYERS, _classification_network, _freeze_resnet
-from workbench.modeling.dense import DenseTargets, SoftmaxLoss, top_pairs_per_image
+from workbench.modeling.dense import DenseTargets, SoftmaxLoss, final_nms, record_candidates, top_pairs_per_image
 from workbench.modeling.detector import Detector, Features, detections_to_original
 from workbench.modeling.rpn import flatten_levels, level_ids
 from workbench.modeling.ssd import (
     ONE_SIZE_RATIOS, SSD_MEAN, SSD_STD, FixedSizeTransform, L2Norm, OneSizeAnchors, _scaled, _vgg_features, _xavier,
     freeze_vgg_blocks, light_source_maps,
 )
-from workbench.modeling.trace import TraceRecorder, grouped_nms
+from workbench.modeling.trace import TraceRecorder
 from workbench.modeling.transform import ImageBatch
 from workbench.ops import BoxCoder, clip_boxes
 from workbench.ops.boxes import pairwise_iou
@@ -523,21 +523,17 @@ class RefineDet(Detector):
             scores, anchor_index, labels = top_pairs_per_image(probabilities[i], self.score_thresh, self.topk_candidates)
             reference = references[i, anchor_index]
             boxes = clip_boxes(self.box_coder.decode(odm["deltas"][i, anchor_index].float(), reference), image_size)
+            record_candidates(recorder, i, boxes, scores, labels, levels[anchor_index], anchor_index)
+            det = final_nms(boxes, scores, labels, anchor_index, self.nms_thresh, self.detections_per_img, True,
+                            recorder, i)
+            kept_anchor = det.extras["anchor_index"]
+            kept_reference = references[i, kept_anchor]
+            det.extras["anchor_iou_before"] = pairwise_iou(anchors[kept_anchor], det.boxes).to(det.scores.dtype)
+            det.extras["anchor_iou_after"] = pairwise_iou(kept_reference, det.boxes).to(det.scores.dtype)
             if recorder is not None:
-                recorder.put(i, R.FINAL_CANDIDATES, boxes=boxes, scores=scores, labels=labels,
-                             levels=levels[anchor_index], anchor_index=anchor_index)
-            keep = grouped_nms(boxes, scores, labels, self.nms_thresh, recorder, i, R.FINAL_NMS)
-            keep = keep[: self.detections_per_img]
-            kept_anchor = anchor_index[keep]
-            extras = {
-                "anchor_index": kept_anchor,
-                "anchor_iou_before": pairwise_iou(anchors[kept_anchor], boxes[keep]).to(scores.dtype),
-                "anchor_iou_after": pairwise_iou(reference[keep], boxes[keep]).to(scores.dtype),
-            }
-            if recorder is not None:
-                recorder.put(i, R.DETECTION_ANCHORS, boxes=reference[keep], scores=scores[keep], labels=labels[keep],
+                recorder.put(i, R.DETECTION_ANCHORS, boxes=kept_reference, scores=det.scores, labels=det.labels,
                              anchor_index=kept_anchor)
-            out.append(Detections(boxes[keep], scores[keep], labels[keep], extras))
+            out.append(det)
         return out
 
     def _record_anchors(self, recorder: TraceRecorder, anchors: Tensor, level_counts: Sequence[int],
