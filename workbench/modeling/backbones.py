@@ -210,11 +210,8 @@ def _resnet_fpn(
     network = _classification_network(name, weights, norm)
     _freeze_resnet(network, trainable_layers)
     stage_channels = [_block_out(getattr(network, f"layer{k}")) for k in returned_layers]
-    return_layers = {f"layer{k}": str(i) for i, k in enumerate(returned_layers)}
-    body = IntermediateLayerGetter(network, return_layers=return_layers)
-    neck = FeaturePyramidNetwork(stage_channels, out_channels, extra_blocks=LastLevelMaxPool())
-    names, strides = _fpn_levels(returned_layers)
-    return FeatureExtractor(body, neck, out_channels, names, strides)
+    return_layers = [f"layer{k}" for k in returned_layers]
+    return _fpn_extractor(network, return_layers, stage_channels, out_channels, returned_layers)
 
 
 def _block_out(layer: nn.Sequential) -> int:
@@ -240,6 +237,18 @@ def _fpn_levels(returned_layers: tuple[int, ...]) -> tuple[tuple[str, ...], tupl
     return names, strides
 
 
+def _fpn_extractor(network: nn.Module, stage_modules: list[str], stage_channels: list[int], out_channels: int,
+                   returned_layers: tuple[int, ...]) -> FeatureExtractor:
+    """The child modules ``stage_modules`` of ``network`` (the ends of stages ``returned_layers``,
+    with ``stage_channels`` channels) as the body, an FPN of ``out_channels`` over them and a
+    max-pooled extra level, named and strided as :func:`_fpn_levels` says (torchvision's
+    ``BackboneWithFPN``)."""
+    body = IntermediateLayerGetter(network, return_layers={name: str(i) for i, name in enumerate(stage_modules)})
+    neck = FeaturePyramidNetwork(stage_channels, out_channels, extra_blocks=LastLevelMaxPool())
+    names, strides = _fpn_levels(returned_layers)
+    return FeatureExtractor(body, neck, out_channels, names, strides)
+
+
 def _mobilenet_v2_fpn(
     weights: str | None,
     trainable_layers: int,
@@ -258,12 +267,7 @@ def _mobilenet_v2_fpn(
     blocks = [_MOBILENET_V2_RETURN[k - 1] for k in returned_layers]
     channels = [_last_out_channels(features[int(i)]) for i in blocks]
     # Blocks after the last returned one never reach an output: leave them out of the body.
-    body = IntermediateLayerGetter(
-        features[: int(blocks[-1]) + 1], return_layers={k: str(i) for i, k in enumerate(blocks)}
-    )
-    neck = FeaturePyramidNetwork(channels, out_channels, extra_blocks=LastLevelMaxPool())
-    names, strides = _fpn_levels(returned_layers)
-    return FeatureExtractor(body, neck, out_channels, names, strides)
+    return _fpn_extractor(features[: int(blocks[-1]) + 1], blocks, channels, out_channels, returned_layers)
 
 
 def _last_out_channels(module: nn.Module) -> int:
