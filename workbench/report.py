@@ -234,13 +234,14 @@ def trace_sections(run, *, score_threshold: float = 0.3, top_k: int = 100) -> li
     traces = load_traces(run.path, split)
     views = _views(run)
     dataset = run_dataset(run.path, traces.split)
-    records = [t.records for t in traces]
     (item,) = explorer_images([traces[0]], dataset)
     sections = []
     for view in (v for v in views if v.kind == "boxes" and v.record == R.PROPOSALS):
-        sections.append(Section(f"{run.name}: scores of the {view.field} before and after NMS ({len(records)} images)",
-                                score_histogram_figure({"before NMS": pooled_scores(records, R.PROPOSALS_PRE_NMS),
-                                                        "after NMS": pooled_scores(records, view.record)},
+        # streamed one image at a time: a trace set reads its shards lazily
+        before = pooled_scores((t.records for t in traces), R.PROPOSALS_PRE_NMS)
+        after = pooled_scores((t.records for t in traces), view.record)
+        sections.append(Section(f"{run.name}: scores of the {view.field} before and after NMS ({len(traces)} images)",
+                                score_histogram_figure({"before NMS": before, "after NMS": after},
                                                        density=True, title="")))
     sections.append(Section(f"{run.name}: detections (score >= {score_threshold}) and suppressed boxes, {item.label}",
                             trace_image_figure(item.records, views=views, image=item.image, gt=item.gt,
@@ -256,7 +257,7 @@ def trace_sections(run, *, score_threshold: float = 0.3, top_k: int = 100) -> li
         if record is None or view.value_field not in record:
             continue
         sections.append(Section(f"{run.name}: {view.title}, {item.label}",
-                                map_overlay_figure(record[view.value_field], cell=cell_size(record), image=item.image,
+                                map_overlay_figure(record[view.value_field], cell=cell_size(record, view.value_field), image=item.image,
                                                    boxes=item.gt["boxes"], name=view.layer_name,
                                                    colorbar_title=view.layer_name, title="")))
     return sections

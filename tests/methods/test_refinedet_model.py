@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -120,10 +121,19 @@ def test_filtered_share_maps_by_hand():
     # two levels: 2 x 2 and 1 x 1 locations, 2 anchors each, on a 16 x 16 input (strides 8, 16)
     filtered = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0] + [1, 0], dtype=torch.bool)
     maps = filtered_share_maps(filtered, [(2, 2), (1, 1)], 2, (16, 16), cell_scale=(2.0, 0.5))
+    # each level at its own resolution, with its own cell in original pixels
     torch.testing.assert_close(maps["share_level0"], torch.tensor([[1.0, 0.5], [0.0, 0.0]]))
-    torch.testing.assert_close(maps["share_level1"], torch.full((2, 2), 0.5))
+    torch.testing.assert_close(maps["share_level1"], torch.full((1, 1), 0.5))
+    torch.testing.assert_close(maps["cell_size_share_level0"], torch.tensor([16.0, 4.0]))
+    torch.testing.assert_close(maps["cell_size_share_level1"], torch.tensor([32.0, 8.0]))
+    # their mean on the finest grid
     torch.testing.assert_close(maps["share"], torch.tensor([[0.75, 0.5], [0.25, 0.25]]))
     torch.testing.assert_close(maps["cell_size"], torch.tensor([16.0, 4.0]))
+    # shown over the image, the coarse level covers the same pixels as it did spread to the fine grid
+    from workbench.inspection.maps import record_map_pixels
+
+    assert (record_map_pixels(maps, "share_level1", (32, 8)) == 0.5).all()
+    np.testing.assert_array_equal(record_map_pixels(maps, "share_level0", (32, 8))[::16, ::4], [[1.0, 0.5], [0.0, 0.0]])
 
 
 # -- the model: training ------------------------------------------------------------------------

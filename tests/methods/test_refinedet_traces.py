@@ -70,8 +70,13 @@ def test_the_anchor_records():
         assert top[R.SCORES].shape == (25,) and bool((top[R.SCORES][:-1] >= top[R.SCORES][1:]).all())
         torch.testing.assert_close(top[R.SCORES], out.raw["arm_objectness"][i][top["anchor_index"]])
         maps = records[R.FILTERED_ANCHOR_MAP]
-        assert maps["share"].shape == (16, 16) and set(maps) == {"share", "cell_size"} | {f"share_level{k}" for k in range(4)}
+        levels = {f"share_level{k}" for k in range(4)}
+        assert maps["share"].shape == (16, 16) and set(maps) == {"share", "cell_size"} | levels | {
+            f"cell_size_{name}" for name in levels}
+        # one value per anchor location of each level (strides 8 to 64 on 128 px)
+        assert [tuple(maps[f"share_level{k}"].shape) for k in range(4)] == [(16, 16), (8, 8), (4, 4), (2, 2)]
         torch.testing.assert_close(maps["cell_size"], torch.tensor([8 * h / 128, 8 * w / 128]))
+        torch.testing.assert_close(maps["cell_size_share_level3"], torch.tensor([64 * h / 128, 64 * w / 128]))
         assert maps["share"].dtype == torch.float16
         assert abs(float(maps["share_level0"].float().mean()) - float(out.raw["filtered"][i][:768].float().mean())) < 1e-3
 

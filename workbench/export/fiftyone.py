@@ -488,6 +488,13 @@ def export_traces(
                          progress=progress, chunk_size=chunk_size)
 
 
+def trace_image_ids(traces) -> list[int]:
+    """The image ids of ``traces`` in order: from a trace set's manifest (``image_ids``) when it
+    has one, so that listing them reads no shard; else from each trace."""
+    ids = getattr(traces, "image_ids", None)
+    return [int(i) for i in ids] if ids is not None else [int(t.image_id) for t in traces]
+
+
 def build_dataset(
     data,
     name: str,
@@ -507,9 +514,10 @@ def build_dataset(
     fo = _fiftyone()
     class_names = list(data.class_names)
     traces0 = parts[0].traces
-    indices = [_dataset_index(data, t.image_id) for t in traces0]
+    ids0 = trace_image_ids(traces0)
+    indices = [_dataset_index(data, i) for i in ids0]
     for part in parts:
-        if [t.image_id for t in part.traces] != [t.image_id for t in traces0]:
+        if trace_image_ids(part.traces) != ids0:
             raise WorkbenchError(f"the traces of run {part.name!r} are not of the same images as those of "
                                  f"run {parts[0].name!r}")
     limit = None if max_proposals is None else int(max_proposals)

@@ -2,8 +2,9 @@
 
 A map record (e.g. :data:`workbench.records.UNCERTAINTY_MAP`) holds 2-D maps ``(R, C)`` and,
 when they are coarser than the image, ``cell_size`` (2,): a cell's ``(height, width)`` in
-original-image pixels (:data:`workbench.records.MAP_CELL_SIZE`). Maps are stored small and
-spread over the pixels only when shown (a FiftyOne heatmap, a figure over the image).
+original-image pixels (:data:`workbench.records.MAP_CELL_SIZE`); a map on a coarser grid than
+the record's others has its own, ``cell_size_<field>`` (:func:`cell_size`). Maps are stored
+small and spread over the pixels only when shown (a FiftyOne heatmap, a figure over the image).
 
 A *per-level* map record stores one value per anchor location of each feature level, which is
 what a detector with a feature pyramid computes, and is composed into one map only when shown:
@@ -58,9 +59,13 @@ def _numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def cell_size(record: Mapping[str, Any]) -> tuple[float, float] | None:
-    """The record's ``(cell height, cell width)`` in original-image pixels (``None``: per pixel)."""
-    value = record.get(R.MAP_CELL_SIZE)
+def cell_size(record: Mapping[str, Any], field: str | None = None) -> tuple[float, float] | None:
+    """The ``(cell height, cell width)`` in original-image pixels of map ``field`` of the record:
+    its own ``cell_size_<field>`` when the record has one (a map on a coarser grid than the
+    others, e.g. one level's), else the record's ``cell_size`` (``None``: per pixel)."""
+    value = record.get(f"{R.MAP_CELL_SIZE}_{field}") if field is not None else None
+    if value is None:
+        value = record.get(R.MAP_CELL_SIZE)
     if value is None:
         return None
     height, width = (float(v) for v in _numpy(value).reshape(-1)[:2])
@@ -87,7 +92,7 @@ def map_to_pixels(values: Any, cell: Sequence[float] | None, orig_size: Sequence
 
 def record_map_pixels(record: Mapping[str, Any], field: str, orig_size: Sequence[int]) -> np.ndarray:
     """Field ``field`` of a map record spread over the original image (:func:`map_to_pixels`)."""
-    return map_to_pixels(record[field], cell_size(record), orig_size)
+    return map_to_pixels(record[field], cell_size(record, field), orig_size)
 
 
 def nearest_centre(num_cells: int, cell: float, stride: float, num_locations: int, device=None) -> Tensor:

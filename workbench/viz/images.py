@@ -303,7 +303,7 @@ def trace_image_figure(
         from workbench.inspection.maps import cell_size
 
         values = records[map_view.record][map_view.value_field]
-        cell = cell_size(records[map_view.record])
+        cell = cell_size(records[map_view.record], map_view.value_field)
 
     def attributes(view):
         return tuple(v for v in views if v.kind == "attribute" and view is not None and v.record == view.record)

@@ -118,7 +118,6 @@ def map_panels_figure(
         raise ValueError("none of the heatmap views is in the record")
     from workbench.inspection.maps import cell_size
 
-    cell = cell_size(record)
     ncols = min(columns, len(chosen))
     nrows = -(-len(chosen) // ncols)
     fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[_wrap(v.title, 48) for v in chosen],
@@ -128,6 +127,7 @@ def map_panels_figure(
     for k, view in enumerate(chosen):
         row, col = k // ncols + 1, k % ncols + 1
         values = to_numpy(record[view.value_field])
+        cell = cell_size(record, view.value_field)
         cell_h, cell_w = _cell(cell)
         height, width = (pixels.shape[:2] if pixels is not None else (values.shape[0] * cell_h, values.shape[1] * cell_w))
         layer = map_layer(values, cell=cell, name=view.layer_name, colorbar_title=view.layer_name,

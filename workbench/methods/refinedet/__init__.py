@@ -34,9 +34,10 @@ Trace records (names in :mod:`workbench.records`), per image, boxes in original-
   anchor) and ``anchor_iou_after`` (with its refined anchor);
 - :data:`~workbench.records.DETECTION_ANCHORS`: per detection, in the same order, its refined
   anchor (``boxes``), ``scores``, ``labels``, ``anchor_index``;
-- :data:`~workbench.records.FILTERED_ANCHOR_MAP`: a map record on the finest level's grid:
-  ``share_level<k>`` (the share of level ``k``'s anchors filtered at each location, spread to
-  the fine grid), ``share`` (their mean over the levels), float16, and ``cell_size``.
+- :data:`~workbench.records.FILTERED_ANCHOR_MAP`: a map record: ``share_level<k>`` (the share
+  of level ``k``'s anchors filtered at each of its locations, at that level's resolution, with
+  its cell ``cell_size_share_level<k>``), ``share`` (their mean over the levels on the finest
+  level's grid, whose cell is ``cell_size``), float16.
 
 :data:`RECORD_VIEWS` declares how they are shown (figures and FiftyOne fields).
 """

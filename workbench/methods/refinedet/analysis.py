@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from workbench import records as R
+from workbench.methods.refinedet.model import spread_to
 from workbench.modeling.assignment import SSDMatcher
 from workbench.ops import box_iou
 from workbench.ops.boxes import pairwise_iou
@@ -93,15 +94,18 @@ def matched_anchor_ious(anchors: Tensor, refined: Tensor, gt_boxes: Tensor, thre
 
 
 def filtered_maps(trace: Any) -> tuple[dict[str, Tensor], Tensor]:
-    """The filtered-share maps of one image (``"all levels"`` then ``"level k"``) and the cell
-    size ``(height, width)`` in original pixels."""
+    """The filtered-share maps of one image (``"all levels"`` then ``"level k"``), all on the
+    finest grid (a level stored at its own resolution is spread over it: each fine cell takes
+    the location whose cell holds its centre), and that grid's cell size ``(height, width)`` in
+    original pixels."""
     record = _records(trace)[R.FILTERED_ANCHOR_MAP]
     maps = {"all levels": record["share"]}
     level = 0
     while f"share_level{level}" in record:
-        maps[f"level {level}"] = record[f"share_level{level}"]
+        maps[f"level {level}"] = spread_to(record[f"share_level{level}"], tuple(record["share"].shape))
         level += 1
     return maps, record[R.MAP_CELL_SIZE]
+
 
 
 @dataclass(frozen=True)

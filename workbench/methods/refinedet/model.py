@@ -553,18 +553,20 @@ class RefineDet(Detector):
             (orig_h, orig_w), (net_h, net_w) = batch.original_sizes[i], batch.image_sizes[i]
             maps = filtered_share_maps(filtered[i], feature_sizes, per_location, batch.padded_size,
                                        cell_scale=(orig_h / net_h, orig_w / net_w))
-            recorder.put(i, R.FILTERED_ANCHOR_MAP, **{k: v if k == R.MAP_CELL_SIZE else v.half() for k, v in maps.items()})
+            recorder.put(i, R.FILTERED_ANCHOR_MAP,
+                         **{k: v if k.startswith(R.MAP_CELL_SIZE) else v.half() for k, v in maps.items()})
 
 
 def filtered_share_maps(filtered: Tensor, feature_sizes: Sequence[tuple[int, int]], anchors_per_location: int,
                         padded_size: tuple[int, int], cell_scale: tuple[float, float] = (1.0, 1.0)) -> dict[str, Tensor]:
     """The filter mask of one image (A,) over levels of ``feature_sizes`` -> the share of the
-    anchors filtered per location: one map per level (``share_level<k>``, spread to the finest
-    level's grid: each fine cell takes the coarser location whose cell holds its centre), their
-    mean over the levels (``share``), and ``cell_size`` (a fine cell in original pixels: the
+    anchors filtered per location: one map per level at that level's resolution
+    (``share_level<k>``, one value per anchor location, with its cell
+    ``cell_size_share_level<k>``: the level's stride times ``cell_scale``), their mean over the
+    levels on the finest level's grid (``share``: each fine cell takes, on every level, the
+    location whose cell holds its centre) and ``cell_size`` (a fine cell in original pixels: the
     finest stride times ``cell_scale``)."""
     fine_h, fine_w = (int(v) for v in feature_sizes[0])
-    stride_y, stride_x = padded_size[0] / fine_h, padded_size[1] / fine_w
     maps: dict[str, Tensor] = {}
     offset = 0
     total = torch.zeros(fine_h, fine_w, dtype=torch.float32, device=filtered.device)
@@ -572,17 +574,30 @@ def filtered_share_maps(filtered: Tensor, feature_sizes: Sequence[tuple[int, int
         h, w = int(h), int(w)
         count = h * w * anchors_per_location
         share = filtered[offset:offset + count].view(h, w, anchors_per_location).float().mean(dim=-1)
-        rows = ((torch.arange(fine_h, device=filtered.device) + 0.5) * h / fine_h).floor().long().clamp(max=h - 1)
-        cols = ((torch.arange(fine_w, device=filtered.device) + 0.5) * w / fine_w).floor().long().clamp(max=w - 1)
-        spread = share[rows][:, cols]
-        maps[f"share_level{level}"] = spread
-        total += spread
+        total += spread_to(share, (fine_h, fine_w))
+        maps[f"share_level{level}"] = share
+        maps[f"{R.MAP_CELL_SIZE}_share_level{level}"] = level_cell(padded_size, (h, w), cell_scale)
         offset += count
     if offset != filtered.shape[0]:
         raise ValueError(f"the levels hold {offset} anchors, the mask {filtered.shape[0]}")
     maps["share"] = total / len(feature_sizes)
-    maps[R.MAP_CELL_SIZE] = torch.tensor([stride_y * cell_scale[0], stride_x * cell_scale[1]], dtype=torch.float32)
+    maps[R.MAP_CELL_SIZE] = level_cell(padded_size, (fine_h, fine_w), cell_scale)
     return maps
+
+
+def spread_to(values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A ``(h, w)`` map over the same extent as a finer ``shape`` grid, on that grid: cell
+    ``(i, j)`` takes ``values[floor((i + 1/2) h / H), floor((j + 1/2) w / W)]``."""
+    h, w = values.shape
+    rows = ((torch.arange(shape[0], device=values.device) + 0.5) * h / shape[0]).floor().long().clamp(max=h - 1)
+    cols = ((torch.arange(shape[1], device=values.device) + 0.5) * w / shape[1]).floor().long().clamp(max=w - 1)
+    return values[rows][:, cols]
+
+
+def level_cell(padded_size: tuple[int, int], grid: tuple[int, int], cell_scale: tuple[float, float]) -> Tensor:
+    """A cell of a ``grid`` over the padded input, in original pixels: ``(padded / grid) * scale``."""
+    return torch.tensor([padded_size[0] / grid[0] * cell_scale[0], padded_size[1] / grid[1] * cell_scale[1]],
+                        dtype=torch.float32)
 
 
 def build_refinedet(cfg: RefineDetConfig) -> RefineDet:
