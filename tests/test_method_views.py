@@ -50,6 +50,29 @@ def test_declared_transforms_are_built_from_the_config():
     assert method.evaluation_transforms(cfg) == "eval"
 
 
+def test_flip_augmentation_replaces_a_methods_own():
+    """``data.augmentation="flip"`` trains any method with the horizontal flip alone: no crop,
+    expansion or colour change, so a flipped sample keeps its size, pixels and box count."""
+    import torch
+
+    from workbench.config import DataConfig
+    from workbench.data.sample import Sample
+    from workbench.errors import ConfigError
+
+    cfg = build_preset("refinedet", "tiny")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, augmentation="flip", hflip_prob=1.0))
+    transform = get_method("refinedet").training_transforms(cfg)
+    image = torch.rand(3, 40, 60)
+    sample = Sample(image, torch.tensor([[5.0, 6.0, 25.0, 30.0]]), torch.tensor([2]), torch.tensor([False]), 1,
+                    (40, 60), "a.png")
+    out = transform(sample)
+    torch.testing.assert_close(out.image, image.flip(-1))
+    torch.testing.assert_close(out.boxes, torch.tensor([[35.0, 6.0, 55.0, 30.0]]))
+    assert torch.equal(out.labels, sample.labels)
+    with pytest.raises(ConfigError, match="augmentation"):
+        DataConfig(augmentation="mosaic")
+
+
 def test_views_filter_and_refuse_duplicates():
     heat = RecordView(R.UNCERTAINTY_MAP, "heatmap", field="u", value="v", label="a map", higher="more uncertain")
     method = dataclasses.replace(get_method("faster_rcnn"), record_views=(*TWO_STAGE_VIEWS, heat))

@@ -37,6 +37,10 @@ class ScheduleConfig:
     min_lr_factor: float = 0.0  # cosine decays to this fraction of the lr
 
 
+#: Values of ``DataConfig.augmentation``.
+AUGMENTATIONS = ("method", "flip")
+
+
 @dataclass
 class DataConfig:
     spec: str = "builtin:shapes"
@@ -46,6 +50,13 @@ class DataConfig:
     num_workers: int = 0
     max_train_images: int | None = None  # a fixed subset (the first N), for quick runs
     max_val_images: int | None = None
+    # Training augmentation: "method" (the method's own, e.g. SSD's photometric distortion,
+    # expansion and min-IoU crop) or "flip" (the horizontal flip alone, with hflip_prob).
+    augmentation: str = "method"
+
+    def __post_init__(self) -> None:
+        if self.augmentation not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augmentation {self.augmentation!r}: use {' or '.join(AUGMENTATIONS)}")
 
 
 @dataclass

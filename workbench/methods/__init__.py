@@ -198,8 +198,9 @@ class Method:
             seen.add(key)
 
     def training_transforms(self, cfg: TrainConfig) -> Any:
-        """The transform of training samples for ``cfg`` (the declared one or the default)."""
-        if self.train_transforms is not None:
+        """The transform of training samples for ``cfg``: the declared one or the default, or
+        the default flip alone with ``cfg.data.augmentation == "flip"``."""
+        if self.train_transforms is not None and cfg.data.augmentation != "flip":
             return self.train_transforms(cfg)
         from workbench.data.transforms import train_transforms_rcnn
 
