@@ -60,6 +60,7 @@ def test_tiny_trains_in_refinedet_tinys_regime():
     assert (cfg.method, cfg.preset) == ("ssd", "tiny")
     assert (cfg.data, cfg.optimizer, cfg.schedule, cfg.batch_size) == (
         other.data, other.optimizer, other.schedule, other.batch_size)
+    assert cfg.data.augmentation == "flip"  # as the two-stage tiny presets (ssd.miniature_flip)
     assert get_method("ssd").train_transforms is get_method("refinedet").train_transforms
 
 
@@ -113,7 +114,9 @@ def test_tiny_vgg16_keeps_the_quarter_width_vgg():
     cfg = get_method("ssd").presets["tiny_vgg16"]()
     assert (cfg.preset, cfg.model.backbone, cfg.model.width, cfg.model.backbone_weights) == ("tiny_vgg16", "vgg16", 0.25, None)
     assert cfg.model.anchor_sizes is None and cfg.model.candidates == "per_class"
-    assert (cfg.data, cfg.schedule, cfg.batch_size) == (ssd.tiny().data, ssd.tiny().schedule, ssd.tiny().batch_size)
+    assert (cfg.schedule, cfg.batch_size) == (ssd.tiny().schedule, ssd.tiny().batch_size)
+    # the from-scratch VGG keeps SSD's own augmentation; the same-backbone tiny trains with the flip
+    assert cfg.data == dataclasses.replace(ssd.tiny().data, augmentation="method")
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny_vgg16", "ssd512_voc"])

@@ -4,7 +4,8 @@ The model is in :mod:`workbench.methods.refinedet.model`.
 
 Presets:
 - ``tiny``: the miniature regime (:func:`workbench.methods.faster_rcnn.miniature`: the built-in
-  shapes at 256 px, batch 4, AdamW at lr 3e-4, 3 epochs, cosine) with its light backbone
+  shapes at 256 px, batch 4, AdamW at lr 3e-4, 3 epochs, cosine, the flip as the only
+  augmentation) with its light backbone
   (MobileNetV2-FPN with ImageNet weights over strides 8..64) and anchors of 2 x the stride
   (16..128 px, the miniature regime's anchor sizes; the paper's 4 x stride suits 320 px inputs
   with larger objects);
@@ -49,10 +50,10 @@ import dataclasses
 from workbench import records as R
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method, RecordView
-from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature
+from workbench.methods.faster_rcnn import TINY_WEIGHTS
 from workbench.methods.refinedet.figures import RUN_FIGURES
 from workbench.methods.refinedet.model import RefineDet, RefineDetConfig, build_refinedet
-from workbench.methods.ssd import _voc_data, _voc_schedule, train_transforms
+from workbench.methods.ssd import _voc_data, _voc_schedule, miniature_flip, train_transforms
 from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD
 
 #: COCO train2017 images (the paper's trainval35k), the unit the COCO schedule is converted with.
@@ -85,8 +86,9 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> RefineDetConfig:
 
 
 def tiny() -> TrainConfig:
-    """The miniature regime of the baseline (its data, AdamW, schedule and batch)."""
-    return miniature("refinedet", tiny_model())
+    """The miniature regime of the baseline (its data, AdamW, schedule and batch, the flip as the
+    only augmentation: :func:`workbench.methods.ssd.miniature_flip`)."""
+    return miniature_flip("refinedet", tiny_model())
 
 
 def _vgg16(size: int, num_classes: int) -> RefineDetConfig:
