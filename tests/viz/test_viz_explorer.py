@@ -174,8 +174,15 @@ def test_displaying_shows_the_static_first_view_then_the_live_widget(explorer, m
     import IPython.display
     import ipywidgets as widgets
 
+    from workbench.viz.explorer import RECORD_ENV
+
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda *objects: shown.extend(objects))
+    monkeypatch.delenv(RECORD_ENV, raising=False)
+    explorer._ipython_display_()  # live in JupyterLab: the widget alone
+    assert len(shown) == 1 and isinstance(shown[0], widgets.VBox)
+    shown.clear()
+    monkeypatch.setenv(RECORD_ENV, "1")  # executed as a record by the pipelines
     explorer._ipython_display_()
     static, widget = shown
     assert type(static) is go.Figure  # a plain figure: it renders in a record without a kernel

@@ -96,6 +96,9 @@ def execute_notebook(notebook: Path | str, output: Path | str, parameters: dict[
     record follows what it shows. ``options`` go to ``papermill.execute_notebook``."""
     import papermill
 
+    from workbench.viz.explorer import RECORD_ENV
+
+    os.environ[RECORD_ENV] = "1"  # inherited by the kernels this process starts: they execute records
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters or {}, kernel_name=kernel_name,
                                progress_bar=False, extra_arguments=KERNEL_ARGUMENTS, store_widget_state=False,
                                **options)

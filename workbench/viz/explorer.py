@@ -16,7 +16,9 @@ about 5 MB). So displaying the explorer first displays its first view as a plain
 (:meth:`TraceExplorer.static_figure`, a ``application/vnd.plotly.v1+json`` output like every
 other figure of the notebook), then the live widget; the pipelines execute notebooks without
 saving widget state (:func:`workbench.pipelines.runner.execute_notebook`), so a record holds the
-figure once, not plotly.js.
+figure once, not plotly.js. The static view is shown only in such a batch execution (the
+runner sets :data:`RECORD_ENV` for the kernels it starts); live in JupyterLab the explorer is
+the widget alone.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from workbench import records as R
 from workbench.viz.boxes import to_numpy
 from workbench.viz.images import LAYERS, default_views, per_box_scalars, trace_image_figure
 from workbench.viz.maps import MAP_LAYER
+
+#: Set (to 1) in the environment of kernels that execute a notebook as a record (papermill run by
+#: the pipelines): the explorer then displays its static first view before the widget.
+RECORD_ENV = "WORKBENCH_NOTEBOOK_RECORD"
 
 #: Layers shown when the explorer opens.
 DEFAULT_LAYERS = ("gt", "detections")
@@ -252,6 +258,11 @@ class TraceExplorer:
         return widgets.VBox([self.picker, toggles, sliders, self.figure])
 
     def _ipython_display_(self) -> None:
+        import os
+
         from IPython.display import display
 
-        display(self.static_figure(), self.widget)
+        if os.environ.get(RECORD_ENV) == "1":
+            display(self.static_figure(), self.widget)
+        else:
+            display(self.widget)
