@@ -22,7 +22,7 @@ from workbench.methods.yolov3.coding import YOLOAnchors, YOLOV3_ANCHORS, decode,
 from workbench.methods.yolov3.losses import YOLOLoss, YOLOTargets
 from workbench.methods.yolov3.model import YOLOv3Config, anchor_shape_index, build_yolov3
 from workbench.methods.yolov3.networks import Darknet53, YOLOv3Backbone
-from workbench.methods.yolov3.transforms import HSVDistort, JitterCrop, yolo_train_transform
+from workbench.methods.yolov3.transforms import HSVDistort, JitterCrop, random_scale, yolo_train_transform
 from workbench.modeling import TraceRecorder
 
 from detector_support import one_thread  # noqa: F401 (autouse)
@@ -235,11 +235,40 @@ def _sample():
                   labels=torch.tensor([1, 2]), ignore=torch.tensor([False, False]), image_id=0, orig_size=(100, 200), file_name="x.png")
 
 
+def _uint8_sample():
+    """``_sample`` with its image in the 0..255 uint8 form every dataset returns."""
+    sample = _sample()
+    return sample.replace(image=(sample.image * 255).round().to(torch.uint8))
+
+
 def test_hsv_distortion_keeps_the_boxes_and_the_range():
     sample = _sample()
     out = HSVDistort()(sample, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out.boxes, sample.boxes) and out.image.shape == sample.image.shape
     assert out.image.min() >= 0 and out.image.max() <= 1 and not torch.equal(out.image, sample.image)
+
+
+def test_exposure_scales_a_uint8_image_within_0_255():
+    """darknet's exposure multiplies every channel, clamped at the top of the range: a uint8
+    image stays uint8 in 0..255 (clamping it at 1, the float range, turned every non-black pixel
+    white and the loader's ``/ 255`` then fed the network a blank image)."""
+    sample = _uint8_sample()
+    for seed in range(4):
+        out = HSVDistort(hue=0.0, saturation=1.0, exposure=1.5)(sample, generator=torch.Generator().manual_seed(seed))
+        draws = torch.Generator().manual_seed(seed)
+        torch.rand((), generator=draws), random_scale(1.0, draws)  # the hue and saturation draws
+        factor = random_scale(1.5, draws)
+        assert out.image.dtype == torch.uint8
+        expected = (sample.image.float() * factor).clamp(0, 255)
+        assert (out.image.float() - expected).abs().max() <= 1.0
+
+
+def test_the_training_transform_keeps_uint8_images_in_range():
+    sample = _uint8_sample()
+    for seed in range(5):
+        out = yolo_train_transform()(sample, generator=torch.Generator().manual_seed(seed))
+        assert out.image.dtype == torch.uint8
+        assert out.image.float().std() > 0.25 * sample.image.float().std()
 
 
 def test_jitter_crop_keeps_the_boxes_whose_centre_is_inside():

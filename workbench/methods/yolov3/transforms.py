@@ -36,7 +36,9 @@ class HSVDistort:
     """Shift the hue by a fraction of the colour wheel uniform in ``[-hue, hue]`` and scale the
     saturation and the value ("exposure") by factors in ``[1/s, s]`` (darknet's
     ``random_distort_image``). Scaling the value of every pixel equals scaling R, G and B
-    together (clamped to 1). Boxes never change."""
+    together, clamped to the top of the image's range: ``adjust_brightness`` keeps the dtype
+    (255 for the uint8 images of :class:`~workbench.data.sample.Sample`, 1 for float ones), so
+    the loader's ``/ 255`` still sees a 0..255 image. Boxes never change."""
 
     def __init__(self, hue: float = 0.1, saturation: float = 1.5, exposure: float = 1.5) -> None:
         self.hue, self.saturation, self.exposure = hue, saturation, exposure
@@ -50,7 +52,7 @@ class HSVDistort:
         exposure = random_scale(self.exposure, generator)
         image = F.adjust_hue(sample.image, hue)
         image = F.adjust_saturation(image, saturation)
-        image = (image * exposure).clamp(0.0, 1.0)
+        image = F.adjust_brightness(image, exposure)
         return sample.replace(image=image.contiguous())
 
 
