@@ -9,7 +9,12 @@ their presets (512, 512, 608). ``--images`` random 800 x 1333 images are predict
 with a ``TraceRecorder`` and written with ``TraceWriter`` one image per shard, so that no tensor
 is shared between images inside a shard. The table gives, per method:
 
-- ``shard``: the mean bytes of one image's shard (everything the image alone costs);
+- ``shard``: the mean bytes of one image's shard (everything the image alone costs; the
+  members are compressed, :func:`workbench.inspection.traces.write_npz`);
+- ``arrays``: the mean bytes of the same shard's arrays before compression, about what the
+  shard would cost if nothing in it compressed: random weights give smoother maps and more
+  uniform scores than a trained model's, which compress better, so ``shard`` is a lower and
+  ``arrays`` about an upper figure for a trained model;
 - ``anchors``: the bytes of the ``shared-*.npy`` files (the anchors and their levels in
   network-input pixels), written once per network-input size for the whole directory;
 - ``per image``: ``shard + anchors * S / 5000``, the cost per image of a 5,000-image COCO val
@@ -143,21 +148,33 @@ def trace_method(method: str, num_images: int, out_dir: Path) -> dict[str, Any]:
     shards = sorted(out_dir.glob("shard-*.npz"))
     shared = sum(p.stat().st_size for p in out_dir.glob("shared-*.npy"))
     shard = sum(p.stat().st_size for p in shards) / len(shards)
+    arrays = sum(uncompressed_bytes(p) for p in shards) / len(shards)
     record_bytes = stored_record_bytes(shards[0])
     sizes = input_sizes(model_cfg)
     network = f"{COCO_MIN_SIZE}/{COCO_MAX_SIZE}" if square == 0 else f"{square} x {square}"
-    return {"method": method, "network": network, "detections": detections, "shard": shard, "shared": shared,
-            "sizes": sizes, "per_image": shard + shared * sizes / TRACED_IMAGES, "records": record_bytes}
+    return {"method": method, "network": network, "detections": detections, "shard": shard, "arrays": arrays,
+            "shared": shared, "sizes": sizes, "per_image": shard + shared * sizes / TRACED_IMAGES, "records": record_bytes}
+
+
+def uncompressed_bytes(shard: Path) -> int:
+    """The bytes of a shard's arrays uncompressed (their ``.npy`` members' sizes)."""
+    import zipfile
+
+    with zipfile.ZipFile(shard) as archive:
+        return sum(info.file_size for info in archive.infolist())
 
 
 def stored_record_bytes(shard: Path) -> dict[str, int]:
-    """Bytes of each record's arrays in one single-image shard (an array shared by two records
-    counted in the first)."""
+    """Bytes of each record's arrays in one single-image shard as stored (the compressed size of
+    their ``.npy`` members; an array shared by two records counted in the first)."""
+    import zipfile
+
     import numpy as np
 
     with np.load(shard, allow_pickle=False) as npz:
         index = json.loads(str(npz["__index__"]))
-        sizes = {key: npz[key].nbytes for key in npz.files if key != "__index__"}
+    with zipfile.ZipFile(shard) as archive:
+        sizes = {info.filename.removesuffix(".npy"): info.compress_size for info in archive.infolist()}
     out: dict[str, int] = {}
     seen: set[str] = set()
     for name, fields in index["images"][0].items():
@@ -238,14 +255,14 @@ def main() -> None:
 
     print(f"\n{args.images} random {COCO_IMAGE[0]} x {COCO_IMAGE[1]} images per method, tiny presets, "
           f"{NUM_CLASSES} classes, random weights; CPU, {torch.get_num_threads()} threads; torch {torch.__version__}\n")
-    print("| method | network input | detections | shard (KB) | anchors, once per input size (KB) | S "
+    print("| method | network input | detections | shard (KB) | arrays uncompressed (KB) | anchors, once per input size (KB) | S "
           f"| per image at {TRACED_IMAGES:,} images (KB) | largest records (KB) |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
         largest = sorted(row["records"].items(), key=lambda kv: -kv[1])[:3]
         records = ", ".join(f"{name} {size / 1e3:.0f}" for name, size in largest)
         print(f"| {row['method']} | {row['network']} | {', '.join(map(str, row['detections']))} "
-              f"| {row['shard'] / 1e3:.0f} | {row['shared'] / 1e3:.0f} | {row['sizes']} "
+              f"| {row['shard'] / 1e3:.0f} | {row['arrays'] / 1e3:.0f} | {row['shared'] / 1e3:.0f} | {row['sizes']} "
               f"| {row['per_image'] / 1e3:.0f} | {records} |")
     if memory is not None:
         print(f"\nFiftyOne export with evaluation of {memory['samples']:,} synthetic traced images "

@@ -253,3 +253,21 @@ def test_predict_command_takes_trace(frcnn_run, tmp_path, capsys):
     assert "wrote COCO results" in out and "wrote traces" in out
     assert (tmp_path / "results.json").is_file()
     assert load_traces(frcnn_run, "val").method == "faster_rcnn"
+
+
+def test_shards_are_deflated_npz_files_that_numpy_reads(tmp_path):
+    import zipfile
+
+    smooth = torch.zeros(64, 64, dtype=torch.float16)
+    noisy = torch.rand(500, generator=torch.Generator().manual_seed(0))
+    traces = [ImageTrace(0, "0.png", (4, 5), {"map": {"values": smooth}, "detections": {"scores": noisy}})]
+    out = save_traces(traces, tmp_path / "val", method="m", split="val")
+    with np.load(out / "shard-00000.npz", allow_pickle=False) as npz:
+        index = json.loads(str(npz[INDEX_KEY]))["images"][0]
+        assert np.array_equal(npz[index["detections"]["scores"]], noisy.numpy())
+    with zipfile.ZipFile(out / "shard-00000.npz") as archive:
+        infos = {info.filename: info for info in archive.infolist()}
+    assert infos and all(info.compress_type == zipfile.ZIP_DEFLATED for info in infos.values())
+    assert infos[f"{index['map']['values']}.npy"].compress_size < smooth.numel() * smooth.element_size() // 10
+    back = load_traces(out)[0]
+    assert _same_tensor(back["map"]["values"], smooth) and _same_tensor(back["detections"]["scores"], noisy)

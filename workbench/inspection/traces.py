@@ -25,8 +25,10 @@ image, in prediction order: ``image_id``, ``file_name``, ``orig_size`` ``[height
 ``shard`` (index into ``shards``)) and ``meta`` (free-form JSON given by the writer: the dataset
 spec, checkpoint, image folder, categories ...).
 
-Each shard is an uncompressed NumPy ``.npz`` (readable with ``numpy.load(...,
-allow_pickle=False)``, no torch or pickle needed). Its member ``__index__`` is a 0-d string array
+Each shard is a NumPy ``.npz`` whose members are deflate-compressed at zlib level
+``SHARD_COMPRESSLEVEL`` (what ``numpy.savez_compressed`` writes, at a faster level; readable with
+``numpy.load(..., allow_pickle=False)``, no torch or pickle needed; shards written uncompressed
+by earlier versions read the same). Its member ``__index__`` is a 0-d string array
 holding a JSON object: ``images`` (one ``{record: {field: key}}`` per image of the shard, in
 manifest order), ``raw`` (``key -> [torch dtype, shape]`` for the tensors whose dtype NumPy
 lacks, e.g. ``bfloat16``, stored as their bytes in ``uint8``), ``cast`` (``key -> NumPy dtype``:
@@ -60,6 +62,7 @@ names or fields do not change the version; a change of layout does.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import tempfile
@@ -86,6 +89,10 @@ MANIFEST = "manifest.json"
 INDEX_KEY = "__index__"
 SHARED_PREFIX = "shared-"
 DEFAULT_SHARD_SIZE = 256
+#: zlib level of the shards' members. Level 1 keeps the write cheap: on the COCO-size traces of
+#: ``benchmarks/bench_trace_size.py`` higher levels make the shards at most a few per cent
+#: smaller (docs/benchmarks.md, "Trace size at COCO scale").
+SHARD_COMPRESSLEVEL = 1
 
 
 @dataclass
@@ -423,12 +430,26 @@ class ShardBuilder:
         return name
 
     def write(self, path: Path) -> None:
-        """Write the shard to ``path`` (an uncompressed ``.npz``)."""
+        """Write the shard to ``path`` (a compressed ``.npz``: :func:`write_npz`)."""
         index = json.dumps({"images": self.images, "raw": self.raw, "cast": self.cast, "bits": self.bits,
                             "shared": self.shared_files},
                            separators=(",", ":"))
         with atomic_output(path) as f:
-            np.savez(f, **{INDEX_KEY: np.array(index)}, **self.arrays)
+            write_npz(f, {INDEX_KEY: np.array(index), **self.arrays})
+
+
+def write_npz(file: Any, arrays: Mapping[str, np.ndarray], compresslevel: int = SHARD_COMPRESSLEVEL) -> None:
+    """Write ``arrays`` to the binary file object ``file`` as an ``.npz``: one ``<key>.npy``
+    member per array (``numpy.lib.format``, no pickle), deflate-compressed at ``compresslevel``.
+
+    The layout is ``numpy.savez_compressed``'s, so ``numpy.load`` reads it and indexing the
+    ``NpzFile`` decompresses only the member asked for; ``savez_compressed`` itself takes no
+    level (it uses zlib's default, 6)."""
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:
+        for key, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            archive.writestr(f"{key}.npy", member.getvalue())
 
 
 class SharedArrays:
@@ -645,6 +666,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "ImageTrace",
+    "SHARD_COMPRESSLEVEL",
     "TraceSet",
     "TraceWriter",
     "load_traces",
