@@ -57,7 +57,7 @@ def test_the_traces_hold_every_declared_record(uncertainty_run):
     assert set(get_method(METHOD).records) <= set(traces.record_names)
     for trace in traces:
         record = trace[R.UNCERTAINTY_MAP]
-        assert {"bald", "mu_stride8", "sigma_stride32", "u_bald_stride16", R.MAP_CELL_SIZE} <= set(record)
+        assert {"bald", "mu_stride8", "sigma_stride32", R.MAP_CELL_SIZE} <= set(record)
         assert "uncertainty" in trace[R.DETECTIONS]
 
 

@@ -26,8 +26,9 @@ image holds, on a grid of 8 x 8 network-input pixels (the finest stride) cropped
   (the paper's "uncertainty map": each pixel the BALD of its anchor), ``bald_stride8`` /
   ``bald_stride16`` / ``bald_stride32`` the same per scale (a coarse cell covers 2 x 2 or
   4 x 4 fine cells);
-- per scale ``s`` and anchor, ``mu_stride{s}``, ``sigma_stride{s}``, ``u_bald_stride{s}``
-  ``(H_s, W_s, 3)`` over the padded input (the anchor order of the level);
+- per scale ``s`` and anchor, ``mu_stride{s}``, ``sigma_stride{s}`` ``(H_s, W_s, 3)`` over the
+  padded input (the anchor order of the level); each anchor's BALD is not stored, being a
+  function of the two: :func:`workbench.methods.uncertainty.analysis.anchor_bald` recomputes it;
 - given targets (training images, "on request"): ``difficulty_stride{s}`` (D), ``correct``,
   ``label`` (assignment: class, 0, -1 ignored), ``predicted`` (main objectness > 0.5) per
   anchor and the ``difficulty`` map (the largest D at each cell);

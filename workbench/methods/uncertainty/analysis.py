@@ -5,6 +5,8 @@
 - :func:`trace_images`: the model in evaluation on those images *with* their targets and a
   recorder, so that the traces hold the BALD maps and the per-anchor difficulty as training
   would compute it (:class:`~workbench.methods.uncertainty.model.UncertaintyDetector`);
+- :func:`anchor_bald`: the BALD of every anchor of one scale, recomputed from the traced ``mu``
+  and ``sigma``;
 - :func:`uncertainty_maps`, :func:`anchor_outcome_points`: one image's maps per scale and over
   the scales, and the centres of its TP / FP / FN anchors (main objectness at 0.5 against the
   assignment), in original-image pixels;
@@ -25,10 +27,21 @@ import torch
 from torch import Tensor, nn
 
 from workbench import records as R
+from workbench.losses.bald import bald
 from workbench.modeling.trace import TraceRecorder
 from workbench.ops import box_iou
 
 STRIDES = (8, 16, 32)
+
+
+def anchor_bald(record: Mapping[str, Tensor], stride: int) -> Tensor:
+    """The BALD (eq. 2, bits) of every anchor of scale ``stride`` of one image's
+    :data:`~workbench.records.UNCERTAINTY_MAP` record, ``(H_s, W_s, A)`` float32.
+
+    The trace stores each anchor's ``mu_stride{s}`` and ``sigma_stride{s}`` (float16) and not
+    their BALD, which is a function of the two: recomputed here from the float16 values, it
+    equals the model's float32 BALD to float16 precision of its inputs (tested)."""
+    return bald(record[f"mu_stride{stride}"].float(), record[f"sigma_stride{stride}"].float())
 
 
 @dataclass

@@ -218,7 +218,6 @@ class UncertaintyDetector(YOLOv3Detector):
             fields.update({f"bald_{k}": v for k, v in maps.items()})
             fields.update(per_scale_fields("mu", [m[i] for m in raw["aux_mu"]], strides))
             fields.update(per_scale_fields("sigma", [s[i] for s in raw["aux_sigma"]], strides))
-            fields.update(per_scale_fields("u_bald", [u[i] for u in u_levels], strides))
             if extra_levels is not None:
                 for name, levels in extra_levels.items():
                     fields.update(per_scale_fields(name, [v[i] for v in levels], strides))
