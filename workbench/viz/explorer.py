@@ -244,8 +244,9 @@ class TraceExplorer:
     # -- display -------------------------------------------------------------------------
     def static_figure(self) -> go.Figure:
         """The figure for the current controls as a plain ``go.Figure``, titled as the static
-        view it is (displayed before the widget: what a record keeps of the explorer)."""
-        fig = self.build_figure()
+        view it is (displayed before the widget: what a record keeps of the explorer); a copy of
+        the live figure, not a second build."""
+        fig = go.Figure(self.figure)
         fig.update_layout(title_text=f"{fig.layout.title.text}: the explorer's first view "
                                      "(static; the controls below need a running kernel)")
         return fig
