@@ -125,6 +125,11 @@ def untrained_model(method: str, num_classes: int, **base_overrides: Any) -> nn.
     return get_method(method).build_model(cfg, num_classes).eval()
 
 
+#: The images a figure is drawn on before any run exists (``data=None``): 8 training and 4
+#: validation images of the built-in shapes at 96 px, generated in a second on first use.
+PREVIEW_DATA = "builtin:shapes?train=8&val=4&size=96"
+
+
 @dataclass
 class FigureModel:
     """A model (evaluation mode, on ``device``) and the dataset to compute figures on; ``source``
@@ -140,7 +145,7 @@ def figure_model(
     run_dir: Path | str | None = None,
     *,
     method: str,
-    data: str = "builtin:shapes?train=8&val=4&size=96",
+    data: str | None = None,
     split: str | None = None,
     min_size: int = 96,
     seed: int = 0,
@@ -150,19 +155,19 @@ def figure_model(
     """With ``run_dir``, the run's checkpoint ``which`` (``best`` or ``last``) and its ``split``
     (default its validation split); without, a freshly built ``method`` (:func:`untrained_model`,
     seeded by ``seed``, inputs of ``min_size`` pixels) and split ``split`` (default ``val``) of
-    ``data``: its untrained heads give meaningless outputs, but every figure can be drawn
-    before a run exists."""
+    ``data`` (default :data:`PREVIEW_DATA`): its untrained heads give meaningless outputs, but
+    every figure can be drawn before a run exists."""
     if run_dir is not None:
         run = open_trained_run(run_dir, which, split=split, device=device)
         return FigureModel(run.model, run.dataset, f"{run.cfg.method} run {run_dir} ({run.split})", run.device)
     from workbench.data.sources import open_dataset
 
-    dataset = open_dataset(data, split or "val", progress=False)
+    dataset = open_dataset(data or PREVIEW_DATA, split or "val", progress=False)
     torch.manual_seed(seed)
     model = untrained_model(method, len(dataset.class_names), min_size=min_size, max_size=min_size)
     dev = torch.device(device)
     return FigureModel(model.to(dev), dataset, f"freshly built {method} (untrained)", dev)
 
 
-__all__ = ["FigureModel", "TrainedRun", "checkpoint_path", "figure_model", "load_run_config", "load_trained_model",
-           "open_trained_run", "replace_base", "resolve_device", "untrained_model"]
+__all__ = ["FigureModel", "PREVIEW_DATA", "TrainedRun", "checkpoint_path", "figure_model", "load_run_config",
+           "load_trained_model", "open_trained_run", "replace_base", "resolve_device", "untrained_model"]

@@ -60,7 +60,7 @@ def figure_inputs(
     run_dir: str | None = None,
     *,
     method: str = "uncertainty_rescaling",
-    data: str = "builtin:shapes?train=8&val=4&size=96",
+    data: str | None = None,
     split: str | None = None,
     num_images: int = 4,
     size: int = 96,
@@ -71,10 +71,11 @@ def figure_inputs(
     """With ``run_dir``: the run's checkpoint ``which`` on its ``split`` (default the validation
     split). Without: a freshly built ``method`` (its ``tiny`` preset without pretrained weights,
     letterbox input ``size``, seeded by ``seed``) on split ``split`` (default ``val``) of
-    ``data``: its outputs mean nothing, but every figure can be drawn before a run exists."""
+    ``data`` (default :data:`~workbench.engine.loading.PREVIEW_DATA`): its outputs mean
+    nothing, but every figure can be drawn before a run exists."""
     from workbench.data.collate import collate_samples
     from workbench.engine.inference import images_to_model_input, targets_to_device
-    from workbench.engine.loading import open_trained_run, replace_base
+    from workbench.engine.loading import PREVIEW_DATA, open_trained_run, replace_base
 
     if run_dir is not None:
         run = open_trained_run(run_dir, which, split=split, device=device)
@@ -84,7 +85,7 @@ def figure_inputs(
         from workbench.data.sources import open_dataset
         from workbench.methods import build_preset, get_method
 
-        dataset = open_dataset(data, split or "val", progress=False)
+        dataset = open_dataset(data or PREVIEW_DATA, split or "val", progress=False)
         torch.manual_seed(seed)
         cfg = replace_base(build_preset(method, "tiny").model, backbone_weights=None, backbone_norm="bn", size=size)
         dev = torch.device(device)
