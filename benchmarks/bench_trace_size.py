@@ -29,6 +29,14 @@ to rank and suppress and images return 100 detections, as a trained model's do; 
 counts are given). Sizes grow with the number of proposals, candidates and detections recorded,
 not with the weights.
 
+Trained weights. ``--run METHOD=RUN_DIR`` (repeatable) measures the same table on a trained
+run's last checkpoint (:func:`workbench.engine.loading.open_trained_run`; the run is only read),
+twice: on the first ``--images`` images of the run's own validation split at the run's own
+network input, and on the same images resized to 800 x 1333 with the network at COCO's input
+size as above (the checkpoint's weights load at any input size). Trained heads give the
+detections, candidates and maps a trained model has, which random weights only imitate.
+Without ``--methods`` the random-weight table is then skipped.
+
 Export memory. ``--export-images`` (default 5,000) synthetic traces of
 ``bench_fiftyone_export.py`` (128 x 128 images, 100 detections, an NMS ledger over 250 boxes,
 300 proposals, a 128 x 128 map) are written in the trace format; a child process loads them
@@ -38,6 +46,7 @@ Export memory. ``--export-images`` (default 5,000) synthetic traces of
 
     python benchmarks/bench_trace_size.py --threads 1
     python benchmarks/bench_trace_size.py --methods kl_rpn faster_rcnn --images 2 --export-images 0
+    python benchmarks/bench_trace_size.py --export-images 0 --run kl_rpn=runs/demo/runs/kl_rpn
 """
 
 from __future__ import annotations
@@ -126,34 +135,117 @@ def spread_class_weights(model: torch.nn.Module) -> None:
 
 
 def trace_method(method: str, num_images: int, out_dir: Path) -> dict[str, Any]:
-    """Predict ``num_images`` random COCO-size images with ``method``'s tiny model and write the
-    traces one image per shard; the sizes of what was written."""
+    """Predict ``num_images`` random COCO-size images with ``method``'s tiny model (random
+    weights) and write the traces one image per shard; the sizes of what was written."""
     torch.manual_seed(0)
     m = get_method(method)
     cfg = build_preset(method, "tiny")
-    square = square_size(method) if not hasattr(getattr(cfg.model, "base", cfg.model), "min_size") else 0
+    square = square_size(method) if not is_resizing(cfg.model) else 0
     model_cfg = coco_config(cfg.model, square)
     model = m.build_model(model_cfg, NUM_CLASSES).eval()
     spread_class_weights(model)
     g = torch.Generator().manual_seed(1)
-    detections, record_bytes = [], {}
+    images = [torch.rand(3, *COCO_IMAGE, generator=g) for _ in range(num_images)]
+    return {"method": method, "network": network_input(square), **write_traces(model, images, method, out_dir),
+            "sizes": input_sizes(model_cfg)}
+
+
+def is_resizing(model_cfg: Any) -> bool:
+    """Whether the detector resizes its input by short and long side (``min_size`` /
+    ``max_size``: the two-stage detectors and RetinaNet) rather than to a fixed square."""
+    return hasattr(getattr(model_cfg, "base", model_cfg), "min_size")
+
+
+def network_input(square: int) -> str:
+    """The network-input column: COCO's short / long side, or the fixed square."""
+    return f"{COCO_MIN_SIZE} / {COCO_MAX_SIZE}" if square == 0 else f"{square} x {square}"
+
+
+def write_traces(model: torch.nn.Module, images: list[torch.Tensor], method: str, out_dir: Path) -> dict[str, Any]:
+    """Predict ``images`` one at a time with a ``TraceRecorder``, write the traces one image per
+    shard under ``out_dir`` and measure them: the detections per image, the mean stored and
+    uncompressed bytes of a shard, the bytes of the shared anchor files and the stored bytes of
+    each record of the first shard."""
+    detections = []
     with TraceWriter(out_dir, method=method, split="val", shard_size=1) as writer, torch.no_grad():
-        for i in range(num_images):
-            image = torch.rand(3, *COCO_IMAGE, generator=g)
+        for i, image in enumerate(images):
             recorder = TraceRecorder()
             out = model([image], recorder=recorder)
             records = complete_records(recorder.images[0], out.detections[0])
             detections.append(len(out.detections[0]))
-            writer.add(ImageTrace(i, f"{i}.png", COCO_IMAGE, records))
+            writer.add(ImageTrace(i, f"{i}.png", tuple(image.shape[-2:]), records))
     shards = sorted(out_dir.glob("shard-*.npz"))
-    shared = sum(p.stat().st_size for p in out_dir.glob("shared-*.npy"))
-    shard = sum(p.stat().st_size for p in shards) / len(shards)
-    arrays = sum(uncompressed_bytes(p) for p in shards) / len(shards)
-    record_bytes = stored_record_bytes(shards[0])
-    sizes = input_sizes(model_cfg)
-    network = f"{COCO_MIN_SIZE}/{COCO_MAX_SIZE}" if square == 0 else f"{square} x {square}"
-    return {"method": method, "network": network, "detections": detections, "shard": shard, "arrays": arrays,
-            "shared": shared, "sizes": sizes, "per_image": shard + shared * sizes / TRACED_IMAGES, "records": record_bytes}
+    return {"detections": detections,
+            "shard": sum(p.stat().st_size for p in shards) / len(shards),
+            "arrays": sum(uncompressed_bytes(p) for p in shards) / len(shards),
+            "shared": sum(p.stat().st_size for p in out_dir.glob("shared-*.npy")),
+            "records": stored_record_bytes(shards[0])}
+
+
+def per_image_bytes(row: dict[str, Any]) -> float:
+    """``shard + anchors * S / 5000`` of the module docstring."""
+    return row["shard"] + row["shared"] * row["sizes"] / TRACED_IMAGES
+
+
+def parse_run(text: str) -> tuple[str, Path]:
+    """``METHOD=RUN_DIR`` of ``--run``; the method must be registered and the run must have a
+    last checkpoint."""
+    method, sep, run_dir = text.partition("=")
+    if not sep or method not in METHODS:
+        raise argparse.ArgumentTypeError(f"expected METHOD=RUN_DIR with METHOD one of {sorted(METHODS)}: {text!r}")
+    if not (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+        raise argparse.ArgumentTypeError(f"{run_dir}: no checkpoints/last.pt")
+    return method, Path(run_dir)
+
+
+def validation_images(run: Any, num_images: int) -> list[torch.Tensor]:
+    """The first ``num_images`` images of a trained run's validation split as the model takes them
+    (float, values in [0, 1]; :func:`workbench.engine.inference.images_to_model_input`)."""
+    from workbench.engine.inference import images_to_model_input
+
+    return images_to_model_input([run.dataset[i].image for i in range(min(num_images, len(run.dataset)))],
+                                 torch.device("cpu"))
+
+
+def coco_resized(image: torch.Tensor) -> torch.Tensor:
+    """``image`` resized (bilinear) to COCO's input size, 800 x 1333: a trained model's outputs on
+    real content at the image size COCO gives, whatever the aspect of the run's own images."""
+    return torch.nn.functional.interpolate(image[None], size=COCO_IMAGE, mode="bilinear", align_corners=False)[0]
+
+
+def trace_run(method: str, run_dir: Path, num_images: int, out_dir: Path) -> list[dict[str, Any]]:
+    """A trained run's last checkpoint traced twice: on its own validation images as it was
+    trained (network input from its config), and on the same images resized to 800 x 1333 with
+    the network at COCO's input size (:func:`coco_config`; the fixed-size detectors at the
+    largest square of their presets, as for random weights). The weights do not depend on the
+    input size (convolutions; anchors are recomputed per feature-map size), so the checkpoint
+    loads into both."""
+    from workbench.engine.loading import open_trained_run
+
+    run = open_trained_run(run_dir, "last", device="cpu")
+    if run.cfg.method != method:
+        raise SystemExit(f"{run_dir} is a {run.cfg.method} run, not {method}")
+    images = validation_images(run, num_images)
+    height, width = images[0].shape[-2:]
+    rows = [{"method": method, "images": f"val, {height} x {width}", "network": own_input(run.cfg.model),
+             **write_traces(run.model, images, method, out_dir / "own"), "sizes": input_sizes(run.cfg.model)}]
+    square = square_size(method) if not is_resizing(run.cfg.model) else 0
+    coco_cfg = coco_config(run.cfg.model, square)
+    model = get_method(method).build_model(coco_cfg, len(run.state["categories"]))
+    model.load_state_dict(run.state["model"])
+    rows.append({"method": method, "images": f"val resized to {COCO_IMAGE[0]} x {COCO_IMAGE[1]}",
+                 "network": network_input(square),
+                 **write_traces(model.eval(), [coco_resized(im) for im in images], method, out_dir / "coco"),
+                 "sizes": input_sizes(coco_cfg)})
+    return rows
+
+
+def own_input(model_cfg: Any) -> str:
+    """The network-input column of a run at its own input size."""
+    base = getattr(model_cfg, "base", model_cfg)
+    if is_resizing(model_cfg):
+        return f"{base.min_size} / {base.max_size}"
+    return f"{base.size} x {base.size}"
 
 
 def uncompressed_bytes(shard: Path) -> int:
@@ -235,9 +327,27 @@ def export_memory(num_images: int, tmp: Path) -> dict[str, Any]:
     return {**json.loads(result.stdout.strip().splitlines()[-1]), "trace_mib": trace_bytes / 2**20}
 
 
+def print_table(rows: list[dict[str, Any]], images: bool) -> None:
+    """The Markdown table of ``rows``; ``images``: with the column saying which images were traced."""
+    first = "| method | images " if images else "| method "
+    print(first + "| network input | detections | shard (KB) | arrays uncompressed (KB) "
+          f"| anchors, once per input size (KB) | S | per image at {TRACED_IMAGES:,} images (KB) | largest records (KB) |")
+    print("|---" * (2 + images) + "|---:" * 6 + "|---|")
+    for row in rows:
+        largest = sorted(row["records"].items(), key=lambda kv: -kv[1])[:3]
+        records = ", ".join(f"{name} {size / 1e3:.0f}" for name, size in largest)
+        first = f"| {row['method']} | {row['images']} " if images else f"| {row['method']} "
+        print(first + f"| {row['network']} | {', '.join(map(str, row['detections']))} "
+              f"| {row['shard'] / 1e3:.0f} | {row['arrays'] / 1e3:.0f} | {row['shared'] / 1e3:.0f} | {row['sizes']} "
+              f"| {per_image_bytes(row) / 1e3:.0f} | {records} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=sorted(METHODS), choices=sorted(METHODS))
+    parser.add_argument("--methods", nargs="*", default=None, choices=sorted(METHODS),
+                        help="methods traced with random weights (default: every method, none with --run)")
+    parser.add_argument("--run", type=parse_run, action="append", default=[], metavar="METHOD=RUN_DIR",
+                        help="also trace a trained run's last checkpoint (repeatable; the run is only read)")
     parser.add_argument("--images", type=int, default=2, help="images traced per method")
     parser.add_argument("--export-images", type=int, default=TRACED_IMAGES,
                         help="synthetic traced images exported for the memory figure (0: skip)")
@@ -249,21 +359,22 @@ def main() -> None:
         return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    methods = args.methods if args.methods is not None else ([] if args.run else sorted(METHODS))
     with tempfile.TemporaryDirectory(prefix="wb-bench-trace-size-") as tmp:
-        rows = [trace_method(method, args.images, Path(tmp) / method) for method in args.methods]
+        rows = [trace_method(method, args.images, Path(tmp) / method) for method in methods]
+        trained = [row for i, (method, run_dir) in enumerate(args.run)
+                   for row in trace_run(method, run_dir, args.images, Path(tmp) / f"run-{i}")]
         memory = export_memory(args.export_images, Path(tmp) / "export") if args.export_images else None
 
-    print(f"\n{args.images} random {COCO_IMAGE[0]} x {COCO_IMAGE[1]} images per method, tiny presets, "
-          f"{NUM_CLASSES} classes, random weights; CPU, {torch.get_num_threads()} threads; torch {torch.__version__}\n")
-    print("| method | network input | detections | shard (KB) | arrays uncompressed (KB) | anchors, once per input size (KB) | S "
-          f"| per image at {TRACED_IMAGES:,} images (KB) | largest records (KB) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
-    for row in rows:
-        largest = sorted(row["records"].items(), key=lambda kv: -kv[1])[:3]
-        records = ", ".join(f"{name} {size / 1e3:.0f}" for name, size in largest)
-        print(f"| {row['method']} | {row['network']} | {', '.join(map(str, row['detections']))} "
-              f"| {row['shard'] / 1e3:.0f} | {row['arrays'] / 1e3:.0f} | {row['shared'] / 1e3:.0f} | {row['sizes']} "
-              f"| {row['per_image'] / 1e3:.0f} | {records} |")
+    setting = f"CPU, {torch.get_num_threads()} threads; torch {torch.__version__}"
+    if rows:
+        print(f"\n{args.images} random {COCO_IMAGE[0]} x {COCO_IMAGE[1]} images per method, tiny presets, "
+              f"{NUM_CLASSES} classes, random weights; {setting}\n")
+        print_table(rows, images=False)
+    if trained:
+        print(f"\nTrained runs, last checkpoint: {', '.join(str(d) for _, d in args.run)}; "
+              f"{args.images} validation images per run; {setting}\n")
+        print_table(trained, images=True)
     if memory is not None:
         print(f"\nFiftyOne export with evaluation of {memory['samples']:,} synthetic traced images "
               f"({memory['trace_mib']:.0f} MiB of traces): RSS after imports {memory['rss_after_imports_mib']:.0f} MiB, "
