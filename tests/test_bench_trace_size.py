@@ -5,13 +5,10 @@ the per-image figure adds the anchor files amortised over the input sizes."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 from detector_support import SMALL_TWO_STAGE_96, shapes_96, small_run_fixture
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_trace_size.py"
 
 run_dir = small_run_fixture("faster_rcnn", data=shapes_96(train=4, val=2), epochs=1, batch_size=2,
                             model_overrides=SMALL_TWO_STAGE_96)
@@ -19,10 +16,7 @@ run_dir = small_run_fixture("faster_rcnn", data=shapes_96(train=4, val=2), epoch
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_trace_size", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_trace_size")
 
 
 def test_run_arguments_name_a_registered_method_and_a_run_with_a_checkpoint(bench, run_dir, tmp_path):
