@@ -312,3 +312,23 @@ def test_the_tiny_preset_trains_a_step():
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss) and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("top, channels", [("bottleneck", 320), ("expansion", 1280)])
+def test_mobilenet_body_returns_the_chosen_stride_32_block(top, channels):
+    from workbench.methods.yolov3.model import mobilenet_v2_body
+
+    cfg = YOLOv3Config(backbone="mobilenet_v2", backbone_weights=None, mobilenet_top=top, size=128)
+    body, out_channels = mobilenet_v2_body(cfg)
+    outputs = body(torch.rand(1, 3, 128, 128))
+    assert out_channels == (32, 96, channels)
+    assert [tuple(o.shape) for o in outputs.values()] == [(1, 32, 16, 16), (1, 96, 8, 8), (1, channels, 4, 4)]
+    # the last inverted residual's projection is linear; the expansion ends in ReLU6 (0..6)
+    assert (outputs["2"].min() < 0) == (top == "bottleneck")
+
+
+def test_mobilenet_top_is_checked():
+    from workbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mobilenet_top"):
+        build_yolov3(YOLOv3Config(backbone="mobilenet_v2", backbone_weights=None, mobilenet_top="top", size=128))

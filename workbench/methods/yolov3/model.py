@@ -58,6 +58,9 @@ class YOLOv3Config:
     darknet_width: float = 1.0
     trainable_backbone_layers: int = 6  # mobilenet_v2 only
     backbone_norm: str = "bn"  # mobilenet_v2 only: frozen_bn | bn
+    #: mobilenet_v2 only, the stride-32 output (:func:`mobilenet_v2_body`): ``bottleneck`` |
+    #: ``expansion``
+    mobilenet_top: str = "bottleneck"
     neck_channels: tuple[int, int, int] = (128, 256, 512)  # strides 8, 16, 32
     num_classes: int = 20
     size: int = 608  # letterbox input side (416, 320 as options)
@@ -197,11 +200,44 @@ def build_body(cfg: YOLOv3Config) -> tuple[nn.Module, tuple[int, ...]]:
                 raise ConfigError(f"{cfg.backbone_weights}: does not fit Darknet-53 ({str(exc).splitlines()[0]})") from None
         return body, body.out_channels
     if cfg.backbone == "mobilenet_v2":
-        base = build_backbone("mobilenet_v2_fpn", cfg.backbone_weights, cfg.trainable_backbone_layers, 8,
-                              cfg.backbone_norm, (2, 3, 4))
-        channels = tuple(int(block[0].in_channels) for block in base.neck.inner_blocks)
-        return base.body, channels
+        return mobilenet_v2_body(cfg)
     raise ConfigError(f"unknown YOLOv3 backbone {cfg.backbone!r}; use darknet53 or mobilenet_v2")
+
+
+#: ``mobilenet_v2().features`` blocks returned at strides 8, 16, 32, by ``mobilenet_top``.
+MOBILENET_V2_BLOCKS = {"bottleneck": ("6", "13", "17"), "expansion": ("6", "13", "18")}
+
+
+def mobilenet_v2_body(cfg: YOLOv3Config) -> tuple[nn.Module, tuple[int, ...]]:
+    """MobileNetV2 (``backbone_weights``, ``trainable_backbone_layers`` and ``backbone_norm`` as
+    for the FPN detectors, :func:`~workbench.modeling.backbones.build_backbone`) returning
+    blocks 6 and 13 at strides 8 and 16 and, at stride 32, by ``mobilenet_top``:
+
+    - ``bottleneck`` (default): block 17, the last inverted residual (320 channels, linear
+      output);
+    - ``expansion``: block 18, the classifier's 1x1 expansion to 1,280 channels with batch norm
+      and ReLU6, which torchvision's detection backbones (and the FPN ``tiny`` presets here)
+      return.
+
+    Why not ``expansion`` under the YOLOv3 neck: trained in the miniature regime (AdamW, frozen
+    batch norm), block 18's ReLU6 saturates. After 500 steps of ``tiny`` every one of its 1,280
+    channels sat at 0 or 6 on every validation image, so the stride-32 map carried nothing; the
+    neck's batch norm then tracked a running variance near 1e-10 and, in evaluation, divided
+    rounding noise by ``sqrt(eps)``, so the detector returned the same boxes for every image
+    (AP 0.000 after epoch 2). The FPN detectors keep block 18 (their lateral 1x1 convolutions
+    have no batch norm); there, too, about half of its channels die in training."""
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    blocks = MOBILENET_V2_BLOCKS.get(cfg.mobilenet_top)
+    if blocks is None:
+        raise ConfigError(f"unknown mobilenet_top {cfg.mobilenet_top!r}; use one of {', '.join(MOBILENET_V2_BLOCKS)}")
+    base = build_backbone("mobilenet_v2_fpn", cfg.backbone_weights, cfg.trainable_backbone_layers, 8,
+                          cfg.backbone_norm, (2, 3, 4))
+    features = nn.Sequential(*[module for name, module in base.body.named_children() if int(name) <= int(blocks[-1])])
+    body = IntermediateLayerGetter(features, return_layers={name: str(i) for i, name in enumerate(blocks)})
+    channels = tuple(int([m for m in features[int(b)].modules() if isinstance(m, nn.Conv2d)][-1].out_channels)
+                     for b in blocks)
+    return body, channels
 
 
 def objectness_loss(cfg: YOLOv3Config) -> ObjectnessLoss:
