@@ -60,7 +60,7 @@ def test_tiny_trains_in_refinedet_tinys_regime():
     assert (cfg.method, cfg.preset) == ("ssd", "tiny")
     assert (cfg.data, cfg.optimizer, cfg.schedule, cfg.batch_size) == (
         other.data, other.optimizer, other.schedule, other.batch_size)
-    assert cfg.data.augmentation == "flip"  # as the two-stage tiny presets (ssd.miniature_flip)
+    assert cfg.data.augmentation == "flip"  # as the two-stage tiny presets (faster_rcnn.miniature_flip)
     assert get_method("ssd").train_transforms is get_method("refinedet").train_transforms
 
 

@@ -27,7 +27,7 @@ import dataclasses
 
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method
-from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature, tiny_backbone
+from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature, miniature_flip, tiny_backbone
 from workbench.modeling.dense import DenseDetector
 from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD
 from workbench.modeling.ssd import (
@@ -119,18 +119,6 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> SSDConfig:
         candidates="per_image",
         detections_per_img=100,
     )
-
-
-def miniature_flip(method: str, model) -> TrainConfig:
-    """The miniature regime (:func:`~workbench.methods.faster_rcnn.miniature`) with the
-    horizontal flip as the only augmentation, as the two-stage ``tiny`` presets train.
-
-    The SSD augmentation (photometric distortion, expansion up to 4x onto the mean, min-IoU
-    crops) is made for SSD's 120k iterations; in the regime's 750 steps it halves what a dense
-    detector learns: RefineDet ``tiny``, seed 0, reached AP 0.074 / AP50 0.167 after 3 epochs
-    with it and 0.151 / 0.320 with the flip alone (docs/benchmarks.md, "RefineDet")."""
-    cfg = miniature(method, model)
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, augmentation="flip"))
 
 
 def tiny() -> TrainConfig:

@@ -53,7 +53,8 @@ from workbench.methods import SINGLE_STAGE_VIEWS, Method, RecordView
 from workbench.methods.faster_rcnn import TINY_WEIGHTS
 from workbench.methods.refinedet.figures import RUN_FIGURES
 from workbench.methods.refinedet.model import RefineDet, RefineDetConfig, build_refinedet
-from workbench.methods.ssd import _voc_data, _voc_schedule, miniature_flip, train_transforms
+from workbench.methods.faster_rcnn import miniature_flip
+from workbench.methods.ssd import _voc_data, _voc_schedule, train_transforms
 from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD
 
 #: COCO train2017 images (the paper's trainval35k), the unit the COCO schedule is converted with.
@@ -87,7 +88,7 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> RefineDetConfig:
 
 def tiny() -> TrainConfig:
     """The miniature regime of the baseline (its data, AdamW, schedule and batch, the flip as the
-    only augmentation: :func:`workbench.methods.ssd.miniature_flip`)."""
+    only augmentation: :func:`workbench.methods.faster_rcnn.miniature_flip`)."""
     return miniature_flip("refinedet", tiny_model())
 
 

@@ -17,16 +17,19 @@ Presets:
   40,000 x 64 / 16,551 = 154.7 -> 155 and 45,000 x 64 / 16,551 = 174.0 -> 174. Darknet-53
   starts from random weights unless ``backbone_weights`` names a local file of ImageNet weights
   (torchvision ships none). Judged by VOC07 11-point mAP;
-- ``tiny``: the miniature regime (``workbench.methods.faster_rcnn.miniature``, as RetinaNet's
-  ``tiny``: ``builtin:shapes``, AdamW, 3 epochs, cosine): MobileNetV2 with ImageNet weights
-  and frozen batch norm over strides 8, 16, 32 under a quarter-width YOLOv3 neck, 256 px input.
+- ``tiny``: the miniature regime with the flip as the only augmentation
+  (``workbench.methods.faster_rcnn.miniature_flip``, as SSD's and RefineDet's ``tiny``:
+  ``builtin:shapes``, AdamW, 3 epochs, cosine): MobileNetV2 with ImageNet weights and frozen
+  batch norm over strides 8, 16, 32 (the last inverted residual at 32, see
+  :func:`~workbench.methods.yolov3.model.mobilenet_v2_body`) under a quarter-width YOLOv3 neck,
+  256 px input.
 """
 
 from __future__ import annotations
 
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method
-from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature
+from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature_flip
 from workbench.methods.yolov3.model import YOLOv3Config, YOLOv3Detector, build_yolov3, with_classes
 from workbench.methods.yolov3.transforms import yolo_train_transform
 
@@ -80,8 +83,10 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> YOLOv3Config:
 
 
 def tiny() -> TrainConfig:
-    """The miniature regime of the baseline (its data, AdamW, schedule and batch)."""
-    return miniature("yolov3", tiny_model())
+    """The miniature regime of the baseline (its data, AdamW, schedule and batch) with the flip
+    as the only augmentation (:func:`~workbench.methods.faster_rcnn.miniature_flip`), as the
+    other single-stage ``tiny`` presets."""
+    return miniature_flip("yolov3", tiny_model())
 
 
 METHOD = Method(
