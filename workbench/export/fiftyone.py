@@ -817,28 +817,42 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "run"
 
 
+def compared_pairs(runs: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The ordered pairs of runs (names of ``runs``, a dataset's ``info["runs"]``) that get a
+    pairwise saved view. Runs of one ``(method, preset)`` are one setting over seeds, the groups
+    of the comparison notebook and the report (:mod:`workbench.evaluation.grouping`); the
+    question "what did B find that A missed" is asked between settings, each represented by its
+    first run, so that a comparison of many methods over seeds saves a view per ordered pair of
+    settings (12 methods over 3 seeds: 132 views, not 1,260, each of which FiftyOne saves into
+    the dataset's document one at a time). When every run is of one setting (seeds, or variants
+    of one method's config), every ordered pair of runs. Runs exported before the preset was
+    recorded group by method alone."""
+    settings: dict[tuple[Any, Any], str] = {}
+    for name, run in runs.items():
+        settings.setdefault((run.get("method"), run.get("preset")), name)
+    chosen = list(settings.values()) if len(settings) > 1 else list(runs)
+    return [(a, b) for a in chosen for b in chosen if a != b]
+
+
 def saved_view_specs(runs: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, list[tuple[str, str, Any]]]]:
     """``(name, description, filters)`` of the saved views for the runs of a dataset's
     ``info["runs"]`` (run name -> ``prefix``, ``eval_key``, ``fields``, ``uncertainty``);
     ``filters`` are ``(label field, kind, argument)`` applied in order (see :func:`save_views`).
 
-    - ``<A>-fp-<B>-right``, per ordered pair of evaluated runs: samples where run A has false
-      positives and B found a ground-truth box A missed; shows A's false positives, those
-      boxes, and B's true positives;
+    - ``<A>-fp-<B>-right``, per ordered pair of :func:`compared_pairs`: samples where run A
+      has false positives and B found a ground-truth box A missed; shows A's false positives,
+      those boxes, and B's true positives;
     - ``missed-by-all``: ground-truth boxes every evaluated run missed;
     - ``<A>-uncertain``, per run with an uncertainty attribute on its detections: the
       detections above its 90th percentile."""
     evaluated = {n: r for n, r in runs.items() if r.get("eval_key")}
     specs = []
-    for a, ra in evaluated.items():
-        for b, rb in evaluated.items():
-            if a == b:
-                continue
-            ka, kb = ra["eval_key"], rb["eval_key"]
-            pa, pb = ra["predictions"], rb["predictions"]
-            filters = [(pa, "eq", (ka, "fp")), (GT_FIELD, "fn_tp", (ka, kb)), (pb, "eq", (kb, "tp"))]
-            specs.append((f"{_slug(a)}-fp-{_slug(b)}-right",
-                          f"{a}'s false positives on images where {b} found a box {a} missed", filters))
+    for a, b in compared_pairs(evaluated):
+        ka, kb = evaluated[a]["eval_key"], evaluated[b]["eval_key"]
+        pa, pb = evaluated[a]["predictions"], evaluated[b]["predictions"]
+        filters = [(pa, "eq", (ka, "fp")), (GT_FIELD, "fn_tp", (ka, kb)), (pb, "eq", (kb, "tp"))]
+        specs.append((f"{_slug(a)}-fp-{_slug(b)}-right",
+                      f"{a}'s false positives on images where {b} found a box {a} missed", filters))
     if evaluated:
         keys = [r["eval_key"] for r in evaluated.values()]
         specs.append(("missed-by-all", "ground-truth boxes every run missed: " + ", ".join(evaluated),
@@ -922,6 +936,17 @@ def run_names(run_dirs: Sequence[Path | str]) -> list[str]:
     return names
 
 
+def run_setting(run_dir: Path) -> dict[str, Any]:
+    """``preset`` and ``seed`` of a run's ``config.json`` (``None`` where it records none, or
+    for a folder of traces without one), kept in the dataset's run info: :func:`compared_pairs`
+    groups the runs by method and preset."""
+    from workbench.engine.run_dir import RunDir
+
+    run = RunDir(Path(run_dir))
+    config = run.read_config() if run.config.exists() else {}
+    return {"preset": config.get("preset"), "seed": config.get("seed")}
+
+
 def export_runs(
     run_dirs: Sequence[Path | str],
     *,
@@ -969,7 +994,8 @@ def export_runs(
         parts.append(RunPart(
             n, _AlignedTraces(traces, image_ids), ExportPlan.of(record_views(traces.method)), prefix=f"{n}_",
             eval_key=f"{n}_{EVAL_KEY}", maps_dir=run / "fiftyone" / name,
-            info={"run": str(run.resolve()), "method": traces.method, "trace_format_version": traces.version},
+            info={"run": str(run.resolve()), "method": traces.method, "trace_format_version": traces.version,
+                  **run_setting(run)},
         ))
     info = {"split": run_split, "data": str(identities[0][1])}
     return build_dataset(data, name, parts, update=True, info=info, max_proposals=max_proposals,
