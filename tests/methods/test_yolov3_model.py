@@ -305,6 +305,7 @@ def test_the_tiny_preset_trains_a_step():
     assert cfg.model.backbone == "mobilenet_v2" and cfg.model.size == 256
     assert cfg.optimizer.name == "adamw" and cfg.data.spec == "builtin:shapes"
     assert cfg.data.augmentation == "flip" and yolov3.darknet53_608_voc().data.augmentation == "method"
+    assert cfg.model.mobilenet_top == "bottleneck" and YOLOv3Config().mobilenet_top == "expansion"
     torch.manual_seed(0)
     model = yolov3.build_model(dataclasses.replace(cfg.model, backbone_weights=None, backbone_norm="bn", size=128), 3)
     images, targets = _batch()

@@ -77,6 +77,7 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> YOLOv3Config:
         backbone_weights=weights,
         trainable_backbone_layers=4 if weights is not None else 6,
         backbone_norm="frozen_bn" if weights is not None else "bn",
+        mobilenet_top="bottleneck",
         neck_channels=(32, 64, 128),
         size=256,
     )

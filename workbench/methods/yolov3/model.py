@@ -58,9 +58,10 @@ class YOLOv3Config:
     darknet_width: float = 1.0
     trainable_backbone_layers: int = 6  # mobilenet_v2 only
     backbone_norm: str = "bn"  # mobilenet_v2 only: frozen_bn | bn
-    #: mobilenet_v2 only, the stride-32 output (:func:`mobilenet_v2_body`): ``bottleneck`` |
-    #: ``expansion``
-    mobilenet_top: str = "bottleneck"
+    #: mobilenet_v2 only, the stride-32 output (:func:`mobilenet_v2_body`): ``bottleneck`` (the
+    #: ``tiny`` preset's) | ``expansion`` (the default, so that runs saved before the choice
+    #: existed load as they were trained)
+    mobilenet_top: str = "expansion"
     neck_channels: tuple[int, int, int] = (128, 256, 512)  # strides 8, 16, 32
     num_classes: int = 20
     size: int = 608  # letterbox input side (416, 320 as options)
@@ -213,11 +214,11 @@ def mobilenet_v2_body(cfg: YOLOv3Config) -> tuple[nn.Module, tuple[int, ...]]:
     for the FPN detectors, :func:`~workbench.modeling.backbones.build_backbone`) returning
     blocks 6 and 13 at strides 8 and 16 and, at stride 32, by ``mobilenet_top``:
 
-    - ``bottleneck`` (default): block 17, the last inverted residual (320 channels, linear
-      output);
-    - ``expansion``: block 18, the classifier's 1x1 expansion to 1,280 channels with batch norm
-      and ReLU6, which torchvision's detection backbones (and the FPN ``tiny`` presets here)
-      return.
+    - ``bottleneck`` (the ``tiny`` preset): block 17, the last inverted residual (320 channels,
+      linear output);
+    - ``expansion`` (the config's default): block 18, the classifier's 1x1 expansion to 1,280
+      channels with batch norm and ReLU6, which torchvision's detection backbones (and the FPN
+      ``tiny`` presets here) return.
 
     Why not ``expansion`` under the YOLOv3 neck: trained in the miniature regime (AdamW, frozen
     batch norm), block 18's ReLU6 saturates. After 500 steps of ``tiny`` every one of its 1,280
@@ -225,7 +226,7 @@ def mobilenet_v2_body(cfg: YOLOv3Config) -> tuple[nn.Module, tuple[int, ...]]:
     neck's batch norm then tracked a running variance near 1e-10 and, in evaluation, divided
     rounding noise by ``sqrt(eps)``, so the detector returned the same boxes for every image
     (AP 0.000 after epoch 2). The FPN detectors keep block 18 (their lateral 1x1 convolutions
-    have no batch norm); there, too, about half of its channels die in training."""
+    have no batch norm); there, too, a quarter to a half of its channels die in training."""
     from torchvision.models._utils import IntermediateLayerGetter
 
     blocks = MOBILENET_V2_BLOCKS.get(cfg.mobilenet_top)
