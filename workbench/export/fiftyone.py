@@ -357,42 +357,63 @@ def _fiftyone():
 _FIELD_TYPES = {"float": "FloatField", "int": "IntField", "bool": "BooleanField", "str": "StringField"}
 
 
-def _declare(dataset, path: str, kind: str, declared: set[str], description: str | None = None) -> None:
-    """Add the embedded attribute ``path`` of ``kind`` to the schema once."""
-    if path in declared:
-        return
+def _schema_field(path: str, ftype, **kwargs):
+    """The FiftyOne field of ``path`` as ``add_sample_field(path, ftype, **kwargs)`` creates it."""
+    from fiftyone.core.odm.utils import create_field
+
+    return create_field(path.rsplit(".", 1)[-1], ftype, **kwargs)
+
+
+def _attribute_field(path: str, kind: str, description: str | None = None):
+    """The FiftyOne field of an embedded attribute of ``kind`` (:func:`attribute_kind`, or
+    ``"str"``); ``None`` for lists of lists, which are left to FiftyOne's dynamic schema."""
     fo = _fiftyone()
     if kind.endswith("_list"):
         base = _FIELD_TYPES.get(kind[: -len("_list")])
-        if base is None:  # lists of lists: left to FiftyOne's dynamic schema
-            declared.add(path)
-            return
-        dataset.add_sample_field(path, fo.ListField, subfield=getattr(fo, base), description=description)
-    else:
-        dataset.add_sample_field(path, getattr(fo, _FIELD_TYPES[kind]), description=description)
-    declared.add(path)
+        if base is None:
+            return None
+        return _schema_field(path, fo.ListField, subfield=getattr(fo, base), description=description)
+    return _schema_field(path, getattr(fo, _FIELD_TYPES[kind]), description=description)
 
 
-def _declare_attributes(
-    dataset, field_name: str, docs_per_sample: Sequence[list[dict]], declared: set[str],
+def _declare_fields(dataset, schema: Mapping[str, Any]) -> None:
+    """Add the fields of ``schema`` (path -> FiftyOne field; embedded paths after their parents)
+    to the dataset in one merge per nesting level. Each schema change saves and reloads the
+    dataset's document, whose size grows with every field: declared one at a time, the fields of
+    many runs cost about the square of their number (``docs/benchmarks.md``). Paths already
+    declared with the same type are left as they are."""
+    schema = {path: f for path, f in schema.items() if f is not None}
+    if schema:
+        dataset.add_dynamic_sample_fields(schema)
+
+
+def _label_field(path: str, embedded_doc_type, description: str):
+    """A ``Detections`` or ``Heatmap`` sample field."""
+    return _schema_field(path, _fiftyone().EmbeddedDocumentField, embedded_doc_type=embedded_doc_type,
+                         description=description)
+
+
+def _attribute_schema(
+    field_name: str, docs_per_sample: Sequence[list[dict]], schema: dict[str, Any],
     descriptions: Mapping[str, str] | None = None,
 ) -> None:
-    """Declare every non-standard attribute found in the documents of one label field
-    (``descriptions``: attribute name -> what it shows)."""
+    """Add to ``schema`` every non-standard attribute found in the documents of one label field
+    that it lacks (``descriptions``: attribute name -> what it shows); the first document of a
+    sample that has one gives an attribute's type."""
     standard = {"_id", "_cls", "attributes", "tags", "label", "bounding_box", "confidence"}
     descriptions = descriptions or {}
     for docs in docs_per_sample:
         for doc in docs[:1]:
             for name, value in doc.items():
                 path = f"{field_name}.detections.{name}"
-                if name in standard or path in declared:
+                if name in standard or path in schema:
                     continue
                 kind = "str" if isinstance(value, str) else attribute_kind([value])
                 if kind is not None:
                     description = descriptions.get(name)
                     if description is None and name.endswith("_mean") and name[: -len("_mean")] in descriptions:
                         description = f"mean of: {descriptions[name[: -len('_mean')]]}"
-                    _declare(dataset, path, kind, declared, description)
+                    schema[path] = _attribute_field(path, kind, description)
 
 
 def _metadata(path: Path, height: int, width: int):
@@ -552,26 +573,27 @@ def build_dataset(
     else:
         dataset = fo.Dataset(name, persistent=True, overwrite=True)
         sample_ids = dataset.add_samples([fo.Sample(filepath=p) for p in filepaths], progress=progress)
-        dataset.add_sample_field(GT_FIELD, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections,
-                                 description="ground-truth boxes of the dataset")
+    schema = {} if existing else {GT_FIELD: _label_field(GT_FIELD, fo.Detections, "ground-truth boxes of the dataset")}
     descriptions = {}
     heatmaps = {}
     for part in parts:
         described = part.plan.descriptions()
         for label_field in part.plan.box_fields():
             descriptions[part.field(label_field)] = described[label_field]
-            dataset.add_sample_field(part.field(label_field), fo.EmbeddedDocumentField,
-                                     embedded_doc_type=fo.Detections, description=described[label_field])
+            schema[part.field(label_field)] = _label_field(part.field(label_field), fo.Detections,
+                                                           described[label_field])
         heatmaps[part.name] = [v for v in part.plan.heatmaps if v.field in ranges[part.name]]
         for view in heatmaps[part.name]:
             descriptions[part.field(view.field)] = view.title
-            dataset.add_sample_field(part.field(view.field), fo.EmbeddedDocumentField,
-                                     embedded_doc_type=fo.Heatmap, description=view.title)
+            schema[part.field(view.field)] = _label_field(part.field(view.field), fo.Heatmap, view.title)
+        if part in evaluated:
+            schema.update(evaluation_schema(part.kept_field, part.eval_key))
+    _declare_fields(dataset, schema)
 
     matches = {p.name: _match(first[p.name][1], data) for p in evaluated}
     evaluations = {p.name: _register_evaluation(dataset, p) for p in evaluated}
 
-    declared: set[str] = set()
+    attributes: dict[str, Any] = {}
     counts = {GT_FIELD: 0} if not existing else {}
     for part in parts:
         counts.update({part.field(f): 0 for f in part.plan.box_fields()})
@@ -596,7 +618,7 @@ def build_dataset(
                     tuples[part.name].extend(match_tuples(gts, preds, part.eval_key))
                     for tally, value in zip(tallies[part.name], (image.tp, image.fp, image.fn)):
                         tally.append(value)
-            _write_fields(dataset, ids, part, fields, declared, counts)
+            _write_fields(dataset, ids, part, fields, attributes, counts)
             _write_heatmaps(dataset, ids, chunk, heatmaps[part.name], ranges[part.name], part)
         if not existing:
             metadata = [_metadata(data.image_path(i), data.records[i].height, data.records[i].width)
@@ -604,6 +626,7 @@ def build_dataset(
             dataset.set_values("metadata", dict(zip(ids, metadata)), key_field="id")
         dataset.set_values(GT_FIELD, {sid: detections_document(d) for sid, d in zip(ids, gt_docs)},
                            key_field="id", validate=False, expand_schema=False)
+    _declare_fields(dataset, attributes)
     for part in evaluated:
         key = part.eval_key
         for suffix, values in zip(("tp", "fp", "fn"), tallies[part.name]):
@@ -658,12 +681,14 @@ def _run_documents(part: RunPart, chunk, class_names, limit) -> dict[str, list[l
     return fields
 
 
-def _write_fields(dataset, ids, part: RunPart, fields, declared, counts) -> None:
-    """One ``set_values`` per field of one run for one chunk (attributes declared first)."""
+def _write_fields(dataset, ids, part: RunPart, fields, attributes: dict[str, Any], counts) -> None:
+    """One ``set_values`` per field of one run for one chunk. The values are written as they
+    are, without validation; their attributes are gathered into ``attributes`` (path -> field),
+    which :func:`build_dataset` declares once for every run after the last chunk."""
     for field_name, docs_per_sample in fields.items():
         view = next((v for v in part.plan.boxes if part.field(v.field) == field_name), None)
         attribute_views = part.plan.attributes_of(view.record) if view is not None else ()
-        _declare_attributes(dataset, field_name, docs_per_sample, declared, {v.field: v.title for v in attribute_views})
+        _attribute_schema(field_name, docs_per_sample, attributes, {v.field: v.title for v in attribute_views})
         values = {sid: detections_document(docs) for sid, docs in zip(ids, docs_per_sample)}
         dataset.set_values(field_name, values, key_field="id", validate=False, expand_schema=False)
         counts[field_name] += sum(len(d) for d in docs_per_sample)
@@ -736,9 +761,24 @@ def _evaluation_config(part: RunPart):
                                 compute_mAP=True)
 
 
+def evaluation_schema(pred_field: str, eval_key: str) -> dict[str, Any]:
+    """The fields FiftyOne's detection evaluation declares for ``eval_key`` (its
+    ``DetectionEvaluation.register_samples``): per sample ``<key>_tp`` / ``_fp`` / ``_fn``
+    (integers), per label of ``pred_field`` and of the ground truth ``<key>``, ``<key>_id``
+    (strings) and ``<key>_iou`` (a number). :func:`build_dataset` declares them with the other
+    fields of every run at once, so that registering the evaluation adds nothing."""
+    fo = _fiftyone()
+    paths = {f"{eval_key}_{suffix}": fo.IntField for suffix in ("tp", "fp", "fn")}
+    for label_field in (pred_field, GT_FIELD):
+        for suffix, ftype in (("", fo.StringField), ("_id", fo.StringField), ("_iou", fo.FloatField)):
+            paths[f"{label_field}.detections.{eval_key}{suffix}"] = ftype
+    return {path: _schema_field(path, ftype) for path, ftype in paths.items()}
+
+
 def _register_evaluation(dataset, part: RunPart):
     """Register the run's evaluation under its key (FiftyOne's run record, the per-sample count
-    fields and the per-label fields in the schema) before its labels are written."""
+    fields and the per-label fields in the schema, declared already by :func:`build_dataset`)
+    before its labels are written."""
     method = _evaluation_config(part).build()
     method.register_run(dataset, part.eval_key)
     method.register_samples(dataset, part.eval_key, dynamic=True)
@@ -801,9 +841,7 @@ def _remove_run(dataset, part: RunPart) -> None:
     if key in dataset.list_evaluations():
         dataset.delete_evaluation(key)
     schema = dataset.get_field_schema()
-    for name in previous.get("fields", []):
-        if name in schema:
-            dataset.delete_sample_field(name)
+    dataset.delete_sample_fields([name for name in previous.get("fields", []) if name in schema])
 
 
 # --------------------------------------------------------------------------------------------
