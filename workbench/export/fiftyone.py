@@ -42,8 +42,11 @@ the evaluation (``(F("eval") == "fp") & (F(attribute) >= value)``).
 
 Boxes cross here, and only here, from absolute ``xyxy`` pixels to FiftyOne's relative
 ``[x, y, w, h]`` (:func:`relative_xywh`). Samples are added by file path first, then each field
-is written for a chunk of samples with ``set_values`` (raw label documents, schema declared up
-front), which keeps 2,000 samples with hundreds of boxes each within seconds.
+is written for a chunk of samples with ``set_values`` (raw label documents), which keeps 2,000
+samples with hundreds of boxes each within seconds. The fields of every run and their
+evaluations are declared in one schema merge before the values, the attributes found in the
+values in one after them: FiftyOne saves and reloads the dataset's document on each schema
+change, so declaring fields one at a time costs about the square of the number of runs.
 """
 
 from __future__ import annotations
