@@ -380,8 +380,8 @@ def _attribute_field(path: str, kind: str, description: str | None = None):
 
 
 def _declare_fields(dataset, schema: Mapping[str, Any]) -> None:
-    """Add the fields of ``schema`` (path -> FiftyOne field; embedded paths after their parents)
-    to the dataset in one merge per nesting level. Each schema change saves and reloads the
+    """Add the fields of ``schema`` (path -> FiftyOne field; embedded paths after their parents;
+    ``None`` values are skipped) to the dataset in one schema merge. Each schema change saves and reloads the
     dataset's document, whose size grows with every field: declared one at a time, the fields of
     many runs cost about the square of their number (``docs/benchmarks.md``). Paths already
     declared with the same type are left as they are."""
