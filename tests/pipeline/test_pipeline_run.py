@@ -224,3 +224,33 @@ def test_pipeline_run_streams_the_training_progress_of_its_notebooks(tmp_path, t
     assert len(progress) == 2, captured.err[-2000:]
     assert "Executing Cell" not in captured.err + captured.out  # papermill's own markers only with --log-output
     assert (out / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_kernels_started_together_talk_over_sockets_of_their_own(tmp_path):
+    """Four notebooks at once: every kernel starts (no TCP port lost between two of them) and
+    reports the Unix-socket transport with a name no other kernel has; no socket is left."""
+    import glob
+    import json
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workbench.pipelines.runner import execute_notebook
+
+    notebook = tmp_path / "connection.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import json\nfrom ipykernel.connect import get_connection_info\n"
+        "info = json.loads(get_connection_info())\nprint(info['transport'], info['ip'])")]
+    nbformat.write(nb, notebook)
+
+    def run(i: int) -> list[str]:
+        out = tmp_path / f"run{i}.ipynb"
+        execute_notebook(notebook, out)
+        return nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].split()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        printed = list(pool.map(run, range(4)))
+    assert {transport for transport, _ in printed} == {"ipc"}
+    assert len({ip for _, ip in printed}) == 4
+    assert not [p for _, ip in printed for p in glob.glob(ip + "-*")]
+    assert all(ip.startswith(tempfile.gettempdir()) for _, ip in printed)

@@ -38,6 +38,34 @@ KERNEL_NAME = "python3"
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
+def _kernel_manager_class() -> type | None:
+    """Kernels that talk over Unix sockets with names of their own, where there are some.
+
+    Over TCP, jupyter_client picks each kernel's five ports by binding to port 0 and letting
+    go; the kernel binds them again a moment later. When two kernels start together (a group's
+    steps) one may lose a port in between ("Address already in use", the kernel dies before
+    replying to ``kernel_info``): jupyter_client issue 487. Sockets named by a fresh UUID
+    cannot collide. ``None`` (papermill's default manager) where Unix sockets do not exist."""
+    if os.name != "posix":
+        return None
+    import tempfile
+    import uuid
+
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class UnixSocketKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:  # the sockets are <ip>-1 ... <ip>-5, removed at shutdown
+            return os.path.join(tempfile.gettempdir(), f"workbench-kernel-{uuid.uuid4().hex}")
+
+    return UnixSocketKernelManager
+
+
 @dataclass
 class StepOutcome:
     """What happened to one step: ``ran`` or ``skipped`` (finished before, same fingerprint)."""
@@ -99,6 +127,9 @@ def execute_notebook(notebook: Path | str, output: Path | str, parameters: dict[
     from workbench.viz.explorer import RECORD_ENV
 
     os.environ[RECORD_ENV] = "1"  # inherited by the kernels this process starts: they execute records
+    manager = _kernel_manager_class()
+    if manager is not None:
+        options.setdefault("kernel_manager_class", manager)
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters or {}, kernel_name=kernel_name,
                                progress_bar=False, extra_arguments=KERNEL_ARGUMENTS, store_widget_state=False,
                                **options)
