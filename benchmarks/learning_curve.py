@@ -77,6 +77,8 @@ RECIPES: dict[str, tuple[str, Callable[[], TrainConfig]]] = {
                 lambda: _optimizer(baseline.tiny(), name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4)),
     "new_all_trainable": ("tiny preset with every MobileNetV2 stage trainable",
                           lambda: _model(baseline.tiny(), trainable_backbone_layers=6)),
+    "new_bottleneck": ("tiny preset with MobileNetV2 block 17 (320-channel bottleneck) at stride 32, not block 18",
+                       lambda: _model(baseline.tiny(), backbone_mobilenet_top="bottleneck")),
     "new_wide_head": ("tiny preset with a 512-d box head on 128 RoIs per image",
                       lambda: _model(baseline.tiny(), box_representation_size=512, box_batch_size_per_image=128)),
 }

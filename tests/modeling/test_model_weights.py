@@ -97,3 +97,27 @@ def test_mobilenet_returned_layers_pick_the_fpn_levels():
     assert [tuple(v.shape[-2:]) for v in out.values()] == [(16, 16), (8, 8), (4, 4), (2, 2)]
     with pytest.raises(ConfigError, match="returned_layers"):
         build_backbone("mobilenet_v2_fpn", None, trainable_layers=6, returned_layers=(3, 2))
+
+
+def test_mobilenet_top_bottleneck_feeds_block_17_to_the_fpn():
+    """``bottleneck`` ends the body at block 17 (320 channels, no ReLU6), whose output is the
+    stride-32 map the FPN's last lateral convolution reads; ``expansion`` keeps block 18."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 128, 128)
+    expansion = build_backbone("mobilenet_v2_fpn", None, trainable_layers=6, fpn_channels=16, returned_layers=(2, 3, 4))
+    bottleneck = build_backbone("mobilenet_v2_fpn", None, trainable_layers=6, fpn_channels=16,
+                                returned_layers=(2, 3, 4), mobilenet_top="bottleneck")
+    assert [int(block[0].in_channels) for block in bottleneck.neck.inner_blocks] == [32, 96, 320]
+    assert [int(block[0].in_channels) for block in expansion.neck.inner_blocks] == [32, 96, 1280]
+    assert "18" not in dict(bottleneck.body.named_children()) and "18" in dict(expansion.body.named_children())
+    bottleneck.body.load_state_dict(
+        {k: v for k, v in expansion.body.state_dict().items() if not k.startswith("18.")}, strict=True)
+    bottleneck.eval()
+    expansion.eval()
+    top = bottleneck.body(x)["2"]
+    assert top.shape == (1, 320, 4, 4) and (top < 0).any()  # a linear bottleneck, not a ReLU6 output
+    assert torch.equal(expansion.body(x)["2"], expansion.body["18"](top))
+    with pytest.raises(ConfigError, match="mobilenet_top"):
+        build_backbone("mobilenet_v2_fpn", None, trainable_layers=6, mobilenet_top="top")
+    with pytest.raises(ConfigError, match="mobilenet_top applies to mobilenet_v2_fpn"):
+        build_backbone("resnet18_fpn", None, mobilenet_top="bottleneck")

@@ -221,8 +221,21 @@ def _block_out(layer: nn.Sequential) -> int:
     return int(conv.out_channels)
 
 
-# Blocks of ``mobilenet_v2().features`` that end the stride-4, 8, 16 and 32 stages.
-_MOBILENET_V2_RETURN = ("3", "6", "13", "18")
+# Blocks of ``mobilenet_v2().features`` that end the stride-4, 8 and 16 stages.
+_MOBILENET_V2_RETURN = ("3", "6", "13")
+#: The block of ``mobilenet_v2().features`` returned at stride 32, by name: ``expansion``
+#: (block 18, the classifier's 1x1 expansion to 1,280 channels with batch norm and ReLU6, what
+#: torchvision's detection backbones return) or ``bottleneck`` (block 17, the last inverted
+#: residual: 320 channels, linear output).
+MOBILENET_V2_TOPS = {"expansion": "18", "bottleneck": "17"}
+
+
+def mobilenet_v2_stage_blocks(top: str = "expansion") -> tuple[str, str, str, str]:
+    """The blocks of ``mobilenet_v2().features`` that end the stride-4, 8, 16 and 32 stages,
+    the last one by ``top`` (:data:`MOBILENET_V2_TOPS`)."""
+    if top not in MOBILENET_V2_TOPS:
+        raise ConfigError(f"unknown mobilenet_top {top!r}; use one of {', '.join(MOBILENET_V2_TOPS)}")
+    return (*_MOBILENET_V2_RETURN, MOBILENET_V2_TOPS[top])
 
 
 def _check_returned_layers(returned_layers: tuple[int, ...]) -> None:
@@ -255,8 +268,10 @@ def _mobilenet_v2_fpn(
     out_channels: int,
     norm: str = "frozen_bn",
     returned_layers: tuple[int, ...] = (1, 2, 3, 4),
+    top: str = "expansion",
 ) -> FeatureExtractor:
     _check_returned_layers(returned_layers)
+    stage_blocks = mobilenet_v2_stage_blocks(top)
     features = _classification_network("mobilenet_v2_fpn", weights, norm).features
     # Stage starts: the stem, every strided block, and the last 1x1 conv (as torchvision counts).
     starts = [0] + [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)] + [len(features) - 1]
@@ -264,7 +279,7 @@ def _mobilenet_v2_fpn(
     for block in features[:freeze_before]:
         for parameter in block.parameters():
             parameter.requires_grad_(False)
-    blocks = [_MOBILENET_V2_RETURN[k - 1] for k in returned_layers]
+    blocks = [stage_blocks[k - 1] for k in returned_layers]
     channels = [_last_out_channels(features[int(i)]) for i in blocks]
     # Blocks after the last returned one never reach an output: leave them out of the body.
     return _fpn_extractor(features[: int(blocks[-1]) + 1], blocks, channels, out_channels, returned_layers)
@@ -301,6 +316,7 @@ def build_backbone(
     fpn_channels: int = 256,
     norm: str = "frozen_bn",
     returned_layers: tuple[int, ...] = (1, 2, 3, 4),
+    mobilenet_top: str = "expansion",
 ) -> FeatureExtractor:
     """Build a feature extractor by name.
 
@@ -313,15 +329,18 @@ def build_backbone(
       (trainable batch norm, for training from scratch);
     - ``mobilenet_v2_fpn``: MobileNetV2 blocks 3, 6, 13, 18 (strides 4..32) + FPN + P6, same
       levels as the ResNet FPNs (``returned_layers`` picks among them the same way);
-      ``trainable_layers`` in [0, 6] (stages as torchvision counts them);
+      ``trainable_layers`` in [0, 6] (stages as torchvision counts them); ``mobilenet_top``
+      ``bottleneck`` returns block 17 instead of 18 at stride 32 (:data:`MOBILENET_V2_TOPS`);
     - ``vgg16``: VGG-16 up to conv5_3 (+ ReLU), one level ``0`` at stride 16 with 512 channels;
       ``trainable_layers`` in [0, 5] conv blocks counted from conv5 (3 freezes conv1 and conv2).
     """
     if name not in _SPECS:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     _check_trainable(name, trainable_layers)
+    if mobilenet_top != "expansion" and name != "mobilenet_v2_fpn":
+        raise ConfigError(f"mobilenet_top applies to mobilenet_v2_fpn only, not {name}")
     if name in ("resnet50_fpn", "resnet101_fpn", "resnet18_fpn"):
         return _resnet_fpn(name, weights, trainable_layers, fpn_channels, norm, returned_layers)
     if name == "mobilenet_v2_fpn":
-        return _mobilenet_v2_fpn(weights, trainable_layers, fpn_channels, norm, returned_layers)
+        return _mobilenet_v2_fpn(weights, trainable_layers, fpn_channels, norm, returned_layers, mobilenet_top)
     return _vgg16(weights, trainable_layers)

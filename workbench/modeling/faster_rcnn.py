@@ -81,6 +81,7 @@ class FasterRCNNConfig:
     trainable_backbone_layers: int = 3
     backbone_norm: str = "frozen_bn"  # frozen_bn | bn (trainable, for training from scratch)
     backbone_returned_layers: tuple[int, ...] = (1, 2, 3, 4)  # ResNet stages fed to the FPN
+    backbone_mobilenet_top: str = "expansion"  # mobilenet_v2_fpn's stride-32 block: expansion | bottleneck
     fpn_channels: int = 256
     num_classes: int = 90
     # image transform
@@ -350,7 +351,7 @@ def build_faster_rcnn(
         raise ConfigError(f"num_classes counts foreground classes and must be >= 1, got {cfg.num_classes}")
     backbone = build_backbone(
         cfg.backbone, cfg.backbone_weights, cfg.trainable_backbone_layers, cfg.fpn_channels,
-        cfg.backbone_norm, cfg.backbone_returned_layers,
+        cfg.backbone_norm, cfg.backbone_returned_layers, cfg.backbone_mobilenet_top,
     )
     if neck is not None:
         backbone = backbone.with_neck(neck(backbone))

@@ -53,6 +53,7 @@ class RetinaNetConfig:
     trainable_backbone_layers: int = 3
     backbone_norm: str = "frozen_bn"
     backbone_returned_layers: tuple[int, ...] = (2, 3, 4)
+    backbone_mobilenet_top: str = "expansion"  # mobilenet_v2_fpn's stride-32 block: expansion | bottleneck
     fpn_channels: int = 256
     num_classes: int = 90
     background_column: bool = False
@@ -135,7 +136,7 @@ def build_retinanet_backbone(cfg: RetinaNetConfig) -> FeatureExtractor:
     of the two-stage FPN); levels ``"0".."k-1", "p6", "p7"``."""
     base = build_backbone(
         cfg.backbone, cfg.backbone_weights, cfg.trainable_backbone_layers, cfg.fpn_channels,
-        cfg.backbone_norm, cfg.backbone_returned_layers,
+        cfg.backbone_norm, cfg.backbone_returned_layers, cfg.backbone_mobilenet_top,
     )
     if not isinstance(base.neck, FeaturePyramidNetwork):
         raise ConfigError(f"RetinaNet needs an FPN backbone; {cfg.backbone} has none")

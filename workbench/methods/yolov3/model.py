@@ -39,7 +39,7 @@ from workbench.methods.yolov3.coding import (
 )
 from workbench.methods.yolov3.losses import ObjectnessLoss, YOLOLoss, YOLOTargets
 from workbench.methods.yolov3.networks import Darknet53, YOLOv3Backbone, YOLOv3Head
-from workbench.modeling.backbones import build_backbone
+from workbench.modeling.backbones import build_backbone, mobilenet_v2_stage_blocks
 from workbench.modeling.dense import AllAnchors, DenseDetector, _CandidatesThenNMS
 from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 from workbench.ops import clip_boxes
@@ -205,10 +205,6 @@ def build_body(cfg: YOLOv3Config) -> tuple[nn.Module, tuple[int, ...]]:
     raise ConfigError(f"unknown YOLOv3 backbone {cfg.backbone!r}; use darknet53 or mobilenet_v2")
 
 
-#: ``mobilenet_v2().features`` blocks returned at strides 8, 16, 32, by ``mobilenet_top``.
-MOBILENET_V2_BLOCKS = {"bottleneck": ("6", "13", "17"), "expansion": ("6", "13", "18")}
-
-
 def mobilenet_v2_body(cfg: YOLOv3Config) -> tuple[nn.Module, tuple[int, ...]]:
     """MobileNetV2 (``backbone_weights``, ``trainable_backbone_layers`` and ``backbone_norm`` as
     for the FPN detectors, :func:`~workbench.modeling.backbones.build_backbone`) returning
@@ -226,12 +222,11 @@ def mobilenet_v2_body(cfg: YOLOv3Config) -> tuple[nn.Module, tuple[int, ...]]:
     neck's batch norm then tracked a running variance near 1e-10 and, in evaluation, divided
     rounding noise by ``sqrt(eps)``, so the detector returned the same boxes for every image
     (AP 0.000 after epoch 2). The FPN detectors keep block 18 (their lateral 1x1 convolutions
-    have no batch norm); there, too, a quarter to a half of its channels die in training."""
+    have no batch norm); there, too, a quarter to a half of its channels die in training
+    (``backbone_mobilenet_top`` of their configs chooses the same way)."""
     from torchvision.models._utils import IntermediateLayerGetter
 
-    blocks = MOBILENET_V2_BLOCKS.get(cfg.mobilenet_top)
-    if blocks is None:
-        raise ConfigError(f"unknown mobilenet_top {cfg.mobilenet_top!r}; use one of {', '.join(MOBILENET_V2_BLOCKS)}")
+    blocks = mobilenet_v2_stage_blocks(cfg.mobilenet_top)[1:]  # strides 8, 16, 32
     base = build_backbone("mobilenet_v2_fpn", cfg.backbone_weights, cfg.trainable_backbone_layers, 8,
                           cfg.backbone_norm, (2, 3, 4))
     features = nn.Sequential(*[module for name, module in base.body.named_children() if int(name) <= int(blocks[-1])])
