@@ -26,6 +26,22 @@ def test_the_run_trains_evaluates_and_reads_back(run_dir):
     assert isinstance(run.model, RefineDet) and run.cfg.method == "refinedet"
 
 
+def test_model_overrides_change_inference_and_keep_the_weights(run_dir):
+    """An inference setting replaced at load time: same weights, at most 3 detections an image."""
+    import torch
+
+    from workbench.engine.inference import predict_dataset
+    from workbench.engine.loading import open_trained_run
+
+    plain = open_trained_run(run_dir, "last", device="cpu")
+    capped = open_trained_run(run_dir, "last", device="cpu", model_overrides={"detections_per_img": 3,
+                                                                               "score_thresh": 0.0})
+    assert capped.cfg.model.detections_per_img == 3 and plain.cfg.model.detections_per_img != 3
+    assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), capped.model.state_dict().values()))
+    counts = [len(p.detections.boxes) for p in predict_dataset(capped.model, capped.dataset, capped.device, progress=False)]
+    assert counts == [3] * 4
+
+
 def test_traces_and_anchor_statistics(run_dir):
     from workbench.data.sources import open_dataset
     from workbench.engine.predict import predict_run

@@ -57,12 +57,19 @@ def checkpoint_path(run_dir: Path | str, which: str = "best") -> Path:
 
 
 def load_trained_model(
-    run_dir: Path | str, which: str = "best", device: str | torch.device = "cpu"
+    run_dir: Path | str, which: str = "best", device: str | torch.device = "cpu",
+    model_overrides: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """(model in eval mode on ``device``, config, checkpoint) of a finished or interrupted run."""
+    """(model in eval mode on ``device``, config, checkpoint) of a finished or interrupted run.
+
+    ``model_overrides`` replace fields of the model config before the model is built: settings
+    that leave the parameters as they are (an inference switch such as IoU-uniform R-CNN's
+    ``repool``, a score threshold); the checkpoint must still load into the model."""
     from workbench.methods import get_method
 
     cfg = load_run_config(run_dir)
+    if model_overrides:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model_overrides))
     state = load_checkpoint(checkpoint_path(run_dir, which), map_location=device)
     model = get_method(cfg.method).build_model(cfg.model, len(state["categories"]))
     model.load_state_dict(state["model"])
@@ -87,16 +94,16 @@ class TrainedRun:
 
 def open_trained_run(
     run_dir: Path | str, which: str = "best", *, data: str | None = None, split: str | None = None,
-    device: str | torch.device = "auto",
+    device: str | torch.device = "auto", model_overrides: dict[str, Any] | None = None,
 ) -> TrainedRun:
     """The run's model from checkpoint ``which`` and split ``split`` (default the run's
     validation split) of ``data`` (default the run's own dataset), with the method's evaluation
-    transforms."""
+    transforms; ``model_overrides`` as in :func:`load_trained_model`."""
     from workbench.data.sources import open_dataset
     from workbench.methods import get_method
 
     dev = resolve_device(device)
-    model, cfg, state = load_trained_model(run_dir, which, dev)
+    model, cfg, state = load_trained_model(run_dir, which, dev, model_overrides)
     split = split or cfg.data.val_split
     spec = data or cfg.data.spec
     dataset = open_dataset(spec, split, transforms=get_method(cfg.method).evaluation_transforms(cfg))
