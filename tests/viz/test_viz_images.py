@@ -7,7 +7,7 @@ import pytest
 import torch
 from viz_records import MAP_VIEWS, make_gt, make_image, make_records
 
-from workbench.viz.boxes import outline_coordinates, to_image
+from workbench.viz.boxes import canvas_size, outline_coordinates, to_image
 from workbench.methods import RecordView
 from workbench.viz.images import LAYERS, image_figure, layer_traces, per_box_scalars, trace_image_figure
 from workbench.viz.nms import kept_detections, rerun_nms
@@ -27,6 +27,16 @@ def test_images_convert_from_chw_tensors_and_float_arrays():
     assert to_image(floats).dtype == np.uint8 and int(to_image(floats)[0, 0, 0]) == 127
     with pytest.raises(ValueError, match="an image must be"):
         to_image(np.zeros((4, 5, 7)))
+
+
+def test_the_canvas_is_the_image_else_the_given_size_else_the_boxes_extent():
+    image = torch.zeros(3, 40, 60, dtype=torch.uint8)
+    boxes = torch.tensor([[0.0, 0.0, 70.2, 30.0]])
+    assert canvas_size(image, (10, 10), boxes) == (40, 60)
+    assert canvas_size(None, (10.0, 20.0), boxes) == (10, 20)
+    assert canvas_size(None, None, boxes, np.array([[5.0, 5.0, 9.0, 45.5]]), None) == (46, 71)
+    assert canvas_size(None, None, np.zeros((0, 4))) == (1, 1)
+    assert canvas_size(None, None, torch.tensor([[0.0, 0.0, 0.4, 0.2]])) == (1, 1)
 
 
 def test_every_layer_is_drawn_and_only_the_asked_ones_are_visible():

@@ -28,6 +28,7 @@ from plotly.subplots import make_subplots
 
 from workbench.viz.boxes import (
     box_layer,
+    canvas_size,
     class_color,
     class_name,
     fit_axes,
@@ -55,15 +56,6 @@ def _arrows(fig: go.Figure, start: np.ndarray, end: np.ndarray, colors: Sequence
     for (x0, y0), (x1, y1), color in zip(start, end, colors):
         fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y", text="",
                            showarrow=True, arrowhead=2, arrowsize=1, arrowwidth=width, arrowcolor=color)
-
-
-def _canvas(image: Any, image_size: tuple[int, int] | None, *box_sets: np.ndarray) -> tuple[int, int]:
-    if image is not None:
-        return tuple(to_image(image).shape[:2])  # type: ignore[return-value]
-    if image_size is not None:
-        return int(image_size[0]), int(image_size[1])
-    boxes = np.concatenate([b for b in box_sets if b.size] or [np.zeros((1, 4))])
-    return int(np.ceil(max(boxes[:, 3].max(), 1))), int(np.ceil(max(boxes[:, 2].max(), 1)))
 
 
 def _color_bins(values: np.ndarray, bins: int) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -94,7 +86,7 @@ def anchor_refinement_figure(
     prob = to_numpy(objectness).reshape(-1)
     if not (before.shape == after.shape and before.shape[0] == prob.shape[0]):
         raise ValueError(f"anchors {before.shape}, refined {after.shape} and objectness {prob.shape} do not align")
-    rows, cols = _canvas(image, image_size, before, after)
+    rows, cols = canvas_size(image, image_size, before, after)
     fig = go.Figure()
     if image is not None:
         fig.add_trace(image_layer(image))
@@ -143,7 +135,7 @@ def detection_sources_figure(
     if not (a.shape == r.shape == b.shape and a.shape[0] == lab.shape[0] == sc.shape[0]):
         raise ValueError(f"anchors {a.shape}, refined {r.shape}, boxes {b.shape}, labels {lab.shape} and "
                          f"scores {sc.shape} do not align")
-    rows, cols = _canvas(image, image_size, a, r, b)
+    rows, cols = canvas_size(image, image_size, a, r, b)
     fig = go.Figure()
     if image is not None:
         fig.add_trace(image_layer(image))

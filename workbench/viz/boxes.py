@@ -161,3 +161,16 @@ def fit_axes(fig: go.Figure, height: int, width: int) -> go.Figure:
     fig.update_xaxes(range=[0, width], showgrid=False, zeroline=False, constrain="domain")
     fig.update_yaxes(range=[height, 0], showgrid=False, zeroline=False, scaleanchor="x", scaleratio=1)
     return fig
+
+
+def canvas_size(image: Any, image_size: tuple[int, int] | None, *box_sets: Any) -> tuple[int, int]:
+    """``(height, width)`` in pixels of the picture a figure shows: the image's, else
+    ``image_size``, else the extent from the origin of the boxes (``box_sets``: ``(N, 4)``
+    arrays or tensors, ``None`` for none), rounded up and at least one pixel each way."""
+    if image is not None:
+        height, width = to_image(image).shape[:2]
+        return int(height), int(width)
+    if image_size is not None:
+        return int(image_size[0]), int(image_size[1])
+    boxes = np.concatenate([to_boxes(b) for b in box_sets] + [np.ones((1, 4))])
+    return int(np.ceil(boxes[:, 3].max())), int(np.ceil(boxes[:, 2].max()))

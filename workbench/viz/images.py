@@ -19,11 +19,11 @@ import plotly.graph_objects as go
 from workbench import records as R
 from workbench.viz.boxes import (
     box_layer,
+    canvas_size,
     class_name,
     fit_axes,
     image_layer,
     to_boxes,
-    to_image,
     to_numpy,
     value_marker,
 )
@@ -221,17 +221,12 @@ def image_figure(
 
 
 def _canvas_size(image: Any, image_size: tuple[int, int] | None, heatmap: Any, cell, box_sets) -> tuple[int, int]:
-    if image is not None:
-        h, w = to_image(image).shape[:2]
-        return h, w
-    if image_size is not None:
-        return int(image_size[0]), int(image_size[1])
-    if heatmap is not None:
+    """:func:`~workbench.viz.boxes.canvas_size`, with the heatmap's extent before the boxes'."""
+    if image is None and image_size is None and heatmap is not None:
         h, w = to_numpy(heatmap).shape
         cell_h, cell_w = (1.0, 1.0) if cell is None else (float(cell[0]), float(cell[1]))
         return int(round(h * cell_h)), int(round(w * cell_w))
-    boxes = np.concatenate([to_boxes(b["boxes"]) for b in box_sets if b is not None] + [np.ones((1, 4))])
-    return int(np.ceil(boxes[:, 3].max())), int(np.ceil(boxes[:, 2].max()))
+    return canvas_size(image, image_size, *(records["boxes"] for records in box_sets if records is not None))
 
 
 def default_views() -> tuple[Any, ...]:

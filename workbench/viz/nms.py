@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.ops import nms_with_ledger
-from workbench.viz.boxes import box_layer, class_name, fit_axes, image_layer, to_boxes, to_image, to_numpy
+from workbench.viz.boxes import box_layer, canvas_size, class_name, fit_axes, image_layer, to_boxes, to_numpy
 
 KEPT_COLOR = "#2ca02c"
 SUPPRESSED_COLOR = "#d62728"
@@ -208,7 +208,7 @@ def nms_slider_figure(
         sliders=[_slider(fig, thresholds, counts, total, active, title)],
         title=_step_title(title, thresholds[active], counts[active], total), height=720,
     )
-    height, width = _canvas(image, image_size, base["boxes"])
+    height, width = canvas_size(image, image_size, base["boxes"])
     return fit_axes(fig, height, width)
 
 
@@ -231,17 +231,6 @@ def _slider(fig: go.Figure, thresholds: list[float], counts: list[int], total: i
 def _shown_at(trace: Any, threshold: float) -> bool:
     meta = trace.meta or {}
     return meta.get("layer") == "image" or meta.get("threshold") == threshold
-
-
-def _canvas(image: Any, image_size: tuple[int, int] | None, boxes: torch.Tensor) -> tuple[int, int]:
-    if image is not None:
-        h, w = to_image(image).shape[:2]
-        return h, w
-    if image_size is not None:
-        return int(image_size[0]), int(image_size[1])
-    if boxes.numel() == 0:
-        return 1, 1
-    return int(np.ceil(float(boxes[:, 3].max()))), int(np.ceil(float(boxes[:, 2].max())))
 
 
 def keep_counts_figure(

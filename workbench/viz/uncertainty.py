@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from workbench.viz.boxes import box_layer, class_name, fit_axes, image_layer, to_boxes, to_image, to_numpy
+from workbench.viz.boxes import box_layer, canvas_size, class_name, fit_axes, image_layer, to_boxes, to_image, to_numpy
 from workbench.viz.maps import add_map_panel, map_layer
 
 GT_COLOR = "#00ff7f"
@@ -133,12 +133,7 @@ def detections_by_uncertainty_figure(
     fig = go.Figure()
     if image is not None:
         fig.add_trace(image_layer(image))
-        height_px, width_px = to_image(image).shape[:2]
-    elif image_size is not None:
-        height_px, width_px = image_size
-    else:
-        height_px = int(np.ceil(boxes[:, 3].max())) if len(boxes) else 1
-        width_px = int(np.ceil(boxes[:, 2].max())) if len(boxes) else 1
+    height_px, width_px = canvas_size(image, image_size, boxes)
     if gt_boxes is not None:
         fig.add_trace(box_layer(gt_boxes, name="ground truth", layer="gt", color=GT_COLOR, dash="dash"))
     colors = sample_colorscale(colorscale, list(np.clip(values[rows] / top, 0.0, 1.0))) if rows.size else []
