@@ -281,23 +281,20 @@ class SigmoidPostprocess(_CandidatesThenNMS):
         image_sizes: Sequence[tuple[int, int]],
     ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
         logits, deltas = preds["cls_logits"], preds["deltas"]
-        num_classes = logits.shape[-1]
         for i, image_size in enumerate(image_sizes):
             boxes_l, scores_l, labels_l, levels_l, index_l = [], [], [], [], []
             offset = 0
             for level, count in enumerate(level_counts):
-                scores = torch.sigmoid(logits[i, offset:offset + count]).flatten()
-                keep = scores > self.score_thresh
-                scores = scores[keep]
-                flat_index = torch.where(keep)[0]
-                scores, order = scores.topk(min(self.topk_candidates, int(flat_index.shape[0])))
-                flat_index = flat_index[order]
-                anchor_index = torch.div(flat_index, num_classes, rounding_mode="floor") + offset
+                scores, anchor_index, labels = top_pairs_per_image(
+                    torch.sigmoid(logits[i, offset:offset + count]), self.score_thresh, self.topk_candidates,
+                    self.first_label,
+                )
+                anchor_index = anchor_index + offset
                 boxes = self.box_coder.decode(deltas[i, anchor_index], anchors[anchor_index])
                 boxes_l.append(clip_boxes(boxes, image_size))
                 scores_l.append(scores)
-                labels_l.append(flat_index % num_classes + self.first_label)
-                levels_l.append(torch.full_like(flat_index, level))
+                labels_l.append(labels)
+                levels_l.append(torch.full_like(anchor_index, level))
                 index_l.append(anchor_index)
                 offset += count
             yield torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l), torch.cat(levels_l), torch.cat(index_l)
@@ -321,17 +318,22 @@ def top_pairs_per_class(probabilities: Tensor, score_thresh: float, k: int) -> t
     return torch.cat(scores_l), torch.cat(index_l), torch.cat(labels_l)
 
 
-def top_pairs_per_image(foreground: Tensor, score_thresh: float, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def top_pairs_per_image(
+    foreground: Tensor, score_thresh: float, k: int, first_label: int = 1
+) -> tuple[Tensor, Tensor, Tensor]:
     """RefineDet's candidate rule ("the top 400 high confident detections per image", Zhang et
     al., CVPR 2018, section 2.2 "Inference"): one image's foreground probabilities (A, K),
-    column ``j`` for label ``j + 1`` -> the ``k`` most confident (anchor, class) pairs scoring
-    above ``score_thresh`` (strict), best first: (scores, anchor index, labels)."""
+    column ``j`` for label ``j + first_label`` -> the ``k`` most confident (anchor, class) pairs
+    scoring above ``score_thresh`` (strict), best first: (scores, anchor index, labels).
+    RetinaNet's rule is the same on each level's anchors (torchvision
+    ``RetinaNet.postprocess_detections``), YOLOv3's on the products of objectness and class
+    probability."""
     num_classes = foreground.shape[-1]
     scores = foreground.flatten()
     flat_index = torch.where(scores > score_thresh)[0]
     scores, order = scores[flat_index].topk(min(k, int(flat_index.shape[0])))
     flat_index = flat_index[order]
-    return scores, torch.div(flat_index, num_classes, rounding_mode="floor"), flat_index % num_classes + 1
+    return scores, torch.div(flat_index, num_classes, rounding_mode="floor"), flat_index % num_classes + first_label
 
 
 @dataclass(frozen=True)

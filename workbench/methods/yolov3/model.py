@@ -40,7 +40,8 @@ from workbench.methods.yolov3.coding import (
 from workbench.methods.yolov3.losses import ObjectnessLoss, YOLOLoss, YOLOTargets
 from workbench.methods.yolov3.networks import Darknet53, YOLOv3Backbone, YOLOv3Head
 from workbench.modeling.backbones import build_backbone, mobilenet_v2_stage_blocks
-from workbench.modeling.dense import AllAnchors, DenseDetector, _CandidatesThenNMS
+from workbench.modeling.dense import AllAnchors, DenseDetector, _CandidatesThenNMS, top_pairs_per_image
+from workbench.modeling.rpn import level_ids
 from workbench.modeling.transform import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 from workbench.ops import clip_boxes
 
@@ -173,20 +174,14 @@ class YOLOPostprocess(_CandidatesThenNMS):
     ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
         device = anchors.device
         strides = anchor_strides(level_counts, self.strides, device=device, dtype=anchors.dtype)
-        levels = torch.repeat_interleave(torch.arange(len(level_counts), device=device),
-                                         torch.tensor(list(level_counts), device=device))
+        levels = level_ids(level_counts, device)
         obj = torch.sigmoid(preds["obj_logits"][..., 0])
         cls = torch.sigmoid(preds["cls_logits"])
-        num_classes = cls.shape[-1]
         for i, image_size in enumerate(image_sizes):
-            scores = (obj[i][:, None] * cls[i]).flatten()
-            flat_index = torch.where(scores > self.score_thresh)[0]
-            scores, order = scores[flat_index].topk(min(self.topk_candidates, int(flat_index.shape[0])))
-            flat_index = flat_index[order]
-            anchor_index = torch.div(flat_index, num_classes, rounding_mode="floor")
+            scores, anchor_index, labels = top_pairs_per_image(obj[i][:, None] * cls[i], self.score_thresh,
+                                                               self.topk_candidates)
             boxes = decode(preds["deltas"][i, anchor_index], anchors[anchor_index], strides[anchor_index], self.clamp)
-            yield (clip_boxes(boxes, image_size), scores, flat_index % num_classes + 1, levels[anchor_index],
-                   anchor_index)
+            yield clip_boxes(boxes, image_size), scores, labels, levels[anchor_index], anchor_index
 
 
 def build_body(cfg: YOLOv3Config) -> tuple[nn.Module, tuple[int, ...]]:
