@@ -78,6 +78,30 @@ class DenseLoss(Protocol):
         ...
 
 
+def sampled_dense_loss(
+    loss: DenseLoss,
+    sampler: Sampler,
+    preds: Mapping[str, Tensor],
+    labels: Tensor,
+    box_targets: Tensor,
+    assignments: Sequence[Assignment],
+    generator: torch.Generator | None,
+) -> tuple[dict[str, Tensor], DenseTargets]:
+    """A dense head's losses and the targets they were reduced over: the per-anchor
+    classification loss (N, A) of ``labels``, each image's anchors chosen by ``sampler`` from
+    ``labels`` (which may differ from the assignments' own, e.g. after RefineDet's negative
+    anchor filtering) with that loss to rank by (SSD's hard negative mining), then ``loss``
+    reduced over the chosen anchors."""
+    cls_loss = loss.classification(preds, labels)
+    detached = cls_loss.detach()
+    masks = [sampler(Assignment(labels[i], a.matched_gt, a.max_iou), generator, losses=detached[i])
+             for i, a in enumerate(assignments)]
+    positive = torch.stack([pos for pos, _ in masks])
+    negative = torch.stack([neg for _, neg in masks])
+    targets = DenseTargets(labels, box_targets, positive, negative, list(assignments))
+    return loss(preds, cls_loss, targets), targets
+
+
 #: A dense head's post-processing, ``postprocess(preds, anchors, level_counts, image_sizes,
 #: recorder=None)``: flat outputs (N, A, C) by name, anchors (A, 4), anchors per level and the
 #: image sizes -> detections per image in network-input pixels (e.g. :class:`SoftmaxPostprocess`).
@@ -451,9 +475,5 @@ class DenseDetector(Detector):
         generator: torch.Generator | None,
     ) -> dict[str, Tensor]:
         assignments, labels, box_targets = self.assign(anchors, targets)
-        cls_loss = self.loss.classification(flat, labels)
-        detached = cls_loss.detach()
-        masks = [self.sampler(a, generator, losses=detached[i]) for i, a in enumerate(assignments)]
-        positive = torch.stack([pos for pos, _ in masks])
-        negative = torch.stack([neg for _, neg in masks])
-        return self.loss(flat, cls_loss, DenseTargets(labels, box_targets, positive, negative, assignments))
+        losses, _ = sampled_dense_loss(self.loss, self.sampler, flat, labels, box_targets, assignments, generator)
+        return losses

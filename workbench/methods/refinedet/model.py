@@ -81,7 +81,7 @@ from workbench.errors import ConfigError
 from workbench.losses import smooth_l1
 from workbench.modeling.assignment import Assignment, HardNegativeSampler, SSDMatcher
 from workbench.modeling.backbones import NORM_LAYERS, _classification_network, _freeze_resnet
-from workbench.modeling.dense import DenseTargets, SoftmaxLoss, final_nms, record_candidates, top_pairs_per_image
+from workbench.modeling.dense import SoftmaxLoss, final_nms, record_candidates, sampled_dense_loss, top_pairs_per_image
 from workbench.modeling.detector import Detector, Features, detections_to_original
 from workbench.modeling.rpn import flatten_levels, level_ids
 from workbench.modeling.ssd import (
@@ -471,31 +471,22 @@ class RefineDet(Detector):
 
     # -- training ---------------------------------------------------------------------------
 
-    def _module_loss(self, loss: SoftmaxLoss, preds: Mapping[str, Tensor], labels: Tensor, box_targets: Tensor,
-                     assignments: list[Assignment], generator: torch.Generator | None) -> tuple[dict[str, Tensor], DenseTargets]:
-        cls_loss = loss.classification(preds, labels)
-        detached = cls_loss.detach()
-        masks = [self.sampler(Assignment(labels[i], a.matched_gt, a.max_iou), generator, losses=detached[i])
-                 for i, a in enumerate(assignments)]
-        positive = torch.stack([pos for pos, _ in masks])
-        negative = torch.stack([neg for _, neg in masks])
-        targets = DenseTargets(labels, box_targets, positive, negative, assignments)
-        return loss(preds, cls_loss, targets), targets
-
     def _losses(self, arm: Mapping[str, Tensor], odm: Mapping[str, Tensor], anchors: Tensor, references: Tensor,
                 filtered: Tensor, targets: Sequence[Mapping[str, Tensor]], generator: torch.Generator | None,
                 raw: dict[str, object]) -> dict[str, Tensor]:
         """Both modules' losses; their targets go to ``raw`` (``arm_targets``, ``odm_targets``:
-        :class:`DenseTargets`, the ODM's labels after negative anchor filtering)."""
+        :class:`~workbench.modeling.dense.DenseTargets`, the ODM's labels after negative anchor filtering)."""
         n = references.shape[0]
         arm_assign, arm_labels, arm_box = assign_to_references(
             self.arm_matcher, self.box_coder, anchors.expand(n, -1, -1), targets, class_agnostic=True)
         arm_preds = {"cls_logits": arm["arm_logits"], "deltas": arm["arm_deltas"]}
-        losses, raw["arm_targets"] = self._module_loss(self.arm_loss, arm_preds, arm_labels, arm_box, arm_assign, generator)
+        losses, raw["arm_targets"] = sampled_dense_loss(self.arm_loss, self.sampler, arm_preds, arm_labels, arm_box,
+                                                     arm_assign, generator)
         odm_assign, odm_labels, odm_box = assign_to_references(
             self.odm_matcher, self.box_coder, references, targets, class_agnostic=False)
         odm_labels = filter_negatives(odm_labels, filtered)
-        odm_losses, raw["odm_targets"] = self._module_loss(self.odm_loss, odm, odm_labels, odm_box, odm_assign, generator)
+        odm_losses, raw["odm_targets"] = sampled_dense_loss(self.odm_loss, self.sampler, odm, odm_labels, odm_box,
+                                                         odm_assign, generator)
         losses.update(odm_losses)
         return losses
 
