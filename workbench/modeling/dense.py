@@ -265,12 +265,6 @@ class _CandidatesThenNMS:
     detections_per_image: int
     with_anchor_index: bool = False
 
-    def _candidates(
-        self, preds: Mapping[str, Tensor], anchors: Tensor, level_counts: Sequence[int],
-        image_sizes: Sequence[tuple[int, int]],
-    ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
-        raise NotImplementedError
-
     def __call__(
         self,
         preds: Mapping[str, Tensor],
@@ -286,6 +280,14 @@ class _CandidatesThenNMS:
             out.append(final_nms(boxes, scores, labels, anchor_index, self.nms_thresh, self.detections_per_image,
                                  self.with_anchor_index, recorder, i))
         return out
+
+    def _candidates(
+        self, preds: Mapping[str, Tensor], anchors: Tensor, level_counts: Sequence[int],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+        """Per image: (boxes, scores, labels, levels, anchor index) of its candidates (each
+        post-processing's own rule)."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
