@@ -70,36 +70,15 @@ class IoUBalancedSampler(Sampler):
         )
 
 
-def _check_components(refine_type: str, alpha: float, gamma: float, beta: float) -> None:
-    if refine_type not in REFINE_TYPES:
-        raise ConfigError(f"unknown refine_type {refine_type!r}; use one of {', '.join(REFINE_TYPES)}")
-    if not (alpha > 0 and gamma > 0 and beta > 0):
-        raise ConfigError(f"balanced L1 needs alpha, gamma and beta > 0, got {alpha}, {gamma}, {beta}")
-
-
 @dataclass(frozen=True)
-class LibraRCNNConfig:
-    """The baseline's config (``base``) and Libra R-CNN's three switches with their settings.
+class BalancedComponents:
+    """The two Libra components every detector takes, with mmdetection's
+    ``libra_faster_rcnn_r50_fpn_1x`` settings (:class:`LibraRetinaNetConfig` changes two):
+    ``balanced_pyramid`` integrated at level ``refine_level`` (2: P4 of P2-P6) and refined by
+    ``refine_type`` (``non_local``, the paper's, ``conv`` or ``none``); ``balanced_l1`` for the
+    box regression with ``alpha``, ``gamma`` (paper: 0.5, 1.5, the best of its loss ablation,
+    37.2 AP) and ``beta`` (1.0, the authors' configuration)."""
 
-    - ``iou_balanced_sampling``: the box stage samples with :class:`IoUBalancedSampler`
-      (``base.box_batch_size_per_image`` RoIs, ``base.box_positive_fraction`` positives) with
-      ``num_bins`` (paper: K = 3; its sampling ablation tries 2, 3, 5) and ``positive_balance``
-      (instance-balanced positives); ``floor_thr`` / ``floor_fraction`` as mmdetection's
-      (off: -1 / 0, the paper's configuration);
-    - ``balanced_pyramid``: the balanced feature pyramid after the FPN, integrated at level
-      ``refine_level`` (2: P4 of P2-P6, mmdetection's ``libra_faster_rcnn_r50_fpn_1x``) and
-      refined by ``refine_type`` (``non_local``, the paper's, ``conv`` or ``none``);
-    - ``balanced_l1``: the box stage's regression loss is balanced L1 with ``alpha``, ``gamma``
-      (paper: 0.5, 1.5, the best of its loss ablation, 37.2 AP) and ``beta`` (1.0, the authors' configuration)
-      instead of ``base``'s smooth L1.
-    """
-
-    base: FasterRCNNConfig = field(default_factory=FasterRCNNConfig)
-    iou_balanced_sampling: bool = True
-    num_bins: int = 3
-    positive_balance: bool = True
-    floor_thr: float = -1.0
-    floor_fraction: float = 0.0
     balanced_pyramid: bool = True
     refine_level: int = 2
     refine_type: str = "non_local"
@@ -109,30 +88,50 @@ class LibraRCNNConfig:
     beta: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_components(self.refine_type, self.alpha, self.gamma, self.beta)
+        if self.refine_type not in REFINE_TYPES:
+            raise ConfigError(f"unknown refine_type {self.refine_type!r}; use one of {', '.join(REFINE_TYPES)}")
+        if not (self.alpha > 0 and self.gamma > 0 and self.beta > 0):
+            raise ConfigError(
+                f"balanced L1 needs alpha, gamma and beta > 0, got {self.alpha}, {self.gamma}, {self.beta}"
+            )
+
+
+@dataclass(frozen=True)
+class LibraRCNNConfig(BalancedComponents):
+    """The baseline's config (``base``) and Libra R-CNN's three switches with their settings.
+
+    - ``iou_balanced_sampling``: the box stage samples with :class:`IoUBalancedSampler`
+      (``base.box_batch_size_per_image`` RoIs, ``base.box_positive_fraction`` positives) with
+      ``num_bins`` (paper: K = 3; its sampling ablation tries 2, 3, 5) and ``positive_balance``
+      (instance-balanced positives); ``floor_thr`` / ``floor_fraction`` as mmdetection's
+      (off: -1 / 0, the paper's configuration);
+    - ``balanced_pyramid`` after the FPN and ``balanced_l1`` as the box stage's regression loss
+      instead of ``base``'s smooth L1, with the settings of :class:`BalancedComponents`.
+    """
+
+    base: FasterRCNNConfig = field(default_factory=FasterRCNNConfig)
+    iou_balanced_sampling: bool = True
+    num_bins: int = 3
+    positive_balance: bool = True
+    floor_thr: float = -1.0
+    floor_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_bins < 1:
             raise ConfigError(f"num_bins must be >= 1, got {self.num_bins}")
 
 
 @dataclass(frozen=True)
-class LibraRetinaNetConfig:
+class LibraRetinaNetConfig(BalancedComponents):
     """RetinaNet's config (``base``) and the two Libra components a single-stage detector takes
-    (it has no RoI sampling): ``balanced_pyramid`` at ``refine_level`` (1: P4 of P3-P7,
-    mmdetection's ``libra_retinanet_r50_fpn_1x``) with ``refine_type``, and ``balanced_l1``
-    for the box regression with ``alpha``, ``gamma`` and ``beta`` (0.5, 1.5, 0.11: the same
-    configuration) instead of ``base.box_loss``."""
+    (it has no RoI sampling), :class:`BalancedComponents` with mmdetection's
+    ``libra_retinanet_r50_fpn_1x`` settings: the pyramid refined at level 1 (P4 of P3-P7) and
+    balanced L1 with ``beta`` 0.11 instead of ``base.box_loss``."""
 
     base: RetinaNetConfig = field(default_factory=RetinaNetConfig)
-    balanced_pyramid: bool = True
     refine_level: int = 1
-    refine_type: str = "non_local"
-    balanced_l1: bool = True
-    alpha: float = 0.5
-    gamma: float = 1.5
     beta: float = 0.11
-
-    def __post_init__(self) -> None:
-        _check_components(self.refine_type, self.alpha, self.gamma, self.beta)
 
 
 def balanced_pyramid_neck(backbone: FeatureExtractor, *, refine_level: int, refine_type: str) -> BalancedFeaturePyramid:
@@ -145,13 +144,13 @@ def balanced_pyramid_neck(backbone: FeatureExtractor, *, refine_level: int, refi
     return BalancedFeaturePyramid(backbone.out_channels, num_levels, refine_level, refine_type)
 
 
-def _neck(cfg: LibraRCNNConfig | LibraRetinaNetConfig):
+def _neck(cfg: BalancedComponents):
     if not cfg.balanced_pyramid:
         return None
     return functools.partial(balanced_pyramid_neck, refine_level=cfg.refine_level, refine_type=cfg.refine_type)
 
 
-def _box_loss(cfg: LibraRCNNConfig | LibraRetinaNetConfig):
+def _box_loss(cfg: BalancedComponents):
     if not cfg.balanced_l1:
         return None
     return functools.partial(balanced_l1, alpha=cfg.alpha, gamma=cfg.gamma, beta=cfg.beta)
@@ -188,6 +187,7 @@ def build_retinanet_model(cfg: LibraRetinaNetConfig, num_classes: int) -> DenseD
 
 
 __all__ = [
+    "BalancedComponents",
     "IoUBalancedSampler",
     "LibraRCNNConfig",
     "LibraRetinaNetConfig",
