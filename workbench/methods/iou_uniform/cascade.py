@@ -50,6 +50,7 @@ from workbench.methods.iou_uniform.model import (
     ClassificationLoss,
     ClassOnlyPredictor,
     IoUFields,
+    IoUHeadSettings,
     IoUHeadLoss,
     IoUPredictor,
     IoUUniformPostprocess,
@@ -90,10 +91,10 @@ def _tuples(value):
 
 
 @dataclass(frozen=True)
-class CascadeIoUUniformConfig:
+class CascadeIoUUniformConfig(IoUHeadSettings):
     """The cascade's config (``cascade``, around the baseline's ``cascade.base``) plus, per
-    stage, the generated samples and the interval weights; the other settings are those of
-    :class:`~workbench.methods.iou_uniform.model.IoUUniformConfig`."""
+    stage, the generated samples and the interval weights; the other settings are the
+    :class:`~workbench.methods.iou_uniform.model.IoUHeadSettings`."""
 
     cascade: CascadeRCNNConfig = field(default_factory=CascadeRCNNConfig)
     stage_intervals: tuple[tuple[tuple[float, float], ...], ...] = STAGE_INTERVALS
@@ -101,14 +102,6 @@ class CascadeIoUUniformConfig:
     stage_jitter_offsets: tuple[tuple[float, ...], ...] = STAGE_JITTER_OFFSETS
     stage_jitter_scales: tuple[tuple[tuple[float, float], ...], ...] = STAGE_JITTER_SCALES
     stage_interval_weights: tuple[tuple[float, ...], ...] = STAGE_INTERVAL_WEIGHTS
-    use_interval_weights: bool = True
-    num_candidates: int = 500
-    repool: bool = True
-    nms_score: str = "class_iou"
-    box_smooth_l1_beta: float = 1.0
-    iou_smooth_l1_beta: float = 0.5
-    box_init_std: float = 0.001
-    iou_init_std: float = 0.01
 
     def __post_init__(self) -> None:
         for name in ("stage_intervals", "stage_per_interval", "stage_jitter_offsets", "stage_jitter_scales",
@@ -127,8 +120,7 @@ class CascadeIoUUniformConfig:
                 raise ConfigError(str(err)) from None
             if len(weights) != len(intervals):
                 raise ConfigError(f"intervals {intervals} need as many interval weights, got {weights}")
-        if self.nms_score not in ("class_iou", "class"):
-            raise ConfigError(f"nms_score must be 'class_iou' or 'class', got {self.nms_score!r}")
+        self._check_nms_score()
 
     @property
     def base(self) -> FasterRCNNConfig:

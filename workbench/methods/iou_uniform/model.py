@@ -74,29 +74,54 @@ NMS_SCORES = ("class_iou", "class")
 
 
 @dataclass(frozen=True)
-class IoUUniformConfig:
-    """The baseline's config (``base``) plus what IoU-uniform R-CNN adds; each component can be
-    switched off for the paper's ablations (Tables 4, 5 and 6).
+class IoUHeadSettings:
+    """The settings IoU-uniform R-CNN takes on Faster R-CNN (:class:`IoUUniformConfig`) and on
+    the cascade (:class:`~workbench.methods.iou_uniform.cascade.CascadeIoUUniformConfig`) alike:
 
-    - ``intervals``, ``per_interval``, ``num_candidates``, ``jitter_offsets``, ``jitter_scales``:
-      the generated samples (:func:`workbench.ops.uniform_iou_samples`; section 4.1: 4 intervals,
-      64 samples per GT, i.e. 16 per interval; ``None`` jitter: the authors' per interval);
+    - ``num_candidates``: jittered candidates drawn per GT and interval before the samples are
+      kept (:func:`workbench.ops.uniform_iou_samples`);
+    - ``use_interval_weights=False``: every sample's offset loss weighs 1 (Table 4 without
+      "tuning weight");
+    - ``repool``: predict the IoU again on the re-pooled refined boxes (section 3.2; Table 6);
+    - ``nms_score``: ``"class_iou"`` (class probability x predicted IoU, section 3.2) or
+      ``"class"`` (the class probability alone; Fig. 7's baseline);
+    - ``box_smooth_l1_beta`` / ``iou_smooth_l1_beta``: 1.0 / 0.5 (the authors' code);
+    - ``box_init_std`` / ``iou_init_std``: the offset and IoU layers start from N(0, std) with
+      zero bias (0.001 for offsets: section 3.1; 0.01, mmdetection's for scores, for the IoU).
+    """
+
+    num_candidates: int = 500
+    use_interval_weights: bool = True
+    repool: bool = True
+    nms_score: str = "class_iou"
+    box_smooth_l1_beta: float = 1.0
+    iou_smooth_l1_beta: float = 0.5
+    box_init_std: float = 0.001
+    iou_init_std: float = 0.01
+
+    def _check_nms_score(self) -> None:
+        if self.nms_score not in NMS_SCORES:
+            raise ConfigError(f"nms_score must be one of {NMS_SCORES}, got {self.nms_score!r}")
+
+
+@dataclass(frozen=True)
+class IoUUniformConfig(IoUHeadSettings):
+    """The baseline's config (``base``) plus what IoU-uniform R-CNN adds; each component can be
+    switched off for the paper's ablations (Tables 4, 5 and 6). Besides the
+    :class:`IoUHeadSettings`:
+
+    - ``intervals``, ``per_interval``, ``jitter_offsets``, ``jitter_scales``: the generated
+      samples (:func:`workbench.ops.uniform_iou_samples`; section 4.1: 4 intervals, 64 samples
+      per GT, i.e. 16 per interval; ``None`` jitter: the authors' per interval);
     - ``interval_weights``: weight of each sample's offset loss by the interval its IoU lies in
       (paper section 4.1: 1.0, 1.5, 3.0, 3.0; the authors' code uses 2.0 for the third);
-      ``use_interval_weights=False``: all 1 (Table 4 without "tuning weight");
     - ``generated_samples``: the IoU head trains on the generated samples; ``False``: on the RPN's
       positive proposals, sampled as the classification stage samples them (Table 6);
     - ``sample_count``: ``"generated"`` (all, at most ``per_interval`` per GT and interval),
       ``"equal"``: as many, drawn from them, as the classification stage's positives (the RPN
       proposals and GT boxes at IoU >= ``base.box_fg_iou_thresh``, at most a quarter of 512),
       ``"double"``: twice as many (Table 5);
-    - ``repool``: predict the IoU again on the re-pooled refined boxes (section 3.2; Table 6);
-    - ``nms_score``: ``"class_iou"`` (class probability x predicted IoU, section 3.2) or
-      ``"class"`` (the class probability alone; Fig. 7's baseline);
-    - ``box_smooth_l1_beta`` / ``iou_smooth_l1_beta``: 1.0 / 0.5 (the authors' code);
-    - ``box_loss_weight`` / ``iou_loss_weight``: multiply the two losses of the IoU head;
-    - ``box_init_std`` / ``iou_init_std``: the offset and IoU layers start from N(0, std) with
-      zero bias (0.001 for offsets: section 3.1; 0.01, mmdetection's for scores, for the IoU).
+    - ``box_loss_weight`` / ``iou_loss_weight``: multiply the two losses of the IoU head.
 
     The IoU head has ``base.box_representation_size`` features (1024 in the paper's setting) and
     codes offsets with ``base.box_weights``; ``base.box_smooth_l1_beta`` is unused (the
@@ -106,21 +131,13 @@ class IoUUniformConfig:
     base: FasterRCNNConfig = field(default_factory=FasterRCNNConfig)
     intervals: tuple[tuple[float, float], ...] = DEFAULT_INTERVALS
     per_interval: int = 16
-    num_candidates: int = 500
     jitter_offsets: tuple[float, ...] | None = None
     jitter_scales: tuple[tuple[float, float], ...] | None = None
     interval_weights: tuple[float, ...] = (1.0, 1.5, 3.0, 3.0)
-    use_interval_weights: bool = True
     generated_samples: bool = True
     sample_count: str = "generated"
-    repool: bool = True
-    nms_score: str = "class_iou"
-    box_smooth_l1_beta: float = 1.0
-    iou_smooth_l1_beta: float = 0.5
     box_loss_weight: float = 1.0
     iou_loss_weight: float = 1.0
-    box_init_std: float = 0.001
-    iou_init_std: float = 0.01
 
     def __post_init__(self) -> None:
         try:
@@ -134,8 +151,7 @@ class IoUUniformConfig:
             raise ConfigError(f"sample_count must be one of {SAMPLE_COUNTS}, got {self.sample_count!r}")
         if self.sample_count != "generated" and not self.generated_samples:
             raise ConfigError("sample_count chooses among generated samples: it needs generated_samples=True")
-        if self.nms_score not in NMS_SCORES:
-            raise ConfigError(f"nms_score must be one of {NMS_SCORES}, got {self.nms_score!r}")
+        self._check_nms_score()
         if self.per_interval < 1 or self.num_candidates < 1:
             raise ConfigError("per_interval and num_candidates must be >= 1")
 
@@ -502,6 +518,7 @@ __all__ = [
     "IOU_PRED",
     "IOU_PRED_FIRST",
     "IoUFields",
+    "IoUHeadSettings",
     "IoUHeadLoss",
     "IoUPredictor",
     "IoUUniformConfig",
