@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -153,6 +155,9 @@ def test_proposal_settings_are_the_rpn_fields_of_the_config():
         nms_thresh=0.6, min_size=2.0, score_thresh=None,
     )
     assert build_faster_rcnn(small_faster_rcnn(rpn_nms_thresh=0.6)).rpn.settings.nms_thresh == 0.6
+    # torchvision's fasterrcnn_resnet50_fpn: rpn_pre_nms_top_n_train/test, rpn_post_nms_top_n_train/test,
+    # rpn_nms_thresh, its RPN's min_size and rpn_score_thresh
+    assert proposal_settings(FasterRCNNConfig()) == ProposalSettings(2000, 1000, 2000, 1000, 0.7, 1e-3, 0.0)
 
 
 def test_assignment_labels_ignore_and_empty():
@@ -228,7 +233,8 @@ def test_injected_scoring_and_extra_head():
     model.rpn = RegionProposalNetwork(
         rpn.head, rpn.anchor_generator, box_coder=rpn.box_coder, matcher=rpn.matcher, sampler=rpn.sampler,
         scoring=_NegatedLogit(), loss=rpn.loss,
-        settings=ProposalSettings(pre_nms_top_n_test=50, post_nms_top_n_test=40, score_thresh=None),
+        settings=dataclasses.replace(proposal_settings(FasterRCNNConfig()), pre_nms_top_n_test=50,
+                                     post_nms_top_n_test=40, score_thresh=None),
     )
     model.roi_heads.extra_heads["counter"] = _CountingHead()
     with torch.no_grad():

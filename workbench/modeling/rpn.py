@@ -157,15 +157,18 @@ class RPNLoss:
 @dataclass(frozen=True)
 class ProposalSettings:
     """Proposal selection: top-n per level before NMS and per image after, in train and test;
-    NMS IoU threshold (per level), minimum box side, minimum score (``None``: no threshold)."""
+    NMS IoU threshold (per level), minimum box side, minimum score (``None``: no threshold).
 
-    pre_nms_top_n_train: int = 2000
-    pre_nms_top_n_test: int = 1000
-    post_nms_top_n_train: int = 2000
-    post_nms_top_n_test: int = 1000
-    nms_thresh: float = 0.7
-    min_size: float = 1e-3
-    score_thresh: float | None = 0.0
+    No defaults here: the values are a detector config's (the baseline's ``rpn_*`` fields,
+    torchvision's defaults, through :func:`workbench.modeling.faster_rcnn.proposal_settings`)."""
+
+    pre_nms_top_n_train: int
+    pre_nms_top_n_test: int
+    post_nms_top_n_train: int
+    post_nms_top_n_test: int
+    nms_thresh: float
+    min_size: float
+    score_thresh: float | None
 
     def pre_nms_top_n(self, training: bool) -> int:
         return self.pre_nms_top_n_train if training else self.pre_nms_top_n_test
