@@ -27,7 +27,7 @@ def traced(frcnn_run):
     model, cfg, _ = load_trained_model(frcnn_run, "best", "cpu")
     dataset = open_dataset(cfg.data.spec, cfg.data.val_split)
     plain = predict_dataset(model, dataset, torch.device("cpu"), batch_size=2)
-    pairs = list(iter_traced_predictions(model, dataset, torch.device("cpu"), batch_size=2))
+    pairs = list(iter_traced_predictions(model, dataset, "cpu", batch_size=2))  # a device name, as the loop takes
     return model, dataset, plain, pairs
 
 

@@ -41,7 +41,7 @@ def complete_records(records: Mapping[str, Mapping[str, Tensor]], detections: De
 def iter_traced_predictions(
     model: nn.Module,
     dataset,
-    device: torch.device,
+    device: torch.device | str,
     *,
     batch_size: int = 2,
     indices: Sequence[int] | None = None,
@@ -49,7 +49,8 @@ def iter_traced_predictions(
 ) -> Iterator[tuple[ImagePrediction, ImageTrace]]:
     """``(prediction, trace)`` of each image of ``dataset`` (or of ``indices``), in dataset
     order; detections in original-image coordinates on the CPU, as ``predict_dataset`` gives.
-    The model runs in the engine's prediction loop with a fresh ``TraceRecorder`` per batch."""
+    The model runs in the engine's prediction loop (``device`` a device or its name, as there)
+    with a fresh ``TraceRecorder`` per batch."""
     if distributed.is_distributed():
         raise WorkbenchError("tracing runs in one process; run `workbench predict --trace` without torchrun")
     for item in iter_model_outputs(model, dataset, device, indices=indices, batch_size=batch_size,
@@ -76,7 +77,7 @@ def dataset_meta(dataset, data_spec: str | None, checkpoint: str | None) -> dict
 def predict_with_traces(
     model: nn.Module,
     dataset,
-    device: torch.device,
+    device: torch.device | str,
     out_dir: Path,
     *,
     method: str,
