@@ -30,19 +30,23 @@ def build_model(cfg: FasterRCNNConfig, num_classes: int) -> FasterRCNN:
 TINY_WEIGHTS = "IMAGENET1K_V1"
 
 
-def tiny_backbone(weights: str | None = TINY_WEIGHTS) -> dict[str, Any]:
-    """The miniature regime's light backbone as config fields, named alike in every model config
-    that takes it (the baseline's, SSD's, RefineDet's): MobileNetV2-FPN with 128 channels; with
-    ``weights`` (ImageNet) the stem and the stride-2 and stride-4 stages stay frozen and the batch
-    norm is frozen, as in torchvision's detectors; from scratch (``weights=None``) everything
-    trains, batch norm included."""
+def tiny_backbone_training(weights: str | None = TINY_WEIGHTS) -> dict[str, Any]:
+    """What of the miniature regime's MobileNetV2 trains, as config fields named alike in every
+    model config that takes it: with ``weights`` (ImageNet) the stem and the stride-2 and
+    stride-4 stages stay frozen and the batch norm is frozen, as in torchvision's detectors; from
+    scratch (``weights=None``) everything trains, batch norm included."""
     return {
-        "backbone": "mobilenet_v2_fpn",
         "backbone_weights": weights,
         "trainable_backbone_layers": 4 if weights is not None else 6,
         "backbone_norm": "frozen_bn" if weights is not None else "bn",
-        "fpn_channels": 128,
     }
+
+
+def tiny_backbone(weights: str | None = TINY_WEIGHTS) -> dict[str, Any]:
+    """The miniature regime's light backbone as config fields, named alike in every model config
+    that takes it (the baseline's, SSD's, RefineDet's): MobileNetV2-FPN with 128 channels,
+    trained as :func:`tiny_backbone_training` says."""
+    return {"backbone": "mobilenet_v2_fpn", **tiny_backbone_training(weights), "fpn_channels": 128}
 
 
 def tiny_model(weights: str | None = TINY_WEIGHTS) -> FasterRCNNConfig:

@@ -50,7 +50,7 @@ import dataclasses
 from workbench import records as R
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method, RecordView
-from workbench.methods.faster_rcnn import TINY_WEIGHTS
+from workbench.methods.faster_rcnn import TINY_WEIGHTS, tiny_backbone
 from workbench.methods.refinedet.figures import RUN_FIGURES
 from workbench.methods.refinedet.model import RefineDet, RefineDetConfig, build_refinedet
 from workbench.methods.faster_rcnn import miniature_flip
@@ -72,11 +72,7 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> RefineDetConfig:
     With ``weights`` the stem and the first stages and the batch norm stay frozen (as the
     baseline's ``tiny``); without, everything trains."""
     return RefineDetConfig(
-        backbone="mobilenet_v2_fpn",
-        backbone_weights=weights,
-        trainable_backbone_layers=4 if weights is not None else 6,
-        backbone_norm="frozen_bn" if weights is not None else "bn",
-        fpn_channels=128,
+        **tiny_backbone(weights),
         tcb_channels=128,
         size=256,
         image_mean=IMAGENET_MEAN,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from workbench.config import DataConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 from workbench.methods import SINGLE_STAGE_VIEWS, Method
-from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature_flip
+from workbench.methods.faster_rcnn import TINY_WEIGHTS, miniature_flip, tiny_backbone_training
 from workbench.methods.yolov3.model import YOLOv3Config, YOLOv3Detector, build_yolov3, with_classes
 from workbench.methods.yolov3.transforms import yolo_train_transform
 
@@ -74,9 +74,7 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> YOLOv3Config:
     shapes are kept so that the preset stays the paper's detector."""
     return YOLOv3Config(
         backbone="mobilenet_v2",
-        backbone_weights=weights,
-        trainable_backbone_layers=4 if weights is not None else 6,
-        backbone_norm="frozen_bn" if weights is not None else "bn",
+        **tiny_backbone_training(weights),
         mobilenet_top="bottleneck",
         neck_channels=(32, 64, 128),
         size=256,
