@@ -133,7 +133,6 @@ def detections_by_uncertainty_figure(
     fig = go.Figure()
     if image is not None:
         fig.add_trace(image_layer(image))
-    height_px, width_px = canvas_size(image, image_size, boxes)
     if gt_boxes is not None:
         fig.add_trace(box_layer(gt_boxes, name="ground truth", layer="gt", color=GT_COLOR, dash="dash"))
     colors = sample_colorscale(colorscale, list(np.clip(values[rows] / top, 0.0, 1.0))) if rows.size else []
@@ -149,7 +148,7 @@ def detections_by_uncertainty_figure(
         meta={"layer": "detections"},
     ))
     fig.update_layout(title=title, height=height, showlegend=False)
-    return fit_axes(fig, height_px, width_px)
+    return fit_axes(fig, *canvas_size(image, image_size, boxes))
 
 
 def uncertainty_distribution_figure(
