@@ -8,12 +8,7 @@ import torch
 
 from workbench.data.shapes import ShapesConfig, generate_shapes
 from workbench.data.sources import open_dataset
-from workbench.methods.iou_uniform.analysis import (
-    collect_iou_analysis,
-    detection_ious,
-    nms_by_class_score,
-    roi_ious,
-)
+from workbench.methods.iou_uniform.analysis import collect_iou_analysis, detection_ious, nms_by_class_score, roi_ious
 from workbench.methods.iou_uniform.model import IoUUniformConfig, build_iou_uniform_faster_rcnn
 from workbench.modeling import FasterRCNNConfig
 from workbench.viz.iou import iou_correlation_figure, localisation_gain, recall_at_ious
