@@ -373,7 +373,8 @@ class RefineDet(Detector):
     ``filtered`` (N, A) bool, and the batch sizes; with targets also ``arm_targets`` and
     ``odm_targets`` (:class:`~workbench.modeling.dense.DenseTargets`: labels, encoded box
     targets and the anchors hard negative mining chose; the ODM's labels after negative anchor
-    filtering)."""
+    filtering). The switches and settings after the parts are keyword-only and have no default
+    here: :class:`RefineDetConfig` holds the paper's values (:func:`build_refinedet`)."""
 
     def __init__(
         self,
@@ -390,14 +391,14 @@ class RefineDet(Detector):
         sampler,
         arm_loss: SoftmaxLoss,
         odm_loss: SoftmaxLoss,
-        refine_anchors: bool = True,
-        negative_filtering: bool = True,
-        filter_threshold: float = 0.99,
-        score_thresh: float = 0.01,
-        topk_candidates: int = 400,
-        nms_thresh: float = 0.45,
-        detections_per_img: int = 200,
-        trace_top_anchors: int = 100,
+        refine_anchors: bool,
+        negative_filtering: bool,
+        filter_threshold: float,
+        score_thresh: float,
+        topk_candidates: int,
+        nms_thresh: float,
+        detections_per_img: int,
+        trace_top_anchors: int,
     ) -> None:
         super().__init__(transform, backbone)
         self.arm_head = arm_head
