@@ -117,14 +117,15 @@ def test_ignored_predictions_positives_and_collisions():
     labels = torch.tensor([1, 2, 3])
     predicted = anchors.clone()
     predicted[5] = torch.tensor([21.0, 31.0, 119.0, 109.0])  # overlaps GT 0 far above 0.5
-    a = assign(anchors, shape, SHAPES, predicted, gt, labels, gt_ignore=torch.tensor([False, False, True]))
+    a = assign(anchors, shape, SHAPES, predicted, gt, labels, gt_ignore=torch.tensor([False, False, True]),
+               ignore_thresh=0.5)
     # GT 0 and GT 1 share the anchor: the later one (GT 1, label 2) keeps it; GT 2 is ignored
     assert int((a.labels > 0).sum()) == 1
     positive = int(torch.where(a.labels > 0)[0])
     assert int(a.labels[positive]) == 2 and int(a.matched_gt[positive]) == 1
     assert int(a.labels[5]) == -1
     assert float(a.max_iou[5]) > 0.5
-    empty = assign(anchors, shape, SHAPES, predicted, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+    empty = assign(anchors, shape, SHAPES, predicted, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), None, 0.5)
     assert (empty.labels == 0).all()
 
 

@@ -5,7 +5,8 @@
   (at most one anchor per GT). When two GT claim the same anchor, the later GT keeps it (darknet
   loops over the truths and overwrites).
 - Every other anchor is negative, unless its *predicted* box overlaps some GT with IoU above
-  ``ignore_thresh`` (0.5): then it is ignored in the objectness loss (label -1).
+  ``ignore_thresh`` (0.5, ``YOLOv3Config.ignore_thresh``): then it is ignored in the
+  objectness loss (label -1).
 - GT flagged ``ignore`` (crowd / difficult) are never assigned, and predictions overlapping them
   above the threshold are ignored as well.
 
@@ -55,12 +56,14 @@ def assign(
     pred_boxes: Tensor,
     gt_boxes: Tensor,
     gt_labels: Tensor,
-    gt_ignore: Tensor | None = None,
-    ignore_thresh: float = 0.5,
+    gt_ignore: Tensor | None,
+    ignore_thresh: float,
 ) -> Assignment:
     """One image's :class:`Assignment`: ``labels`` (A,) the GT class (positives), 0
     (negatives) or -1 (ignored); ``matched_gt`` (A,) the GT of each positive (0 elsewhere);
-    ``max_iou`` (A,) the best IoU of each *predicted* box with a GT (0 without GT)."""
+    ``max_iou`` (A,) the best IoU of each *predicted* box with a GT (0 without GT).
+    ``gt_ignore``: the GT flagged ``ignore`` (``None``: none); ``ignore_thresh`` is the
+    detector's setting (its config holds the value), so it has no default here."""
     num = anchors.shape[0]
     device = anchors.device
     labels = torch.zeros(num, dtype=torch.int64, device=device)
