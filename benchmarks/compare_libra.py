@@ -26,8 +26,8 @@ Measured with the weights after the last epoch:
   (its training proposal settings, no augmentation), both samplers drawn from the same
   candidates. ``hard_negatives_source`` in ``compare.json`` says which;
 - ``--cost``: a training step (forward + backward) and inference of each Libra row against its
-  baseline on one validation batch, interleaved, median of ``--repeats``, with the time spent in
-  the balanced pyramid (forward hooks around it).
+  baseline on one validation batch, the rows taking turns in every repeat, median of
+  ``--repeats``, with the time spent in the balanced pyramid (forward hooks around it).
 
 Finished runs are reused and interrupted ones resumed. Results go to
 ``OUT/<row>/seed_<s>/compare.json``; tables are printed as markdown.
@@ -172,34 +172,46 @@ class _PyramidClock:
         self.total += time.perf_counter() - self._start
 
 
-def time_model(run_dir: Path, repeats: int, batch_size: int) -> dict[str, float]:
-    """Median seconds of a training step and of inference on the first validation batch, and of
-    the balanced pyramid inside inference (0 without one)."""
-    from workbench.methods.libra.analysis import figure_inputs
-    from workbench.modeling.balanced_pyramid import find_balanced_pyramid
+class _Timed:
+    """One row's model and validation batch for the cost timing, with its measured seconds."""
 
-    inputs = figure_inputs(str(run_dir), num_images=batch_size, device="cpu", which="last")
-    model = inputs.model
-    clock = _PyramidClock(find_balanced_pyramid(model))
-    train_t, infer_t, pyramid_t = [], [], []
-    for k in range(repeats + 1):
+    def __init__(self, run_dir: Path, batch_size: int) -> None:
+        from workbench.methods.libra.analysis import figure_inputs
+        from workbench.modeling.balanced_pyramid import find_balanced_pyramid
+
+        self.inputs = figure_inputs(str(run_dir), num_images=batch_size, device="cpu", which="last")
+        self.model = self.inputs.model
+        self.clock = _PyramidClock(find_balanced_pyramid(self.model))
+        self.seconds: dict[str, list[float]] = {"train_step": [], "inference": [], "pyramid_in_inference": []}
+
+    def once(self, k: int) -> None:
+        model, inputs = self.model, self.inputs
         model.train()
         start = time.perf_counter()
         out = model(inputs.images, inputs.targets, generator=torch.Generator().manual_seed(k))
         sum(out.losses.values()).backward()
         model.zero_grad(set_to_none=True)
-        train_t.append(time.perf_counter() - start)
+        self.seconds["train_step"].append(time.perf_counter() - start)
         model.eval()
-        clock.total = 0.0
+        self.clock.total = 0.0
         start = time.perf_counter()
         with torch.no_grad():
             model(inputs.images)
-        infer_t.append(time.perf_counter() - start)
-        pyramid_t.append(clock.total)
-    model.eval()
-    # the first pass warms up allocators and caches
-    return {"train_step": statistics.median(train_t[1:]), "inference": statistics.median(infer_t[1:]),
-            "pyramid_in_inference": statistics.median(pyramid_t[1:])}
+        self.seconds["inference"].append(time.perf_counter() - start)
+        self.seconds["pyramid_in_inference"].append(self.clock.total)
+
+
+def time_models(runs: dict[str, tuple[Path, int]], repeats: int) -> dict[str, dict[str, float]]:
+    """Row -> median seconds of a training step and of inference on its first validation batch,
+    and of the balanced pyramid inside inference (0 without one). ``runs``: row -> (run, batch
+    size). The rows take turns within every repeat, so that a change of the machine's load
+    falls on every row alike and the ratios stay fair; the first round warms up allocators and
+    caches and is left out."""
+    timed = {row: _Timed(run_dir, batch) for row, (run_dir, batch) in runs.items()}
+    for k in range(repeats + 1):
+        for t in timed.values():
+            t.once(k)
+    return {row: {key: statistics.median(values[1:]) for key, values in t.seconds.items()} for row, t in timed.items()}
 
 
 def ap_table(results: dict[str, list[dict]]) -> str:
@@ -237,11 +249,8 @@ def main() -> None:
         seed = args.seeds[0]
         lines = ["", "| row | train step (s) | x baseline | inference (s) | x baseline | pyramid in inference (s) |",
                  "|---|---:|---:|---:|---:|---:|"]
-        times = {}
-        for row in args.rows:
-            run_dir = Path(args.out) / row / f"seed_{seed}"
-            batch = row_config(row, seed, args).batch_size
-            times[row] = time_model(run_dir, args.repeats, batch)
+        times = time_models({row: (Path(args.out) / row / f"seed_{seed}", row_config(row, seed, args).batch_size)
+                             for row in args.rows}, args.repeats)
         for row, t in times.items():
             base = BASELINE.get(ROWS[row][0])
             ref = times.get(base) if base else None

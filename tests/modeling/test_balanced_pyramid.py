@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.modeling.balanced_pyramid import BalancedFeaturePyramid, NonLocalBlock
+from workbench.modeling.balanced_pyramid import BalancedFeaturePyramid, NonLocalBlock, drop_subnormal
 
 
 def pyramid(channels=3, sizes=((12, 10), (6, 5), (3, 3), (2, 2)), batch=2, seed=0):
@@ -71,6 +71,34 @@ def test_non_local_block_matches_the_definition():
             assert torch.allclose(out[n].reshape(3, -1).T[i], flat[i] + y)
     scaled = NonLocalBlock(4, reduction=2, use_scale=True)
     assert scaled.inner_channels == 2 and scaled(torch.randn(1, 4, 3, 3)).shape == (1, 4, 3, 3)
+
+
+def test_subnormal_attention_weights_are_dropped_without_changing_the_block():
+    """A peaked softmax (large affinities, as a trained block's) has weights below float32's
+    smallest normal number; they become 0, every other weight is kept, and the block's output and
+    gradients equal those of the plain computation (in float64, where nothing is subnormal)."""
+    tiny = torch.finfo(torch.float32).tiny
+    w = torch.tensor([0.5, tiny, tiny / 4, 0.0, 1e-30])
+    assert torch.equal(drop_subnormal(w), torch.tensor([0.5, tiny, 0.0, 0.0, 1e-30]))
+
+    torch.manual_seed(0)
+    block = NonLocalBlock(16)
+    with torch.no_grad():
+        block.theta.weight.mul_(12.0)  # affinities in the hundreds: a peaked softmax
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    theta = block.theta(x).flatten(2).transpose(1, 2)
+    softmax = torch.bmm(theta, block.phi(x).flatten(2)).softmax(dim=-1)
+    assert ((softmax > 0) & (softmax < tiny)).any()  # the case the block guards against
+
+    out = block(x)
+    (grad_x,) = torch.autograd.grad(out.square().sum(), x)
+    block64 = NonLocalBlock(16).double()
+    block64.load_state_dict({k: v.double() for k, v in block.state_dict().items()})
+    x64 = x.detach().double().requires_grad_(True)
+    out64 = block64(x64)
+    (grad64,) = torch.autograd.grad(out64.square().sum(), x64)
+    assert torch.allclose(out.double(), out64, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(grad_x.double(), grad64, rtol=1e-3, atol=1e-3)
 
 
 def test_xavier_initialisation():
