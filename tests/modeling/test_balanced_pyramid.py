@@ -73,13 +73,29 @@ def test_non_local_block_matches_the_definition():
     assert scaled.inner_channels == 2 and scaled(torch.randn(1, 4, 3, 3)).shape == (1, 4, 3, 3)
 
 
+def test_subnormal_values_are_dropped_from_the_weights_and_the_affinities_gradient(monkeypatch):
+    import workbench.modeling.balanced_pyramid as bfp
+
+    seen = []
+    monkeypatch.setattr(bfp, "drop_subnormal", lambda values: seen.append(tuple(values.shape)) or values)
+    block = NonLocalBlock(4)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = block(x)
+    assert seen == [(2, 9, 9)]  # the softmax weights
+    out.sum().backward()
+    assert seen == [(2, 9, 9), (2, 9, 9)]  # and the affinities' gradient
+    with torch.no_grad():
+        block(x)
+    assert len(seen) == 3  # no gradient, no hook
+
+
 def test_subnormal_attention_weights_are_dropped_without_changing_the_block():
     """A peaked softmax (large affinities, as a trained block's) has weights below float32's
     smallest normal number; they become 0, every other weight is kept, and the block's output and
     gradients equal those of the plain computation (in float64, where nothing is subnormal)."""
     tiny = torch.finfo(torch.float32).tiny
-    w = torch.tensor([0.5, tiny, tiny / 4, 0.0, 1e-30])
-    assert torch.equal(drop_subnormal(w), torch.tensor([0.5, tiny, 0.0, 0.0, 1e-30]))
+    w = torch.tensor([0.5, tiny, tiny / 4, 0.0, 1e-30, -tiny / 4, -0.5])
+    assert torch.equal(drop_subnormal(w), torch.tensor([0.5, tiny, 0.0, 0.0, 1e-30, 0.0, -0.5]))
 
     torch.manual_seed(0)
     block = NonLocalBlock(16)

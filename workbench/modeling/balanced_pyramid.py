@@ -32,20 +32,21 @@ from torch import Tensor, nn
 REFINE_TYPES = ("non_local", "conv", "none")
 
 
-def drop_subnormal(weights: Tensor) -> Tensor:
-    """``weights`` with the values below the smallest normal float set to 0, on the CPU (on
-    other devices ``weights`` as they are).
+def drop_subnormal(values: Tensor) -> Tensor:
+    """``values`` with those of magnitude below the smallest normal float set to 0, on the CPU
+    (on other devices ``values`` as they are).
 
     A trained block's softmax is peaked: on the ``tiny`` Libra R-CNN run about 11% of the
-    attention weights fell below float32's smallest normal number (1.2e-38), where a CPU computes
-    each product in microcode, tens of times slower. The backward's batched products over those
-    weights then took about 200 ms of a 1.3 s training step, 5 ms with them set to 0. A weight
-    that small adds nothing a float32 sum of the other weights can hold, so the outputs do not
-    change; GPUs compute with subnormal numbers at full speed and are left alone (no extra
-    (N, HW, HW) tensor there)."""
-    if weights.device.type != "cpu":
-        return weights
-    return weights.masked_fill(weights < torch.finfo(weights.dtype).tiny, 0.0)
+    attention weights fell below float32's smallest normal number (1.2e-38), and so did many of
+    the gradients of the affinities in the backward pass (a weight times the gradient it
+    receives). A CPU computes every product with such a number in microcode, tens of times
+    slower: the backward's batched products took about 200 ms of a 1.3 s training step, and 5
+    ms with the subnormal numbers at 0. A value that small adds nothing a float32 sum of the
+    other terms can hold. GPUs compute with subnormal numbers at full speed and are left alone
+    (no extra (N, HW, HW) tensor there)."""
+    if values.device.type != "cpu":
+        return values
+    return values.masked_fill(values.abs() < torch.finfo(values.dtype).tiny, 0.0)
 
 
 class NonLocalBlock(nn.Module):
@@ -75,6 +76,8 @@ class NonLocalBlock(nn.Module):
         phi = self.phi(x).flatten(2)  # (N, d, HW)
         g = self.g(x).flatten(2).transpose(1, 2)  # (N, HW, d)
         affinity = torch.bmm(theta, phi)  # (N, HW, HW)
+        if affinity.requires_grad:
+            affinity.register_hook(drop_subnormal)  # its gradient, before the backward's products
         if self.use_scale:
             affinity = affinity / self.inner_channels**0.5
         y = torch.bmm(drop_subnormal(affinity.softmax(dim=-1)), g)  # (N, HW, d)
