@@ -1,4 +1,5 @@
-"""Pure tensor functions for detection: box maths, box coding, matching, sampling, anchors, NMS.
+"""Pure tensor functions for detection: box maths, box coding, matching, sampling, anchors, NMS,
+RoIAlign with a sparse-matrix backward.
 
 Every function takes and returns tensors (no modules, no global state); boxes are absolute
 ``xyxy`` unless a name says otherwise. Each submodule states its shape conventions.
@@ -37,6 +38,14 @@ from workbench.ops.matching import (
     match_boxes_ssd_batched,
 )
 from workbench.ops.nms import NmsLedger, nms_with_ledger
+from workbench.ops.roi_align import (
+    roi_align,
+    roi_align_input_grad,
+    sampling_entries,
+    sampling_matrix,
+    transposed_sampling_matrix,
+    uses_sparse_backward,
+)
 from workbench.ops.sampling import (
     sample_hard_negatives,
     sample_hard_negatives_batched,
@@ -73,15 +82,21 @@ __all__ = [
     "nms_with_ledger",
     "nondegenerate",
     "pairwise_iou",
+    "roi_align",
+    "roi_align_input_grad",
     "sample_hard_negatives",
     "sample_hard_negatives_batched",
     "sample_instance_balanced_positive",
     "sample_iou_balanced_negative",
     "sample_libra",
     "sample_random",
+    "sampling_entries",
+    "sampling_matrix",
     "scale_boxes",
     "size_at_least",
     "ssd_anchors",
     "ssd_cell_anchors",
+    "transposed_sampling_matrix",
     "uniform_iou_samples",
+    "uses_sparse_backward",
 ]
