@@ -27,8 +27,8 @@ same operation order in the input's dtype):
   the last row (column) uses that row (column) alone.
 
 Entries of points that contribute nothing are kept with weight zero, so every row of ``W`` has
-exactly ``4 * sampling_ratio**2`` entries and the row of an entry is its position divided by
-that count; a non-finite upstream gradient in a bin whose points all lie outside the map
+exactly ``4 * sampling_ratio**2`` entries and the row of an entry follows from its position
+(no row index is built or sorted); a non-finite upstream gradient in a bin whose points all lie outside the map
 therefore reaches the clamped pixels as NaN (0 * inf), where torchvision's loop skips it.
 
 The sparse backward needs ``sampling_ratio > 0`` (a fixed point count per bin); the adaptive
@@ -38,12 +38,14 @@ without a gradient go to ``torchvision.ops.roi_align`` unchanged.
 Speed (one thread, 4 x 128 x 32 x 32 features, 7 x 7 output, sampling ratio 2, 1000 RoIs):
 torchvision's backward 800-900 ms, this one 100-120 ms, most of it the int32 argsort that orders
 the 784k entries by pixel, 7-16 ms the sparse product; ``benchmarks/bench_roi_align.py`` times
-250 to 4000 RoIs on every FPN level size. Memory: the backward takes the RoIs
-``ROIS_PER_CHUNK`` at a time; an entry costs about 40 bytes while its chunk is built (int32
-column, row and row pointers, the value and its sorted copy, the int64 sort order and the
-sort's workspace), i.e. 784 entries and about 31 KB per RoI at 7 x 7 with sampling ratio 2:
-31 MB per 1000 RoIs, bounded at about 16 MB by the chunk, plus the chunk's channels-last copy of
-the output gradient (12.8 MB at 128 channels).
+250 to 4000 RoIs on the ``tiny`` FPN.
+
+Memory: an entry costs about 30 bytes while its matrix is built (int32 column, row and row
+pointers, the value and its sorted copy, the int64 sort order); at 7 x 7 with sampling ratio 2
+(784 entries per RoI) building ``W^T`` for 1000 RoIs raised the peak resident memory by 28 MB,
+and 24 MB per further 1000. The backward takes the RoIs ``ROIS_PER_CHUNK`` (512) at a time, so
+its peak stays bounded: 48 MB above its inputs at 1000 RoIs, 57 MB at 4000 (the chunk's matrix,
+the chunk's channels-last copy of the output gradient, the (N*H*W, C) gradient).
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ __all__ = [
 ]
 
 #: RoIs whose transposed sampling matrix is built at once in the backward: bounds its memory
-#: (about 16 MB at a 7 x 7 output and sampling ratio 2) and is faster than larger chunks (the
-#: argsort grows as n log n; 4000 RoIs one thread: 375 ms in chunks of 512, 524 ms in one).
+#: (about 14 MB at a 7 x 7 output and sampling ratio 2) and is faster than larger chunks (the
+#: argsort grows as n log n; 4000 RoIs, one thread: 375 ms in chunks of 512, 524 ms in one).
 ROIS_PER_CHUNK = 512
 
 _INT32_MAX = 2**31 - 1
@@ -122,21 +124,25 @@ def sampling_entries(
     sampling_ratio: int,
     aligned: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Columns and values of the RoIAlign sampling matrix ``W``, row by row.
+    """Columns and values of the RoIAlign sampling matrix ``W``.
 
     ``rois`` (K, 5) ``[batch_index, x1, y1, x2, y2]`` in image coordinates; ``feature_shape``
-    ``(N, C, H, W)`` (C unused); ``sampling_ratio > 0``. Returns ``columns`` (K*PH*PW, S) int32
-    (int64 when N*H*W does not fit) and ``values`` (K*PH*PW, S) in the dtype of ``rois``,
-    ``S = 4 * sampling_ratio**2``: row ``(k, ph, pw)`` of ``W`` averages the bin, column
-    ``n*H*W + y*W + x`` is a feature pixel. Entry order within a row: (point y, point x,
-    neighbour y, neighbour x).
+    ``(N, C, H, W)`` (C unused); ``sampling_ratio`` ``r > 0``. Returns ``columns`` int32 (int64
+    when the indices do not fit) and ``values`` in the dtype of ``rois``, both of shape
+    ``(K, PH, 2r, PW, 2r)``: the entry ``[k, ph, j, pw, i]`` belongs to row ``(k, ph, pw)`` of
+    ``W`` (bin ``(ph, pw)`` of RoI ``k``), ``j`` / ``i`` enumerate (sampling point, low / high
+    neighbour) along y / x, and its column ``n*H*W + y*W + x`` is a feature pixel.
+
+    The layout keeps each axis' terms together, so the entries are one broadcast of a
+    (K, PH*2r, 1) by a (K, 1, PW*2r) tensor (a 7-d broadcast with the bins' rows contiguous was
+    40 to 100 times slower).
     """
     if sampling_ratio <= 0:
         raise ValueError(f"the sampling matrix needs a fixed sampling_ratio > 0, got {sampling_ratio}")
     n, _, height, width = (int(s) for s in feature_shape)
     ph, pw = _pair(output_size)
-    k = rois.shape[0]
-    index_dtype = _index_dtype(n * height * width, k * ph * pw * 4 * sampling_ratio**2)
+    k, r2 = rois.shape[0], 2 * sampling_ratio
+    index_dtype = _index_dtype(n * height * width, k * ph * pw * r2 * r2)
     offset = 0.5 if aligned else 0.0
     x1, y1, x2, y2 = (rois[:, i] * spatial_scale - offset for i in range(1, 5))
     roi_w, roi_h = x2 - x1, y2 - y1
@@ -144,14 +150,22 @@ def sampling_entries(
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
     iy, wy = _axis_neighbours(_axis_samples(y1, roi_h / ph, ph, sampling_ratio), height, index_dtype)
     ix, wx = _axis_neighbours(_axis_samples(x1, roi_w / pw, pw, sampling_ratio), width, index_dtype)
-    # (K, PH, ratio, 2): the image's first pixel plus the row's offset, then the mean's 1 / count
+    # y terms: the image's first pixel plus the row's offset, and the mean's 1 / count
     row_base = rois[:, 0].to(index_dtype)[:, None, None, None] * (height * width) + iy * width
     wy = wy / float(sampling_ratio * sampling_ratio)
-    # layout (K, PH, PW, point y, point x, neighbour y, neighbour x)
-    columns = row_base[:, :, None, :, None, :, None] + ix[:, None, :, None, :, None, :]
-    values = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :]
-    per_row = 4 * sampling_ratio**2
-    return columns.reshape(k * ph * pw, per_row), values.reshape(k * ph * pw, per_row)
+    columns = row_base.reshape(k, ph * r2, 1) + ix.reshape(k, 1, pw * r2)
+    values = wy.reshape(k, ph * r2, 1) * wx.reshape(k, 1, pw * r2)
+    shape = (k, ph, r2, pw, r2)
+    return columns.view(shape), values.view(shape)
+
+
+def _source_rows(positions: Tensor, output_size: tuple[int, int], r2: int) -> Tensor:
+    """Row ``(k*PH + ph)*PW + pw`` of ``W`` of the entries at flat ``positions`` of the
+    (K, PH, 2r, PW, 2r) layout of :func:`sampling_entries` (``r2 = 2r``)."""
+    _, pw = output_size
+    per_line = pw * r2  # entries of one (k, ph, j)
+    bin_x = positions.remainder(per_line).div_(r2, rounding_mode="floor")
+    return positions.div_(per_line * r2, rounding_mode="floor").mul_(pw).add_(bin_x)
 
 
 def sampling_matrix(
@@ -166,9 +180,12 @@ def sampling_matrix(
     features ``F`` laid out (N*H*W, C) (see :func:`sampling_entries`)."""
     columns, values = sampling_entries(rois, feature_shape, output_size, spatial_scale, sampling_ratio, aligned)
     n, _, height, width = (int(s) for s in feature_shape)
-    rows, per_row = columns.shape
+    k, ph, r2, pw, _ = columns.shape
+    rows, per_row = k * ph * pw, r2 * r2
     crow = torch.arange(0, rows * per_row + 1, per_row, dtype=columns.dtype, device=columns.device)
-    return _csr(crow, columns.reshape(-1), values.reshape(-1), (rows, n * height * width))
+    by_row = (0, 1, 3, 2, 4)
+    return _csr(crow, columns.permute(by_row).reshape(-1), values.permute(by_row).reshape(-1),
+                (rows, n * height * width))
 
 
 def transposed_sampling_matrix(
@@ -181,20 +198,20 @@ def transposed_sampling_matrix(
 ) -> Tensor:
     """``W^T`` (N*H*W, K*PH*PW) as a sparse CSR tensor, for the gradient ``W^T @ dY``.
 
-    The entries of ``W`` are ordered by column with one stable argsort of the int32 column
-    indices; the row of ``W`` an entry came from is its position over the per-row count (rows
-    of ``W`` all have the same count), so no row index is materialised before the sort.
+    The entries are ordered by column with one stable argsort of the int32 column indices; the
+    row of ``W`` each came from follows from its position in the layout of
+    :func:`sampling_entries`, so no row index is materialised before the sort.
     """
     columns, values = sampling_entries(rois, feature_shape, output_size, spatial_scale, sampling_ratio, aligned)
     n, _, height, width = (int(s) for s in feature_shape)
-    rows, per_row = columns.shape
+    k, ph, r2, pw, _ = columns.shape
     columns = columns.reshape(-1)
     order = torch.argsort(columns, stable=True)
     counts = torch.bincount(columns, minlength=n * height * width)
     crow = torch.zeros(n * height * width + 1, dtype=columns.dtype, device=columns.device)
     crow[1:] = counts.cumsum(0)
-    source_rows = order.to(columns.dtype).div_(per_row, rounding_mode="floor")
-    return _csr(crow, source_rows, values.reshape(-1)[order], (n * height * width, rows))
+    source_rows = _source_rows(order.to(columns.dtype), (ph, pw), r2)
+    return _csr(crow, source_rows, values.reshape(-1)[order], (n * height * width, k * ph * pw))
 
 
 def roi_align_input_grad(
