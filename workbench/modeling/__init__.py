@@ -47,6 +47,7 @@ from workbench.modeling.roi_heads import (
     TwoMLPHead,
     select_detections,
 )
+from workbench.modeling.roi_pooler import SparseGradMultiScaleRoIAlign
 from workbench.modeling.rpn import (
     ProposalScoring,
     ProposalSettings,
@@ -139,6 +140,7 @@ __all__ = [
     "Sampler",
     "SigmoidObjectness",
     "SingleLevel",
+    "SparseGradMultiScaleRoIAlign",
     "StageLoss",
     "StageOutput",
     "TraceRecorder",

@@ -51,6 +51,7 @@ from workbench.modeling.roi_heads import (
     RoIHeads,
     TwoMLPHead,
 )
+from workbench.modeling.roi_pooler import SparseGradMultiScaleRoIAlign
 from workbench.modeling.rpn import (
     ProposalScoring,
     ProposalSettings,
@@ -113,6 +114,9 @@ class FasterRCNNConfig:
     roi_featmap_names: tuple[str, ...] | None = None
     roi_output_size: int = 7
     roi_sampling_ratio: int = 2
+    # RoIAlign's input gradient: "sparse" (one sparse product on the CPU, workbench.ops.roi_align)
+    # or "torchvision" (torchvision's kernel); the forward is torchvision's in both
+    roi_align_backward: str = "sparse"
     box_representation_size: int = 1024
     box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     box_fg_iou_thresh: float = 0.5
@@ -220,9 +224,21 @@ def roi_featmap_names(cfg: FasterRCNNConfig, backbone: FeatureExtractor) -> list
     return [n for n in backbone.feature_names if n != "pool"]
 
 
+#: ``roi_align_backward`` -> pooler class (both are torchvision's forward).
+BOX_POOLERS: dict[str, type[MultiScaleRoIAlign]] = {
+    "sparse": SparseGradMultiScaleRoIAlign,
+    "torchvision": MultiScaleRoIAlign,
+}
+
+
 def build_box_pooler(cfg: FasterRCNNConfig, featmap_names: Sequence[str]) -> MultiScaleRoIAlign:
-    """RoIAlign over ``featmap_names`` with the output size and sampling ratio of ``cfg``."""
-    return MultiScaleRoIAlign(list(featmap_names), cfg.roi_output_size, cfg.roi_sampling_ratio)
+    """RoIAlign over ``featmap_names`` with the output size and sampling ratio of ``cfg``; its
+    input gradient is that of ``cfg.roi_align_backward`` (:data:`BOX_POOLERS`)."""
+    if cfg.roi_align_backward not in BOX_POOLERS:
+        raise ConfigError(
+            f"unknown roi_align_backward {cfg.roi_align_backward!r}; choose one of {', '.join(BOX_POOLERS)}"
+        )
+    return BOX_POOLERS[cfg.roi_align_backward](list(featmap_names), cfg.roi_output_size, cfg.roi_sampling_ratio)
 
 
 def build_box_stage(
