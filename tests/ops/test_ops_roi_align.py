@@ -12,6 +12,7 @@ from torchvision.ops import roi_align as tv_roi_align
 from workbench.ops import (
     roi_align,
     roi_align_input_grad,
+    sampling_entries,
     sampling_matrix,
     transposed_sampling_matrix,
     uses_sparse_backward,
@@ -108,18 +109,20 @@ def test_sampling_matrix_is_the_forward_and_its_transpose_the_backward():
     """``W @ F`` is the forward and ``W^T`` the transposed matrix, entry for entry."""
     feats = _features((2, 5, 8, 7), torch.float64, seed=10)
     rois = _rois(12, 2, 60.0, torch.float64, seed=11)
-    matrix = sampling_matrix(rois, feats.shape, (3, 4), 1 / 8, 2, aligned=True)
+    entries = sampling_entries(rois, feats.shape, (3, 4), 1 / 8, 2, aligned=True)
+    assert entries[0].shape == (rois.shape[0], 3, 4, 4, 4) and entries[0].dtype == torch.int32
+    matrix = sampling_matrix(*entries, 2 * 8 * 7)
     flat = feats.detach().permute(0, 2, 3, 1).reshape(-1, 5)
     pooled = (matrix @ flat).reshape(-1, 3, 4, 5).permute(0, 3, 1, 2)
     torch.testing.assert_close(pooled, tv_roi_align(feats.detach(), rois, (3, 4), 1 / 8, 2, True))
-    transposed = transposed_sampling_matrix(rois, feats.shape, (3, 4), 1 / 8, 2, aligned=True)
+    transposed = transposed_sampling_matrix(*entries, 2 * 8 * 7)
     assert transposed.crow_indices().dtype == torch.int32
     torch.testing.assert_close(transposed.to_dense(), matrix.to_dense().t(), rtol=0, atol=0)
 
 
-def test_sampling_matrix_needs_a_fixed_sampling_ratio():
+def test_sampling_entries_need_a_fixed_sampling_ratio():
     with pytest.raises(ValueError, match="sampling_ratio"):
-        sampling_matrix(torch.zeros(1, 5), (1, 1, 4, 4), 2, 1.0, 0)
+        sampling_entries(torch.zeros(1, 5), (1, 1, 4, 4), 2, 1.0, 0)
 
 
 @pytest.mark.parametrize(

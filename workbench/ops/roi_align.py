@@ -168,50 +168,32 @@ def _source_rows(positions: Tensor, output_size: tuple[int, int], r2: int) -> Te
     return positions.div_(per_line * r2, rounding_mode="floor").mul_(pw).add_(bin_x)
 
 
-def sampling_matrix(
-    rois: Tensor,
-    feature_shape: Sequence[int],
-    output_size: int | tuple[int, int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool = False,
-) -> Tensor:
-    """``W`` (K*PH*PW, N*H*W) as a sparse CSR tensor: ``W @ F`` is RoIAlign's output with the
-    features ``F`` laid out (N*H*W, C) (see :func:`sampling_entries`)."""
-    columns, values = sampling_entries(rois, feature_shape, output_size, spatial_scale, sampling_ratio, aligned)
-    n, _, height, width = (int(s) for s in feature_shape)
+def sampling_matrix(columns: Tensor, values: Tensor, num_pixels: int) -> Tensor:
+    """``W`` (K*PH*PW, N*H*W) as a sparse CSR tensor from the entries of
+    :func:`sampling_entries` (``num_pixels = N*H*W``): ``W @ F`` is RoIAlign's output with the
+    features ``F`` laid out (N*H*W, C)."""
     k, ph, r2, pw, _ = columns.shape
     rows, per_row = k * ph * pw, r2 * r2
     crow = torch.arange(0, rows * per_row + 1, per_row, dtype=columns.dtype, device=columns.device)
     by_row = (0, 1, 3, 2, 4)
-    return _csr(crow, columns.permute(by_row).reshape(-1), values.permute(by_row).reshape(-1),
-                (rows, n * height * width))
+    return _csr(crow, columns.permute(by_row).reshape(-1), values.permute(by_row).reshape(-1), (rows, num_pixels))
 
 
-def transposed_sampling_matrix(
-    rois: Tensor,
-    feature_shape: Sequence[int],
-    output_size: int | tuple[int, int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool = False,
-) -> Tensor:
-    """``W^T`` (N*H*W, K*PH*PW) as a sparse CSR tensor, for the gradient ``W^T @ dY``.
+def transposed_sampling_matrix(columns: Tensor, values: Tensor, num_pixels: int) -> Tensor:
+    """``W^T`` (N*H*W, K*PH*PW) as a sparse CSR tensor from the entries of
+    :func:`sampling_entries`, for the gradient ``W^T @ dY``.
 
     The entries are ordered by column with one stable argsort of the int32 column indices; the
     row of ``W`` each came from follows from its position in the layout of
     :func:`sampling_entries`, so no row index is materialised before the sort.
     """
-    columns, values = sampling_entries(rois, feature_shape, output_size, spatial_scale, sampling_ratio, aligned)
-    n, _, height, width = (int(s) for s in feature_shape)
     k, ph, r2, pw, _ = columns.shape
     columns = columns.reshape(-1)
     order = torch.argsort(columns, stable=True)
-    counts = torch.bincount(columns, minlength=n * height * width)
-    crow = torch.zeros(n * height * width + 1, dtype=columns.dtype, device=columns.device)
-    crow[1:] = counts.cumsum(0)
+    crow = torch.zeros(num_pixels + 1, dtype=columns.dtype, device=columns.device)
+    crow[1:] = torch.bincount(columns, minlength=num_pixels).cumsum(0)
     source_rows = _source_rows(order.to(columns.dtype), (ph, pw), r2)
-    return _csr(crow, source_rows, values.reshape(-1)[order], (n * height * width, k * ph * pw))
+    return _csr(crow, source_rows, values.reshape(-1)[order], (num_pixels, k * ph * pw))
 
 
 def roi_align_input_grad(
@@ -233,8 +215,8 @@ def roi_align_input_grad(
     grad = grad_output.new_zeros(n * height * width, channels)
     for start in range(0, rois.shape[0], rois_per_chunk):
         chunk = slice(start, start + rois_per_chunk)
-        matrix = transposed_sampling_matrix(rois[chunk], feature_shape, (ph, pw), spatial_scale, sampling_ratio,
-                                            aligned)
+        entries = sampling_entries(rois[chunk], feature_shape, (ph, pw), spatial_scale, sampling_ratio, aligned)
+        matrix = transposed_sampling_matrix(*entries, n * height * width)
         dy = grad_output[chunk].permute(0, 2, 3, 1).reshape(-1, channels)
         grad.addmm_(matrix, dy)
     return grad.view(n, height, width, channels).permute(0, 3, 1, 2).contiguous()
