@@ -149,3 +149,13 @@ def test_fallbacks_call_torchvision(monkeypatch, ratio, dtype, requires_grad, gr
     assert torch.equal(out, original(feats, rois, 3, 0.25, ratio))
     if out.grad_fn is not None:
         assert type(out.grad_fn).__name__ != "_RoIAlignSparseBackwardBackward"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_inputs_use_torchvision():
+    feats = torch.randn(1, 2, 6, 6, device="cuda", requires_grad=True)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 20.0, 30.0]], device="cuda")
+    assert not uses_sparse_backward(feats, 2)
+    out = roi_align(feats, rois, 3, 0.25, 2)
+    assert type(out.grad_fn).__name__ != "_RoIAlignSparseBackwardBackward"
+    assert torch.equal(out, tv_roi_align(feats, rois, 3, 0.25, 2))

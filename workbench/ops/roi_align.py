@@ -58,6 +58,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 from torchvision import ops as tv_ops
+from torchvision.ops._utils import check_roi_boxes_shape, convert_boxes_to_roi_format
 
 __all__ = [
     "ROIS_PER_CHUNK",
@@ -242,14 +243,6 @@ class _RoIAlignSparseBackward(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def _roi_format(boxes: Tensor | Sequence[Tensor]) -> Tensor:
-    """(K, 5) ``[batch_index, x1, y1, x2, y2]`` from a (K, 5) tensor or per-image (L_i, 4) boxes."""
-    if isinstance(boxes, Tensor):
-        return boxes
-    index = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
-    return torch.cat([torch.cat(index), torch.cat(list(boxes))], dim=1)
-
-
 def uses_sparse_backward(input: Tensor, sampling_ratio: int) -> bool:
     """Whether :func:`roi_align` takes the sparse backward: a float32 / float64 CPU input that
     needs a gradient, a fixed ``sampling_ratio > 0``, autocast off."""
@@ -281,8 +274,7 @@ def roi_align(
     """
     if not uses_sparse_backward(input, sampling_ratio):
         return tv_ops.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
-    rois = _roi_format(boxes)
-    if rois.ndim != 2 or rois.shape[1] != 5:
-        raise ValueError(f"rois must have shape (K, 5), got {tuple(rois.shape)}")
+    check_roi_boxes_shape(boxes)
+    rois = boxes if isinstance(boxes, Tensor) else convert_boxes_to_roi_format(boxes)
     return _RoIAlignSparseBackward.apply(input, rois, _pair(output_size), float(spatial_scale),
                                          int(sampling_ratio), bool(aligned))
