@@ -55,9 +55,11 @@ def tiny_model(weights: str | None = TINY_WEIGHTS) -> FasterRCNNConfig:
     MobileNetV2-FPN over the stride 8, 16 and 32 stages (the stride-4 level costs more than the
     rest of the network together and the smallest objects still cover a stride-8 anchor) plus
     the pooled stride-64 level, 128 FPN channels, one anchor size per level (16 to 128 px,
-    three ratios), a 256-d box head on 64 sampled RoIs per image (RoIAlign's backward is the
-    largest single cost of a CPU step); the frozen layers with and without ``weights`` as
-    :func:`tiny_backbone` says. docs/benchmarks.md ("The miniature regime") has the profile and the ablations.
+    three ratios), a 256-d box head on 64 sampled RoIs per image (RoIAlign's backward, with
+    torchvision's kernel the largest single cost of a CPU step, is the sparse product of
+    :mod:`workbench.ops.roi_align`: 716 -> 537 ms CPU per step, batch 4, one thread); the
+    frozen layers with and without ``weights`` as :func:`tiny_backbone` says. docs/benchmarks.md
+    ("The miniature regime") has the profile and the ablations.
     """
     return FasterRCNNConfig(
         **tiny_backbone(weights),
