@@ -9,14 +9,8 @@ import torch
 import torchvision
 from torchvision.ops import roi_align as tv_roi_align
 
-from workbench.ops import (
-    roi_align,
-    roi_align_input_grad,
-    sampling_entries,
-    sampling_matrix,
-    transposed_sampling_matrix,
-    uses_sparse_backward,
-)
+from workbench.ops import roi_align, roi_align_input_grad, sampling_entries, uses_sparse_backward
+from workbench.ops import sampling_matrix, transposed_sampling_matrix
 
 
 def _rois(num: int, num_images: int, image_size: float, dtype: torch.dtype, seed: int) -> torch.Tensor:
