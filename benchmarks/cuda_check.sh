@@ -34,7 +34,7 @@ step() {  # step NAME COMMAND...: run, log to OUT/NAME.log, report the outcome a
 { nvidia-smi -L; $py -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, torch.cuda.get_device_name(0))'; } | tee "$out/summary.txt"
 
 step cuda_tests $py -m pytest -q -p no:cacheprovider tests/ops/test_ops_nms.py \
-    tests/ops/test_ops_sampling.py tests/ops/test_ops_matching.py
+    tests/ops/test_ops_sampling.py tests/ops/test_ops_matching.py tests/ops/test_ops_roi_align.py
 
 # torchvision pairs on the GPU (the same scripts as the CPU rows of docs/benchmarks.md).
 cd benchmarks
