@@ -14,6 +14,7 @@ stderr is kept in ``<out>/logs/<step>.log``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ KERNEL_NAME = "python3"
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 
+@functools.cache
 def _kernel_manager_class() -> type | None:
     """Kernels that talk over Unix sockets with names of their own, where there are some.
 

@@ -104,6 +104,7 @@ class CascadeIoUUniformConfig(IoUHeadSettings):
     stage_interval_weights: tuple[tuple[float, ...], ...] = STAGE_INTERVAL_WEIGHTS
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("stage_intervals", "stage_per_interval", "stage_jitter_offsets", "stage_jitter_scales",
                      "stage_interval_weights"):  # nested lists (a config read back from JSON) -> tuples
             object.__setattr__(self, name, _tuples(getattr(self, name)))
@@ -120,7 +121,6 @@ class CascadeIoUUniformConfig(IoUHeadSettings):
                 raise ConfigError(str(err)) from None
             if len(weights) != len(intervals):
                 raise ConfigError(f"intervals {intervals} need as many interval weights, got {weights}")
-        self._check_nms_score()
 
     @property
     def base(self) -> FasterRCNNConfig:

@@ -99,9 +99,11 @@ class IoUHeadSettings:
     box_init_std: float = 0.001
     iou_init_std: float = 0.01
 
-    def _check_nms_score(self) -> None:
+    def __post_init__(self) -> None:
         if self.nms_score not in NMS_SCORES:
             raise ConfigError(f"nms_score must be one of {NMS_SCORES}, got {self.nms_score!r}")
+        if self.num_candidates < 1:
+            raise ConfigError(f"num_candidates must be >= 1, got {self.num_candidates}")
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class IoUUniformConfig(IoUHeadSettings):
     iou_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         try:
             jitter_settings(self.intervals, self.jitter_offsets, self.jitter_scales)
         except ValueError as err:
@@ -151,9 +154,8 @@ class IoUUniformConfig(IoUHeadSettings):
             raise ConfigError(f"sample_count must be one of {SAMPLE_COUNTS}, got {self.sample_count!r}")
         if self.sample_count != "generated" and not self.generated_samples:
             raise ConfigError("sample_count chooses among generated samples: it needs generated_samples=True")
-        self._check_nms_score()
-        if self.per_interval < 1 or self.num_candidates < 1:
-            raise ConfigError("per_interval and num_candidates must be >= 1")
+        if self.per_interval < 1:
+            raise ConfigError(f"per_interval must be >= 1, got {self.per_interval}")
 
 
 class ClassOnlyPredictor(nn.Module):
